@@ -1,0 +1,378 @@
+"""BackboneSpec: everything the rest of the project needs to know about one VLG family.
+
+A spec is bound to a checkpoint: ``"tiny"`` (a seeded random config of the real transformers class,
+with a byte-level tokenizer and a fixed-seed VQ, for laptops and tests) or a hub id / local path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..moss.layout import ImageLayout, ImageSegment
+
+IGNORE_INDEX = -100
+TINY = "tiny"
+TINY_VQ_SEED = 1234  # the tiny image tokenizer is the same whatever seed the model is built with
+PROJ_TAIL = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+PROJS_PER_LAYER = 7
+
+
+@dataclass
+class LossOutput:
+    """Total loss plus per-modality means (None when a batch has no target of that modality)."""
+
+    loss: torch.Tensor
+    text_loss: torch.Tensor | None
+    image_loss: torch.Tensor | None
+    n_text: int
+    n_image: int
+
+    def metrics(self) -> dict[str, float]:
+        out = {"loss": float(self.loss.detach()), "n_text_tokens": self.n_text, "n_image_tokens": self.n_image}
+        for k in ("text_loss", "image_loss"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = float(v.detach())
+        return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model under PEFT / DDP wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def split_ce(
+    logits_fn, h: torch.Tensor, labels: torch.Tensor, is_image_target, weights: tuple[float, float]
+) -> LossOutput:
+    """Next-token CE at labelled positions, split by target modality.
+
+    h: (B, T, D) hidden states; labels: (B, T). Position t predicts labels[t + 1]. ``logits_fn(h_sel,
+    image: bool) -> (logits, targets_shift)`` maps selected hidden rows to logits over the right
+    vocabulary; ``is_image_target(targets)`` says which targets are image codes.
+    """
+    hp, tgt = h[:, :-1], labels[:, 1:]
+    valid = tgt != IGNORE_INDEX
+    img = valid & is_image_target(tgt)
+    txt = valid & ~img
+    sums, means, counts = [], [], []
+    for sel, image in ((txt, False), (img, True)):
+        n = int(sel.sum())
+        counts.append(n)
+        if n == 0:
+            means.append(None)
+            continue
+        logits, targets = logits_fn(hp[sel], tgt[sel], image)
+        s = F.cross_entropy(logits.float(), targets, reduction="sum")
+        sums.append(s * weights[int(image)])
+        means.append(s.detach() / n)
+    total = sum(counts)
+    loss = sum(sums) / max(total, 1) if sums else h.sum() * 0.0
+    return LossOutput(loss, means[0], means[1], counts[0], counts[1])
+
+
+class BackboneSpec(ABC):
+    """One VLG family. Subclasses fill the abstract parts; see chameleon.py, emu3.py, janus.py."""
+
+    name: str
+    model_class: type
+    hub_checkpoints: tuple[str, ...] = ()
+    #: published sizes for meta-device builds: name -> config kwargs (see real_size_config)
+    real_sizes: dict[str, dict] = {}
+
+    def __init__(self, checkpoint: str = TINY):
+        self.checkpoint = checkpoint
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(checkpoint={self.checkpoint!r})"
+
+    # ---- building ---------------------------------------------------------------------------------
+    @abstractmethod
+    def tiny_config(self):
+        """A small random-init config of the real class (hidden 64, 2 layers)."""
+
+    @abstractmethod
+    def real_size_config(self, size: str):
+        """The config of a published checkpoint size (for meta-device parameter counts)."""
+
+    @abstractmethod
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The language model's decoder layers (the only place adapters go)."""
+
+    @property
+    @abstractmethod
+    def target_modules(self) -> str:
+        """Regex (PEFT fullmatch) of the language model's q/k/v/o/gate/up/down projections."""
+
+    def build(self, checkpoint: str | None = None, seed: int = 0, dtype: torch.dtype | None = None) -> nn.Module:
+        checkpoint = checkpoint or self.checkpoint
+        if checkpoint == TINY:
+            torch.manual_seed(seed)
+            model = self.model_class(self.tiny_config())
+            self.vq_module(model).load_state_dict(self.tiny_vq().state_dict())
+            model = model.to(dtype) if dtype is not None else model
+        else:
+            model = self.model_class.from_pretrained(checkpoint, dtype=dtype or "auto")
+        return model.eval()
+
+    def build_meta(self, size: str) -> nn.Module:
+        with torch.device("meta"):
+            return self.model_class(self.real_size_config(size))
+
+    def expected_target_count(self, model: nn.Module) -> int:
+        return len(self.decoder_layers(unwrap(model))) * PROJS_PER_LAYER
+
+    # ---- tokenization -----------------------------------------------------------------------------
+    @abstractmethod
+    def tiny_tokenizer_specials(self) -> list[str]:
+        """Special tokens of the tiny byte-level tokenizer (named as in the real tokenizer)."""
+
+    @abstractmethod
+    def vq_module(self, model: nn.Module) -> nn.Module:
+        """The model's image tokenizer (VQ-VAE) submodule."""
+
+    @abstractmethod
+    def image_codes(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """(1, 3, H, W) pixels -> (h, w) VQ code grid."""
+
+    @abstractmethod
+    def image_tokens(self, codes: torch.Tensor) -> list[int]:
+        """(h, w) code grid -> the token ids that represent the image in input_ids (with its specials)."""
+
+    @cached_property
+    def tokenizer(self):
+        """The text tokenizer (a real HF tokenizer; byte-level BPE for tiny)."""
+        if self.checkpoint == TINY:
+            return build_byte_tokenizer(self.tiny_tokenizer_specials())
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.checkpoint)
+
+    def token_id(self, token: str) -> int:
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        if tid is None or tid == self.tokenizer.unk_token_id:
+            raise KeyError(f"{self.name}: token {token!r} is not in the tokenizer of {self.checkpoint}")
+        return tid
+
+    def tiny_vq(self) -> nn.Module:
+        """The fixed tiny image tokenizer (seeded independently of the model seed)."""
+        if not hasattr(self, "_tiny_vq"):
+            torch.manual_seed(TINY_VQ_SEED)
+            self._tiny_vq = self.vq_module(self.model_class(self.tiny_config())).eval()
+        return self._tiny_vq
+
+    @cached_property
+    def vq(self) -> nn.Module:
+        if self.checkpoint == TINY:
+            return self.tiny_vq()
+        return load_submodule(self.checkpoint, self.model_class, self.vq_module, self.vq_prefix).eval()
+
+    vq_prefix = "model.vqmodel."
+
+    @cached_property
+    def image_processor(self):
+        if self.checkpoint == TINY:
+            return None
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(self.checkpoint)
+
+    @abstractmethod
+    def tiny_image_size(self, image: Image.Image) -> tuple[int, int]:
+        """(H, W) in pixels that the tiny VQ takes this image at."""
+
+    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """PIL image -> ((1, 3, H, W) pixels, (H, W)) for the VQ."""
+        image = image.convert("RGB")
+        if self.image_processor is not None:
+            out = self.image_processor(images=image, return_tensors="pt")
+            px = out["pixel_values"]
+            size = tuple(int(s) for s in out["image_sizes"][0]) if "image_sizes" in out else tuple(px.shape[-2:])
+            return px, size
+        h, w = self.tiny_image_size(image)
+        arr = np.asarray(image.resize((w, h), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0), (h, w)
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image) -> list[int]:
+        px, size = self.preprocess(image)
+        vq_dtype = next(self.vq.parameters()).dtype
+        return self.image_tokens(self.image_codes(px.to(vq_dtype), size))
+
+    def encode(self, segments: list[Any], targets: list[bool] | None = None, add_bos: bool = True) -> dict:
+        """Interleaved segments (str | PIL.Image) -> {"input_ids", "labels", "image_layout"} for one sequence.
+
+        targets[i] says whether segment i is trained on (its tokens keep their labels); by default all
+        are. Untrained segments get label -100; images among them are marked as prompt images.
+        """
+        targets = [True] * len(segments) if targets is None else list(targets)
+        if len(targets) != len(segments):
+            raise ValueError(f"{len(segments)} segments but {len(targets)} target flags")
+        ids: list[int] = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
+        labels = [IGNORE_INDEX] * len(ids)
+        for seg, trained in zip(segments, targets):
+            if isinstance(seg, str):
+                piece = self.text_ids(seg)
+            elif isinstance(seg, Image.Image):
+                piece = self.encode_image(seg)
+            else:
+                raise TypeError(f"segment of type {type(seg).__name__}: expected str or PIL.Image")
+            ids += piece
+            labels += piece if trained else [IGNORE_INDEX] * len(piece)
+        if self.tokenizer.eos_token_id is not None and (not targets or targets[-1]):
+            ids.append(self.tokenizer.eos_token_id)
+            labels.append(self.tokenizer.eos_token_id)
+        input_ids = torch.tensor(ids, dtype=torch.long)
+        label_t = torch.tensor(labels, dtype=torch.long)
+        layout = self.image_layout(input_ids[None], label_t[None])
+        return {"input_ids": input_ids, "labels": label_t, "image_layout": layout.segments[0]}
+
+    def collate(self, examples: list[dict]) -> dict:
+        """Right-pad encoded sequences into a batch with an ImageLayout."""
+        T = max(int(e["input_ids"].numel()) for e in examples)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(examples), T), pad, dtype=torch.long)
+        labels = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(examples), T), dtype=torch.long)
+        for b, e in enumerate(examples):
+            n = e["input_ids"].numel()
+            ids[b, :n], labels[b, :n], mask[b, :n] = e["input_ids"], e["labels"], 1
+        layout = ImageLayout(tuple(tuple(e["image_layout"]) for e in examples), T)
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "image_layout": layout}
+
+    # ---- layout + loss ----------------------------------------------------------------------------
+    @abstractmethod
+    def image_layout(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> ImageLayout:
+        """(B, T) ids -> the image segments of each sequence, in raster order."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: dict, weights: tuple[float, float] = (1.0, 1.0)) -> LossOutput:
+        """Text CE + image CE on a collated batch; the MoSS layout is set from batch["image_layout"]."""
+
+    def layout_modules(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """(module that receives input_ids, module that runs the decoder layers)."""
+        return model.model, model.model
+
+
+def runs_after(ids: torch.Tensor, start_ids: set[int], is_code: torch.Tensor) -> list[tuple[int, int]]:
+    """For a 1-D id row: (first code position, number of consecutive codes) after each start token."""
+    runs = []
+    starts = [i for i, t in enumerate(ids.tolist()) if t in start_ids]
+    codes = is_code.tolist()
+    for s in starts:
+        n, p = 0, s + 1
+        while p < len(codes) and codes[p]:
+            n, p = n + 1, p + 1
+        runs.append((s + 1, n))
+    return runs
+
+
+def is_input_image(labels: torch.Tensor | None, b: int, positions: torch.Tensor) -> bool:
+    if labels is None or positions.numel() == 0:
+        return False
+    return bool((labels[b, positions] == IGNORE_INDEX).all())
+
+
+def fixed_grid_layout(
+    input_ids: torch.Tensor, labels, start_ids: set[int], is_code: torch.Tensor, h: int, w: int
+) -> ImageLayout:
+    """Layout for backbones whose images are a fixed h x w grid of codes right after a begin token."""
+    segs = []
+    for b in range(input_ids.shape[0]):
+        row = []
+        for off, n in runs_after(input_ids[b], start_ids, is_code[b]):
+            seg = ImageSegment(off, h, w, w, min(n, h * w))
+            row.append(ImageSegment(off, h, w, w, seg.n_cells, is_input_image(labels, b, seg.positions())))
+        segs.append(row)
+    return ImageLayout.from_lists(segs, input_ids.shape[1])
+
+
+def build_byte_tokenizer(specials: list[str]):
+    """A real HF fast tokenizer: byte-level BPE without merges; ids 0..15 specials, 16..271 bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    if len(specials) > 16:
+        raise ValueError("at most 16 special tokens")
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({ch: 16 + i for i, ch in enumerate(sorted(ByteLevel.alphabet()))})
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=specials[0], bos_token=specials[1], eos_token=specials[2])
+
+
+TINY_TEXT_VOCAB = 512  # specials + bytes fit below; tiny image codes start here
+
+
+def load_submodule(checkpoint: str, model_class, get_sub, prefix: str) -> nn.Module:
+    """Load one submodule (e.g. the VQ) of a checkpoint without loading the language model weights."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    with torch.device("meta"):
+        shell = model_class(config)
+    sub = get_sub(shell)
+    files = _weight_files(checkpoint, prefix)
+    state = {}
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                if key.startswith(prefix):
+                    state[key[len(prefix) :]] = f.get_tensor(key)
+    if not state:
+        raise KeyError(f"no weights under {prefix!r} in {checkpoint}")
+    sub.load_state_dict(state, strict=True, assign=True)
+    return sub
+
+
+def _weight_files(checkpoint: str, prefix: str) -> list[str]:
+    def fetch(name: str) -> str | None:
+        if os.path.isdir(checkpoint):
+            p = os.path.join(checkpoint, name)
+            return p if os.path.exists(p) else None
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return hf_hub_download(checkpoint, name)
+        except EntryNotFoundError:
+            return None
+
+    index = fetch("model.safetensors.index.json")
+    if index is None:
+        single = fetch("model.safetensors")
+        if single is None:
+            raise FileNotFoundError(f"{checkpoint}: no model.safetensors(.index.json)")
+        return [single]
+    weight_map = json.loads(open(index).read())["weight_map"]
+    shards = sorted({f for k, f in weight_map.items() if k.startswith(prefix)})
+    return [fetch(s) for s in shards]
+
+
+def decoder_regex(stack: str) -> str:
+    """Regex for the 7 projections of every decoder layer under ``stack`` (e.g. 'model.layers')."""
+    return re.escape(stack) + r"\.\d+\." + PROJ_TAIL

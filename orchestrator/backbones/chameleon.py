@@ -1,0 +1,119 @@
+"""Chameleon / Anole: VQ codes are ordinary vocabulary tokens, one fixed H x W grid per image.
+
+Layout per image: ``<racm3:break>`` (boi) + H*W code tokens (row-major) + ``<eoss>`` (eoi).
+transformers' forward sets image-token logits to the float minimum, so the loss computes logits from
+the decoder's hidden states with ``lm_head`` directly (Anole does the same).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+from PIL import Image
+from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+from ..moss import set_layout
+from .base import (
+    TINY_TEXT_VOCAB,
+    BackboneSpec,
+    LossOutput,
+    decoder_regex,
+    fixed_grid_layout,
+    split_ce,
+    unwrap,
+)
+
+TINY_CODEBOOK = 256
+
+
+def _code_name(code: int) -> str:
+    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
+
+
+class ChameleonSpec(BackboneSpec):
+    name = "chameleon"
+    model_class = ChameleonForConditionalGeneration
+    hub_checkpoints = ("GAIR/Anole-7b-v0.1", "facebook/chameleon-7b")
+    # facebook/chameleon-7b config.json (Anole-7B shares it)
+    real_sizes = {
+        "7b": dict(
+            vocab_size=65536, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+        ),
+    }
+    boi, eoi = "<racm3:break>", "<eoss>"
+
+    def tiny_tokenizer_specials(self) -> list[str]:
+        return ["<pad>", "<s>", "</s>", "<image>", self.boi, self.eoi, "<reserved08706>"]
+
+    def tiny_config(self) -> ChameleonConfig:
+        vmap = dict(self.tokenizer.get_vocab()) if self.checkpoint == "tiny" else {}
+        vmap.update({_code_name(c): TINY_TEXT_VOCAB + c for c in range(TINY_CODEBOOK)})
+        return ChameleonConfig(
+            vocab_size=TINY_TEXT_VOCAB + TINY_CODEBOOK, hidden_size=64, intermediate_size=128,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, vocabulary_map=vmap,
+            # 32 px images, downsampling 4 -> 8 x 8 = 64 codes per image; GroupNorm(32) needs base >= 32
+            vq_config=dict(embed_dim=8, num_embeddings=TINY_CODEBOOK, latent_channels=8, base_channels=32,
+                           channel_multiplier=[1, 2, 2], resolution=32, num_res_blocks=1),
+        )
+
+    def real_size_config(self, size: str) -> ChameleonConfig:
+        return ChameleonConfig(**self.real_sizes[size])
+
+    def decoder_layers(self, model):
+        return unwrap(model).model.layers
+
+    @property
+    def target_modules(self) -> str:
+        return decoder_regex("model.layers")
+
+    def vq_module(self, model):
+        return model.model.vqmodel
+
+    @cached_property
+    def _vocab_mapping(self):
+        from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping
+
+        if self.checkpoint == "tiny":
+            return ChameleonImageVocabularyMapping(self.tiny_config().vocabulary_map)
+        from transformers import AutoConfig
+
+        return ChameleonImageVocabularyMapping(AutoConfig.from_pretrained(self.checkpoint).vocabulary_map)
+
+    @cached_property
+    def image_token_ids(self) -> torch.Tensor:
+        return torch.tensor(self._vocab_mapping.image_tokens, dtype=torch.long)
+
+    @cached_property
+    def grid(self) -> tuple[int, int]:
+        vq = self.vq.config
+        side = vq.resolution // 2 ** (len(vq.channel_multiplier) - 1)
+        return side, side
+
+    def tiny_image_size(self, image: Image.Image) -> tuple[int, int]:
+        res = self.vq.config.resolution
+        return res, res
+
+    def image_codes(self, pixel_values, image_size):
+        codes = self.vq.encode(pixel_values).image_tokens  # (h*w,) row-major
+        return codes.view(*self.grid)
+
+    def image_tokens(self, codes) -> list[int]:
+        bpe = self._vocab_mapping.convert_img2bpe(codes.flatten()).tolist()
+        return [self.token_id(self.boi), *bpe, self.token_id(self.eoi)]
+
+    def image_layout(self, input_ids, labels=None):
+        is_code = torch.isin(input_ids, self.image_token_ids.to(input_ids.device))
+        return fixed_grid_layout(input_ids.cpu(), labels, {self.token_id(self.boi)}, is_code.cpu(), *self.grid)
+
+    def loss(self, model, batch, weights=(1.0, 1.0)) -> LossOutput:
+        set_layout(model, batch["image_layout"])
+        base = unwrap(model)
+        h = base.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
+        codes = self.image_token_ids.to(h.device)
+        return split_ce(
+            lambda rows, tgt, image: (base.lm_head(rows), tgt),
+            h, batch["labels"], lambda t: torch.isin(t, codes), weights,
+        )

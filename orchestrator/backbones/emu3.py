@@ -1,0 +1,146 @@
+"""Emu3: VQ codes are vocabulary tokens; H and W vary per image; every row ends with an EOL token.
+
+Layout per image (processing_emu3.py): ``<|image start|>`` + "H*W" (text digits) + ``<|image token|>``
++ H rows of (W codes + ``<|extra_200|>`` EOL) + ``<|extra_201|>`` (eof) + ``<|image end|>``.
+The EOL column is not part of the grid (row stride W + 1); it takes the text branch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import cached_property
+
+import torch
+from PIL import Image
+from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3TextConfig
+
+from ..moss import set_layout
+from ..moss.layout import ImageLayout, ImageSegment
+from .base import TINY_TEXT_VOCAB, BackboneSpec, LossOutput, decoder_regex, is_input_image, split_ce, unwrap
+
+TINY_CODEBOOK = 256
+TINY_MAX_SIDE = 40  # tiny images are resized to fit 40 x 40 px, multiples of the VQ factor (4)
+
+
+class Emu3Spec(BackboneSpec):
+    name = "emu3"
+    model_class = Emu3ForConditionalGeneration
+    hub_checkpoints = ("BAAI/Emu3-Gen-hf", "BAAI/Emu3-Chat-hf")
+    # BAAI/Emu3-Gen-hf config.json (text_config)
+    real_sizes = {
+        "8b": dict(
+            vocab_size=184622, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=9216,
+        ),
+    }
+    image_start, image_token, image_end = "<|image start|>", "<|image token|>", "<|image end|>"
+    eol, eof = "<|extra_200|>", "<|extra_201|>"
+
+    def tiny_tokenizer_specials(self) -> list[str]:
+        return ["<pad>", "<|extra_203|>", "<|endoftext|>", "<|extra_0|>", self.image_start, self.image_token,
+                self.image_end, self.eol, self.eof]
+
+    def tiny_config(self) -> Emu3Config:
+        vmap = dict(self.tokenizer.get_vocab())
+        vmap["<image>"] = vmap["<|extra_0|>"]
+        vmap.update({f"<|visual token{c:06d}|>": TINY_TEXT_VOCAB + c for c in range(TINY_CODEBOOK)})
+        text = Emu3TextConfig(
+            vocab_size=TINY_TEXT_VOCAB + TINY_CODEBOOK, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0,
+            bos_token_id=1, eos_token_id=2, attention_dropout=0.0,  # the class default is 0.1
+        )
+        return Emu3Config(
+            vocabulary_map=vmap, text_config=text,
+            # hidden_size must equal base_channels * channel_multiplier[-1]; spatial factor 4
+            vq_config=dict(codebook_size=TINY_CODEBOOK, embed_dim=4, latent_channels=4, temporal_downsample_factor=1,
+                           base_channels=32, channel_multiplier=[1, 2, 2], num_res_blocks=1, attn_resolutions=[],
+                           hidden_size=64, num_attention_heads=1),
+        )
+
+    def real_size_config(self, size: str) -> Emu3Config:
+        return Emu3Config(text_config=Emu3TextConfig(**self.real_sizes[size]))
+
+    def decoder_layers(self, model):
+        return unwrap(model).model.text_model.layers
+
+    @property
+    def target_modules(self) -> str:
+        return decoder_regex("model.text_model.layers")
+
+    def vq_module(self, model):
+        return model.model.vqmodel
+
+    def layout_modules(self, model):
+        return model.model, model.model.text_model
+
+    @cached_property
+    def _vocab_mapping(self):
+        from transformers.models.emu3.modeling_emu3 import Emu3ImageVocabularyMapping
+
+        if self.checkpoint == "tiny":
+            return Emu3ImageVocabularyMapping(self.tiny_config().vocabulary_map)
+        from transformers import AutoConfig
+
+        return Emu3ImageVocabularyMapping(AutoConfig.from_pretrained(self.checkpoint).vocabulary_map)
+
+    @cached_property
+    def image_token_ids(self) -> torch.Tensor:
+        return torch.tensor(self._vocab_mapping.image_tokens, dtype=torch.long)
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.vq.vision_spatial_factor
+
+    def tiny_image_size(self, image: Image.Image) -> tuple[int, int]:
+        f = self.spatial_factor
+        scale = min(1.0, TINY_MAX_SIDE / max(image.size))
+        w, h = (max(f, int(math.floor(s * scale / f)) * f) for s in image.size)
+        return h, w
+
+    def image_codes(self, pixel_values, image_size):
+        return self.vq.encode(pixel_values, torch.tensor([image_size])).image_tokens[0]  # (h, w)
+
+    def image_tokens(self, codes) -> list[int]:
+        h, w = codes.shape
+        rows = self._vocab_mapping.convert_img2bpe(codes).flatten().tolist()  # h * (w + 1), EOL per row
+        return [
+            self.token_id(self.image_start), *self.text_ids(f"{h}*{w}"), self.token_id(self.image_token),
+            *rows, self.token_id(self.eof), self.token_id(self.image_end),
+        ]
+
+    def image_layout(self, input_ids, labels=None):
+        input_ids = input_ids.cpu()
+        is_code = torch.isin(input_ids, self.image_token_ids)
+        start, grid_tok = self.token_id(self.image_start), self.token_id(self.image_token)
+        segs = []
+        for b in range(input_ids.shape[0]):
+            row = input_ids[b].tolist()
+            found = []
+            for s in (i for i, t in enumerate(row) if t == start):
+                try:
+                    g = row.index(grid_tok, s + 1)
+                except ValueError:
+                    continue  # truncated inside the "H*W" prefix: no code of this image is present
+                m = re.fullmatch(r"\s*(\d+)\*(\d+)\s*", self.tokenizer.decode(row[s + 1 : g]))
+                if m is None:
+                    continue
+                h, w = int(m.group(1)), int(m.group(2))
+                seg = ImageSegment(g + 1, h, w, w + 1, h * w)
+                pos = seg.positions()
+                ok = (pos < len(row)) & is_code[b, pos.clamp(max=len(row) - 1)]
+                n_cells = int(ok.long().cumprod(0).sum())  # cells present before the first missing one
+                seg = ImageSegment(g + 1, h, w, w + 1, n_cells)
+                found.append(ImageSegment(g + 1, h, w, w + 1, n_cells, is_input_image(labels, b, seg.positions())))
+            segs.append(found)
+        return ImageLayout.from_lists(segs, input_ids.shape[1])
+
+    def loss(self, model, batch, weights=(1.0, 1.0)) -> LossOutput:
+        set_layout(model, batch["image_layout"])
+        base = unwrap(model)
+        h = base.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
+        codes = self.image_token_ids.to(h.device)
+        return split_ce(
+            lambda rows, tgt, image: (base.lm_head(rows), tgt),
+            h, batch["labels"], lambda t: torch.isin(t, codes), weights,
+        )

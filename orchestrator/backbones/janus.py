@@ -1,0 +1,117 @@
+"""Janus / Janus-Pro: generated images are VQ codes outside the text vocabulary.
+
+Codes enter the language model as ``generation_aligner(generation_embeddings(code))`` and are
+predicted by ``generation_head``. We keep sequences as one LongTensor by writing code c as the id
+``text_vocab + c``; layouts therefore come from positions (ids >= text_vocab after
+``<begin_of_image>``), and the spec builds the embeddings and the two heads itself. Images of the
+prompt take the same discrete path (the SigLIP understanding tower is not used in this version).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+from PIL import Image
+from transformers import JanusConfig, JanusForConditionalGeneration
+
+from ..moss import set_layout
+from .base import TINY_TEXT_VOCAB, BackboneSpec, LossOutput, decoder_regex, fixed_grid_layout, split_ce, unwrap
+
+
+class JanusSpec(BackboneSpec):
+    name = "janus"
+    model_class = JanusForConditionalGeneration
+    hub_checkpoints = ("deepseek-community/Janus-Pro-7B", "deepseek-community/Janus-Pro-1B")
+    # deepseek-ai/Janus-Pro-{7B,1B} language_config
+    real_sizes = {
+        "pro-7b": dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_hidden_layers=30,
+                       num_attention_heads=32, num_key_value_heads=32),
+        "pro-1b": dict(vocab_size=102400, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
+                       num_attention_heads=16, num_key_value_heads=16),
+    }
+    boi, eoi = "<begin_of_image>", "<end_of_image>"
+
+    def tiny_tokenizer_specials(self) -> list[str]:
+        return ["<pad>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<image_placeholder>", self.boi, self.eoi]
+
+    def tiny_config(self) -> JanusConfig:
+        return JanusConfig(
+            image_token_id=self.token_id("<image_placeholder>"),
+            text_config=dict(model_type="llama", vocab_size=TINY_TEXT_VOCAB, hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                             max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+            # the VQ grid side is vision image_size // patch_size = 8 -> 8 x 8 codes from 32 px
+            vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=64,
+                               patch_size=8, projection_dim=64, depth=1, num_image_tokens=64, mlp_ratio=2.0),
+            vq_config=dict(embed_dim=8, num_embeddings=256, latent_channels=32, base_channels=32,
+                           channel_multiplier=[1, 2, 2], num_res_blocks=1, projection_dim=64,
+                           image_token_embed_dim=64, num_hidden_layers=2),
+        )
+
+    def real_size_config(self, size: str) -> JanusConfig:
+        return JanusConfig(text_config=dict(model_type="llama", **self.real_sizes[size]))
+
+    def decoder_layers(self, model):
+        return unwrap(model).model.language_model.layers
+
+    @property
+    def target_modules(self) -> str:
+        return decoder_regex("model.language_model.layers")
+
+    def vq_module(self, model):
+        return model.model.vqmodel
+
+    def layout_modules(self, model):
+        return model.model, model.model.language_model
+
+    @cached_property
+    def text_vocab(self) -> int:
+        if self.checkpoint == "tiny":
+            return TINY_TEXT_VOCAB
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.checkpoint).text_config.vocab_size
+
+    @cached_property
+    def grid(self) -> tuple[int, int]:
+        side = self.vq.config.num_patches
+        return side, side
+
+    def tiny_image_size(self, image: Image.Image) -> tuple[int, int]:
+        side = self.grid[0] * 2 ** (len(self.vq.config.channel_multiplier) - 1)
+        return side, side
+
+    def image_codes(self, pixel_values, image_size):
+        return self.vq.encode(pixel_values).image_tokens.view(*self.grid)
+
+    def image_tokens(self, codes) -> list[int]:
+        virtual = (codes.flatten() + self.text_vocab).tolist()
+        return [self.token_id(self.boi), *virtual, self.token_id(self.eoi)]
+
+    def image_layout(self, input_ids, labels=None):
+        ids = input_ids.cpu()
+        return fixed_grid_layout(ids, labels, {self.token_id(self.boi)}, ids >= self.text_vocab, *self.grid)
+
+    def embed(self, model, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids with codes at text_vocab + c -> (B, T, D) inputs_embeds."""
+        base = unwrap(model)
+        is_img = input_ids >= self.text_vocab
+        emb = base.get_input_embeddings()(input_ids.masked_fill(is_img, 0))
+        if is_img.any():
+            img = base.prepare_embeddings_for_image_generation(input_ids[is_img] - self.text_vocab)
+            emb = emb.index_put((is_img,), img.to(emb.dtype))
+        return emb
+
+    def loss(self, model, batch, weights=(1.0, 1.0)) -> LossOutput:
+        set_layout(model, batch["image_layout"])
+        base = unwrap(model)
+        emb = self.embed(base, batch["input_ids"])
+        lm = base.model.language_model
+        h = lm(inputs_embeds=emb, attention_mask=batch.get("attention_mask")).last_hidden_state
+        tv = self.text_vocab
+
+        def logits(rows, tgt, image):
+            return (base.model.generation_head(rows), tgt - tv) if image else (base.lm_head(rows), tgt)
+
+        return split_ce(logits, h, batch["labels"], lambda t: t >= tv, weights)

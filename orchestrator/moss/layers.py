@@ -1,0 +1,167 @@
+"""MossLinear: a PEFT LoRA layer with a text branch and an image branch.
+
+MoSS (Xu et al., "Modality-Specialized Synergizers for Interleaved Vision-Language Generalists",
+ICLR 2025): text positions get a linear LoRA (PEFT's own ``lora_A``/``lora_B``); image positions get
+either a second linear LoRA (``moe_lora``) or a convolutional LoRA over the image's 2D token grid
+(``moss``). Causality rule: the conv at cell (i, j) sees only cells (i', j') with i' <= i and
+j' <= j (k - 1 cells of zero padding on top and left), so no output depends on a later token of the
+raster order. Every image is convolved on its own grid; special tokens are never part of a grid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.layer import LoraLayer
+from torch import nn
+
+from .config import MossConfig
+from .layout import RoutingPlan
+
+
+class MossContext:
+    """Per-model state every MossLinear reads: the routing plan of the current forward.
+
+    It is set before the decoder runs and kept until the next forward, so activation checkpointing
+    (which recomputes layers during backward) sees the same plan.
+    """
+
+    def __init__(self, config: MossConfig):
+        self.config = config
+        self.plan: RoutingPlan | None = None
+        self.pending_layout = None  # an explicit layout for the next forward (set_layout)
+
+
+def causal_conv2d(rows: torch.Tensor, weight: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+    """Causal k x k convolution over each image grid, for the image positions of a batch.
+
+    rows:   (n_img, c_in)        image-position features, in plan order
+    weight: (c_out, c_in, k, k)  as nn.Conv2d stores it
+    returns (n_img, c_out), equal to F.conv2d(pad(grid, top/left k-1), weight) read back at the cells.
+
+    Instead of im2col, transform once per cell (c_in -> k*k*c_out: the conv's FLOPs, no copy of the
+    d_in-wide input per tap) and sum the k*k shifted low-dimensional maps.
+    """
+    c_out, c_in, k, _ = weight.shape
+    pad = k - 1
+    if k == 1:
+        return rows @ weight.view(c_out, c_in).t()
+    w_taps = weight.permute(1, 2, 3, 0).reshape(c_in, k * k * c_out)  # (c_in, k*k*c_out), tap (a, b)
+    taps = rows @ w_taps  # (n_img, k*k*c_out)
+    h, w = plan.max_h + pad, plan.max_w + pad
+    canvas = taps.new_zeros(plan.n_grids * h * w, k * k * c_out)
+    canvas.index_copy_(0, plan.canvas_index(pad), taps)  # fresh zeros: in-place is autograd-safe
+    canvas = canvas.view(plan.n_grids, h, w, k, k, c_out)  # (G, H+pad, W+pad, k, k, c_out)
+    out = None
+    for a in range(k):  # out[i, j] = sum_ab W[a, b] x[i - pad + a, j - pad + b]
+        for b in range(k):
+            term = canvas[:, a : a + plan.max_h, b : b + plan.max_w, a, b]  # (G, H, W, c_out)
+            out = term if out is None else out + term
+    return out.reshape(-1, c_out).index_select(0, plan.canvas_index(0))
+
+
+def reference_causal_conv2d(grid: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Plain F.conv2d with top/left padding; grid (G, c_in, H, W). Used by the parity tests."""
+    k = weight.shape[-1]
+    return F.conv2d(F.pad(grid, (k - 1, 0, k - 1, 0)), weight)
+
+
+class MossLinear(nn.Module, LoraLayer):
+    """LoRA on nn.Linear with modality routing; see the module docstring."""
+
+    adapter_layer_names = LoraLayer.adapter_layer_names + ("lora_img_A", "lora_img_conv", "lora_img_B")
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config,
+        r: int = 0,
+        lora_alpha: float = 1,
+        *,
+        moss_context: MossContext,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        LoraLayer.__init__(self, base_layer, **kwargs)
+        self.moss_context = moss_context
+        self.lora_img_A = nn.ModuleDict({})
+        self.lora_img_conv = nn.ModuleDict({})
+        self.lora_img_B = nn.ModuleDict({})
+        self.fan_in_fan_out = False
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
+
+    @property
+    def moss(self) -> MossConfig:
+        return self.moss_context.config
+
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config, **kwargs: Any) -> None:
+        super().update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)  # text branch
+        m, d_in, d_out = self.moss, self.in_features, self.out_features
+        if m.variant == "moe_lora" or (m.variant == "moss" and m.conv_space == "lowrank"):
+            self.lora_img_A[adapter_name] = nn.Linear(d_in, r, bias=False)
+            nn.init.kaiming_uniform_(self.lora_img_A[adapter_name].weight, a=math.sqrt(5))
+        if m.variant == "moss":
+            c_in = d_in if m.conv_space == "full" else r
+            conv = nn.Conv2d(c_in, r, m.kernel_size, bias=False)  # causal padding is applied in forward
+            nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
+            self.lora_img_conv[adapter_name] = conv
+        self.lora_img_B[adapter_name] = nn.Linear(r, d_out, bias=False)
+        nn.init.zeros_(self.lora_img_B[adapter_name].weight)  # fresh adapter == base model
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
+        raise RuntimeError(
+            f"a {self.moss.variant} adapter cannot be merged into the base weights: its image branch applies "
+            "only at image-token positions (and for moss convolves over neighbouring tokens), which no single "
+            "weight matrix can express. Keep the adapter unmerged, or use unload() to get the base model back."
+        )
+
+    def _image_branch(self, name: str, rows: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+        """(n_img, d_in) image-position inputs -> (n_img, d_out) adapter output (unscaled)."""
+        m = self.moss
+        if m.variant == "moe_lora":
+            return self.lora_img_B[name](self.lora_img_A[name](rows))
+        conv = self.lora_img_conv[name].weight
+        if m.conv_space == "full":
+            return self.lora_img_B[name](causal_conv2d(rows, conv, plan))
+        z = self.lora_img_A[name](rows)  # (n_img, r)
+        return self.lora_img_B[name](z + causal_conv2d(z, conv, plan))
+
+    def _delta(self, name: str, x: torch.Tensor, plan: RoutingPlan | None) -> torch.Tensor:
+        x = self.lora_dropout[name](x)
+        text = lambda rows: self.lora_B[name](self.lora_A[name](rows))  # noqa: E731
+        if plan is None or plan.num_image_positions == 0:
+            return text(x)
+        lead = x.shape[:-1]
+        if lead.numel() != plan.batch_size * plan.seq_len:
+            raise RuntimeError(
+                f"MoSS routing plan is for {plan.batch_size}x{plan.seq_len} tokens but the layer got "
+                f"{tuple(lead)}: the layout was not refreshed for this forward (see orchestrator.moss.set_layout)"
+            )
+        flat = x.reshape(-1, x.shape[-1])  # (B*T, d_in)
+        txt = text(flat.index_select(0, plan.text_pos))  # (n_txt, d_out)
+        img = self._image_branch(name, flat.index_select(0, plan.image_pos), plan)  # (n_img, d_out)
+        return torch.cat([txt, img]).index_select(0, plan.restore).view(*lead, -1)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._check_forward_args(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters:
+            return result
+        out_dtype = result.dtype
+        plan = self.moss_context.plan
+        for name in self.active_adapters:
+            if name not in self.lora_A:
+                continue
+            xa = self._cast_input_dtype(x, self.lora_A[name].weight.dtype)
+            result = result + self._delta(name, xa, plan) * self.scaling[name]
+        return result.to(out_dtype)
+
+    def __repr__(self) -> str:
+        return f"moss.{self.moss.variant}." + super().__repr__()

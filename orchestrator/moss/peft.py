@@ -1,0 +1,190 @@
+"""apply_moss / save_adapter / load_adapter, and how each forward's image layout reaches the layers.
+
+``lora`` is PEFT's own LoRA. ``moe_lora`` and ``moss`` register MossLinear for nn.Linear through
+PEFT's custom-module dispatch (``LoraConfig._register_custom_module``). PEFT keeps no record of that
+class in ``adapter_config.json`` and silently drops unknown tensors on load, so the MoSS settings
+go to ``moss_config.json`` and ``load_adapter`` re-registers the class and checks every tensor.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file
+from torch import nn
+
+from .config import MossConfig, trainable_params_per_layer
+from .layers import MossContext, MossLinear
+from .layout import ImageLayout, build_routing_plan
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+FORMAT_VERSION = 1
+
+
+class AdapterLoadError(RuntimeError):
+    """An adapter directory does not match the adapter it is loaded into."""
+
+
+def _base(model: nn.Module) -> nn.Module:
+    while True:
+        if isinstance(model, PeftModel):
+            model = model.get_base_model()
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def moss_context(model: nn.Module) -> MossContext | None:
+    return getattr(_base(model), "moss_context", None)
+
+
+def set_layout(model: nn.Module, layout: ImageLayout) -> None:
+    """Give the next forward of ``model`` its image layout explicitly (no-op for plain LoRA).
+
+    Needed when the decoder is called with ``inputs_embeds`` (Janus image codes); with ``input_ids``
+    the layout is derived from the ids by a pre-forward hook. The routing plan then stays in place
+    until the next forward, so activation-checkpoint recomputation during backward sees it too.
+    """
+    ctx = moss_context(model)
+    if ctx is not None:
+        ctx.pending_layout = layout
+
+
+def _install_layout_hooks(base: nn.Module, spec, ctx: MossContext) -> None:
+    ids_module, decoder = spec.layout_modules(base)
+
+    def ids_of(args, kwargs):
+        return kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+
+    def stash(module, args, kwargs):  # sees input_ids: derive the layout unless one was set explicitly
+        ids = ids_of(args, kwargs)
+        if ctx.pending_layout is None and ids is not None:
+            ctx.pending_layout = spec.image_layout(ids)
+
+    def consume(module, args, kwargs):  # right before the decoder layers run
+        layout, ctx.pending_layout = ctx.pending_layout, None
+        ids = ids_of(args, kwargs)
+        if layout is None:
+            if ids is None:
+                raise RuntimeError(
+                    "MoSS cannot tell image positions from inputs_embeds: call "
+                    "orchestrator.moss.set_layout(model, layout) before this forward"
+                )
+            layout = spec.image_layout(ids)
+        ref = ids if ids is not None else kwargs.get("inputs_embeds")
+        ctx.plan = build_routing_plan(layout, ctx.config.image_inputs, device=ref.device if ref is not None else None)
+
+    ids_module.register_forward_pre_hook(stash, with_kwargs=True)
+    decoder.register_forward_pre_hook(consume, with_kwargs=True)
+
+
+def lora_config_for(config: MossConfig, spec) -> LoraConfig:
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules or spec.target_modules,
+        bias="none",
+    )
+
+
+def apply_moss(model: nn.Module, config: MossConfig, spec) -> PeftModel:
+    """Wrap the language model's projections of ``model`` with the adapter ``config`` describes."""
+    lora_cfg = lora_config_for(config, spec)
+    ctx = None
+    if config.variant != "lora":
+        ctx = MossContext(config)
+        lora_cfg._register_custom_module({nn.Linear: functools.partial(MossLinear, moss_context=ctx)})
+    peft_model = get_peft_model(model, lora_cfg)
+    wrapped = [n for n, m in peft_model.get_base_model().named_modules() if isinstance(m, LoraLayer)]
+    expected = spec.expected_target_count(model) if config.target_modules is None else None
+    if not wrapped or (expected is not None and len(wrapped) != expected):
+        raise ValueError(
+            f"{spec.name}: target regex {lora_cfg.target_modules!r} wrapped {len(wrapped)} modules, "
+            f"expected {expected} (decoder layers x 7)"
+        )
+    base = peft_model.get_base_model()
+    base.moss_config = config
+    base.moss_backbone = spec.name
+    if ctx is not None:
+        base.moss_context = ctx
+        _install_layout_hooks(base, spec, ctx)
+    return peft_model
+
+
+def save_adapter(model: nn.Module, directory: str | Path) -> Path:
+    """Write PEFT's adapter files (safetensors) and moss_config.json to ``directory``."""
+    directory = Path(directory)
+    peft_model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if not isinstance(peft_model, PeftModel):
+        raise TypeError("save_adapter expects the PeftModel returned by apply_moss / load_adapter")
+    peft_model.save_pretrained(directory, safe_serialization=True)
+    base = peft_model.get_base_model()
+    base.moss_config.save(directory, backbone=base.moss_backbone, format_version=FORMAT_VERSION)
+    return directory
+
+
+def load_adapter(
+    base_model: nn.Module,
+    directory: str | Path,
+    spec,
+    *,
+    moss_config: MossConfig | None = None,
+    is_trainable: bool = False,
+) -> PeftModel:
+    """Rebuild the adapter saved in ``directory`` on ``base_model``; raise unless every tensor loads.
+
+    ``moss_config`` overrides the saved settings (e.g. to read an adapter as another variant); the
+    load then fails loudly if the tensors do not fit, instead of PEFT's silent drop.
+    """
+    directory = Path(directory)
+    saved, extra = MossConfig.load(directory)
+    config = moss_config or saved
+    if extra.get("backbone") not in (None, spec.name) and not {extra.get("backbone"), spec.name} <= {"chameleon", "anole"}:
+        raise AdapterLoadError(f"{directory} holds a {extra['backbone']} adapter, not {spec.name}")
+    weights = directory / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise AdapterLoadError(f"{weights} not found (adapters load only from safetensors)")
+    state = load_file(str(weights))
+    peft_model = apply_moss(base_model, config, spec)
+    try:
+        result = set_peft_model_state_dict(peft_model, state)
+    except RuntimeError as err:  # size mismatch
+        raise AdapterLoadError(f"{directory}: tensors do not fit a {config.variant} adapter: {err}") from err
+    adapter_names = ("lora_",)
+    missing = [k for k in result.missing_keys if any(a in k for a in adapter_names)]
+    if result.unexpected_keys or missing:
+        raise AdapterLoadError(
+            f"{directory} does not match a {config.variant} adapter (conv_space={config.conv_space}): "
+            f"{len(result.unexpected_keys)} saved tensors would be unused (e.g. {result.unexpected_keys[:3]}), "
+            f"{len(missing)} adapter tensors would stay uninitialised (e.g. {missing[:3]})"
+        )
+    for p in peft_model.parameters():
+        p.requires_grad_(False)
+    if is_trainable:
+        for n, p in peft_model.named_parameters():
+            if ".lora_" in n:
+                p.requires_grad_(True)
+    else:
+        peft_model.eval()
+    return peft_model
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def expected_trainable_parameters(model: nn.Module, config: MossConfig, spec) -> int:
+    """The closed-form count (see trainable_params_per_layer) summed over the targeted linears."""
+    pattern = config.target_modules or spec.target_modules
+    total = 0
+    for name, module in _base(model).named_modules():
+        if re.fullmatch(pattern, name) and hasattr(module, "in_features"):
+            total += trainable_params_per_layer(config, module.in_features, module.out_features)
+    return total
