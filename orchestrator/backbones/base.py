@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..moss import set_layout
 from ..moss.layout import ImageLayout, ImageSegment
 
 IGNORE_INDEX = -100
@@ -132,6 +133,22 @@ class BackboneSpec(ABC):
             model = self.model_class.from_pretrained(checkpoint, dtype=dtype or "auto")
         return model.eval()
 
+    @abstractmethod
+    def tiny_image_processor(self):
+        """The real image-processor class of the family, sized for the tiny VQ (for export_tiny)."""
+
+    def export_tiny(self, directory: str, seed: int = 0) -> str:
+        """Write a complete local checkpoint (weights, tokenizer, image processor) of the tiny model.
+
+        ``get_backbone(name, checkpoint=directory)`` then exercises the same loading code as a hub id.
+        """
+        if self.checkpoint != TINY:
+            raise ValueError("export_tiny needs a spec bound to the tiny checkpoint")
+        self.build(TINY, seed=seed).save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.tiny_image_processor().save_pretrained(directory)
+        return directory
+
     def build_meta(self, size: str) -> nn.Module:
         with torch.device("meta"):
             return self.model_class(self.real_size_config(size))
@@ -182,9 +199,9 @@ class BackboneSpec(ABC):
     def vq(self) -> nn.Module:
         if self.checkpoint == TINY:
             return self.tiny_vq()
-        return load_submodule(self.checkpoint, self.model_class, self.vq_module, self.vq_prefix).eval()
+        return load_submodule(self.checkpoint, self.model_class, self.vq_module, self.vq_prefixes).eval()
 
-    vq_prefix = "model.vqmodel."
+    vq_prefixes = ("model.vqmodel.", "vqmodel.")
 
     @cached_property
     def image_processor(self):
@@ -265,9 +282,26 @@ class BackboneSpec(ABC):
     def image_layout(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> ImageLayout:
         """(B, T) ids -> the image segments of each sequence, in raster order."""
 
-    @abstractmethod
+    def hidden_states(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """(B, T, D) last decoder hidden states; the MoSS layout comes from batch["image_layout"]."""
+        set_layout(model, batch["image_layout"])
+        base = unwrap(model)
+        return base.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
+
+    def head(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, image: bool):
+        """Logits for selected hidden rows (and the targets in that head's index space)."""
+        return unwrap(model).lm_head(rows), targets
+
+    def is_image_target(self, targets: torch.Tensor) -> torch.Tensor:
+        return torch.isin(targets, self.image_token_ids.to(targets.device))
+
     def loss(self, model: nn.Module, batch: dict, weights: tuple[float, float] = (1.0, 1.0)) -> LossOutput:
-        """Text CE + image CE on a collated batch; the MoSS layout is set from batch["image_layout"]."""
+        """Text CE + image CE on a collated batch, weighted (text, image), computed from hidden states.
+
+        Logits come from the heads directly, never from the HF forward (Chameleon masks image logits).
+        """
+        h = self.hidden_states(model, batch)
+        return split_ce(lambda r, t, image: self.head(model, r, t, image), h, batch["labels"], self.is_image_target, weights)
 
     def layout_modules(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
         """(module that receives input_ids, module that runs the decoder layers)."""
@@ -327,8 +361,12 @@ def build_byte_tokenizer(specials: list[str]):
 TINY_TEXT_VOCAB = 512  # specials + bytes fit below; tiny image codes start here
 
 
-def load_submodule(checkpoint: str, model_class, get_sub, prefix: str) -> nn.Module:
-    """Load one submodule (e.g. the VQ) of a checkpoint without loading the language model weights."""
+def load_submodule(checkpoint: str, model_class, get_sub, prefixes: tuple[str, ...]) -> nn.Module:
+    """Load one submodule (e.g. the VQ) of a checkpoint without loading the language model weights.
+
+    Saved key layouts differ from module names (transformers 5 converts some on save, e.g. Emu3 writes
+    ``vqmodel.*`` for ``model.vqmodel.*``), so the first prefix present in the checkpoint is used.
+    """
     from safetensors import safe_open
     from transformers import AutoConfig
 
@@ -336,41 +374,43 @@ def load_submodule(checkpoint: str, model_class, get_sub, prefix: str) -> nn.Mod
     with torch.device("meta"):
         shell = model_class(config)
     sub = get_sub(shell)
-    files = _weight_files(checkpoint, prefix)
+    keys = _weight_index(checkpoint)
+    prefix = next((p for p in prefixes if any(k.startswith(p) for k in keys)), None)
+    if prefix is None:
+        raise KeyError(f"no weights under any of {prefixes} in {checkpoint}")
     state = {}
-    for path in files:
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                if key.startswith(prefix):
-                    state[key[len(prefix) :]] = f.get_tensor(key)
-    if not state:
-        raise KeyError(f"no weights under {prefix!r} in {checkpoint}")
+    for name in sorted({f for k, f in keys.items() if k.startswith(prefix)}):
+        with safe_open(_checkpoint_file(checkpoint, name), framework="pt") as f:
+            state.update({k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
     sub.load_state_dict(state, strict=True, assign=True)
     return sub
 
 
-def _weight_files(checkpoint: str, prefix: str) -> list[str]:
-    def fetch(name: str) -> str | None:
-        if os.path.isdir(checkpoint):
-            p = os.path.join(checkpoint, name)
-            return p if os.path.exists(p) else None
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+def _checkpoint_file(checkpoint: str, name: str) -> str | None:
+    if os.path.isdir(checkpoint):
+        p = os.path.join(checkpoint, name)
+        return p if os.path.exists(p) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
-        try:
-            return hf_hub_download(checkpoint, name)
-        except EntryNotFoundError:
-            return None
+    try:
+        return hf_hub_download(checkpoint, name)
+    except EntryNotFoundError:
+        return None
 
-    index = fetch("model.safetensors.index.json")
-    if index is None:
-        single = fetch("model.safetensors")
-        if single is None:
-            raise FileNotFoundError(f"{checkpoint}: no model.safetensors(.index.json)")
-        return [single]
-    weight_map = json.loads(open(index).read())["weight_map"]
-    shards = sorted({f for k, f in weight_map.items() if k.startswith(prefix)})
-    return [fetch(s) for s in shards]
+
+def _weight_index(checkpoint: str) -> dict[str, str]:
+    """Tensor name -> safetensors file name, for a single-file or sharded checkpoint."""
+    index = _checkpoint_file(checkpoint, "model.safetensors.index.json")
+    if index is not None:
+        return json.loads(open(index).read())["weight_map"]
+    single = _checkpoint_file(checkpoint, "model.safetensors")
+    if single is None:
+        raise FileNotFoundError(f"{checkpoint}: no model.safetensors(.index.json)")
+    from safetensors import safe_open
+
+    with safe_open(single, framework="pt") as f:
+        return {k: "model.safetensors" for k in f.keys()}
 
 
 def decoder_regex(stack: str) -> str:

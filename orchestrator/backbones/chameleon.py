@@ -13,14 +13,11 @@ import torch
 from PIL import Image
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
-from ..moss import set_layout
 from .base import (
     TINY_TEXT_VOCAB,
     BackboneSpec,
-    LossOutput,
     decoder_regex,
     fixed_grid_layout,
-    split_ce,
     unwrap,
 )
 
@@ -59,8 +56,16 @@ class ChameleonSpec(BackboneSpec):
                            channel_multiplier=[1, 2, 2], resolution=32, num_res_blocks=1),
         )
 
+    def tiny_image_processor(self):
+        from transformers import ChameleonImageProcessorPil
+
+        res = self.vq.config.resolution
+        return ChameleonImageProcessorPil(size={"shortest_edge": res}, crop_size={"height": res, "width": res})
+
     def real_size_config(self, size: str) -> ChameleonConfig:
-        return ChameleonConfig(**self.real_sizes[size])
+        # image codes are ids 4..8195 in Chameleon/Anole; the mapping only shapes the meta build
+        vmap = {_code_name(c): 4 + c for c in range(8192)}
+        return ChameleonConfig(vocabulary_map=vmap, **self.real_sizes[size])
 
     def decoder_layers(self, model):
         return unwrap(model).model.layers
@@ -107,13 +112,3 @@ class ChameleonSpec(BackboneSpec):
     def image_layout(self, input_ids, labels=None):
         is_code = torch.isin(input_ids, self.image_token_ids.to(input_ids.device))
         return fixed_grid_layout(input_ids.cpu(), labels, {self.token_id(self.boi)}, is_code.cpu(), *self.grid)
-
-    def loss(self, model, batch, weights=(1.0, 1.0)) -> LossOutput:
-        set_layout(model, batch["image_layout"])
-        base = unwrap(model)
-        h = base.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
-        codes = self.image_token_ids.to(h.device)
-        return split_ce(
-            lambda rows, tgt, image: (base.lm_head(rows), tgt),
-            h, batch["labels"], lambda t: torch.isin(t, codes), weights,
-        )

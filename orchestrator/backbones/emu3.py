@@ -15,9 +15,8 @@ import torch
 from PIL import Image
 from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3TextConfig
 
-from ..moss import set_layout
 from ..moss.layout import ImageLayout, ImageSegment
-from .base import TINY_TEXT_VOCAB, BackboneSpec, LossOutput, decoder_regex, is_input_image, split_ce, unwrap
+from .base import TINY_TEXT_VOCAB, BackboneSpec, decoder_regex, is_input_image, unwrap
 
 TINY_CODEBOOK = 256
 TINY_MAX_SIDE = 40  # tiny images are resized to fit 40 x 40 px, multiples of the VQ factor (4)
@@ -58,8 +57,17 @@ class Emu3Spec(BackboneSpec):
                            hidden_size=64, num_attention_heads=1),
         )
 
+    def tiny_image_processor(self):
+        from transformers import Emu3ImageProcessor
+
+        f = self.spatial_factor
+        return Emu3ImageProcessor(spatial_factor=f, min_pixels=(4 * f) ** 2, max_pixels=TINY_MAX_SIDE**2)
+
     def real_size_config(self, size: str) -> Emu3Config:
-        return Emu3Config(text_config=Emu3TextConfig(**self.real_sizes[size]))
+        # visual tokens fill the top 32768 ids; the mapping only shapes the meta build
+        vocab = self.real_sizes[size]["vocab_size"]
+        vmap = {f"<|visual token{c:06d}|>": vocab - 32768 + c for c in range(32768)}
+        return Emu3Config(vocabulary_map=vmap, text_config=Emu3TextConfig(**self.real_sizes[size]))
 
     def decoder_layers(self, model):
         return unwrap(model).model.text_model.layers
@@ -134,13 +142,3 @@ class Emu3Spec(BackboneSpec):
                 found.append(ImageSegment(g + 1, h, w, w + 1, n_cells, is_input_image(labels, b, seg.positions())))
             segs.append(found)
         return ImageLayout.from_lists(segs, input_ids.shape[1])
-
-    def loss(self, model, batch, weights=(1.0, 1.0)) -> LossOutput:
-        set_layout(model, batch["image_layout"])
-        base = unwrap(model)
-        h = base.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
-        codes = self.image_token_ids.to(h.device)
-        return split_ce(
-            lambda rows, tgt, image: (base.lm_head(rows), tgt),
-            h, batch["labels"], lambda t: torch.isin(t, codes), weights,
-        )

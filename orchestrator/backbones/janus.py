@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import JanusConfig, JanusForConditionalGeneration
 
 from ..moss import set_layout
-from .base import TINY_TEXT_VOCAB, BackboneSpec, LossOutput, decoder_regex, fixed_grid_layout, split_ce, unwrap
+from .base import TINY_TEXT_VOCAB, BackboneSpec, decoder_regex, fixed_grid_layout, unwrap
 
 
 class JanusSpec(BackboneSpec):
@@ -48,6 +48,12 @@ class JanusSpec(BackboneSpec):
                            channel_multiplier=[1, 2, 2], num_res_blocks=1, projection_dim=64,
                            image_token_embed_dim=64, num_hidden_layers=2),
         )
+
+    def tiny_image_processor(self):
+        from transformers import JanusImageProcessorPil
+
+        side = self.tiny_image_size(None)[0]
+        return JanusImageProcessorPil(size={"height": side, "width": side})
 
     def real_size_config(self, size: str) -> JanusConfig:
         return JanusConfig(text_config=dict(model_type="llama", **self.real_sizes[size]))
@@ -103,15 +109,17 @@ class JanusSpec(BackboneSpec):
             emb = emb.index_put((is_img,), img.to(emb.dtype))
         return emb
 
-    def loss(self, model, batch, weights=(1.0, 1.0)) -> LossOutput:
+    def hidden_states(self, model, batch):
         set_layout(model, batch["image_layout"])
+        emb = self.embed(model, batch["input_ids"])
+        lm = unwrap(model).model.language_model
+        return lm(inputs_embeds=emb, attention_mask=batch.get("attention_mask")).last_hidden_state
+
+    def head(self, model, rows, targets, image):
         base = unwrap(model)
-        emb = self.embed(base, batch["input_ids"])
-        lm = base.model.language_model
-        h = lm(inputs_embeds=emb, attention_mask=batch.get("attention_mask")).last_hidden_state
-        tv = self.text_vocab
+        if image:
+            return base.model.generation_head(rows), targets - self.text_vocab
+        return base.lm_head(rows), targets
 
-        def logits(rows, tgt, image):
-            return (base.model.generation_head(rows), tgt - tv) if image else (base.lm_head(rows), tgt)
-
-        return split_ce(logits, h, batch["labels"], lambda t: t >= tv, weights)
+    def is_image_target(self, targets):
+        return targets >= self.text_vocab

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny backbones, PIL-drawn images, encoded interleaved batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from orchestrator.backbones import get_backbone
+from orchestrator.moss import MossConfig
+
+torch.set_num_threads(2)
+
+BACKBONE_NAMES = ("chameleon", "emu3", "janus")
+ADAPTERS = {
+    "lora": MossConfig(variant="lora", rank=4, alpha=8),
+    "moe_lora": MossConfig(variant="moe_lora", rank=4, alpha=8),
+    "moss-full": MossConfig(variant="moss", rank=4, alpha=8, kernel_size=3, conv_space="full"),
+    "moss-lowrank": MossConfig(variant="moss", rank=4, alpha=8, kernel_size=3, conv_space="lowrank"),
+}
+
+
+def draw(color: str, size=(32, 32), shape: str = "square") -> Image.Image:
+    im = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(im)
+    box = [size[0] // 5, size[1] // 5, size[0] * 4 // 5, size[1] * 4 // 5]
+    (d.ellipse if shape == "circle" else d.rectangle)(box, fill=color)
+    return im
+
+
+_SPECS = {}
+
+
+def spec_for(name: str):
+    if name not in _SPECS:
+        _SPECS[name] = get_backbone(name)
+    return _SPECS[name]
+
+
+@pytest.fixture(params=BACKBONE_NAMES)
+def spec(request):
+    return spec_for(request.param)
+
+
+@pytest.fixture(params=list(ADAPTERS))
+def adapter(request) -> MossConfig:
+    return ADAPTERS[request.param]
+
+
+def two_image_example(spec):
+    """Prompt text + prompt image + answer text + answer image (different aspect ratio) + text."""
+    return spec.encode(
+        ["Draw a red square.", draw("red"), "Now a blue circle:", draw("blue", (40, 24), "circle"), "Done."],
+        targets=[False, False, True, True, True],
+    )
+
+
+def mixed_batch(spec):
+    """Two sequences: two images + text, and one image + text (padded)."""
+    return spec.collate([two_image_example(spec), spec.encode(["A green one:", draw("green")])])
+
+
+def text_batch(spec):
+    return spec.collate([spec.encode(["Only words here."]), spec.encode(["And here, too, no images."])])
+
+
+def randomize_adapter(model, seed: int = 0, std: float = 0.1) -> None:
+    """Give zero-initialised B matrices random values so that adapters change the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name and p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * std)

@@ -1,0 +1,187 @@
+"""MoSS adapters on every tiny backbone x variant x conv_space: identity, causality, gradients, I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from peft import PeftModel
+
+from orchestrator.moss import (
+    AdapterLoadError,
+    MossConfig,
+    apply_moss,
+    expected_trainable_parameters,
+    load_adapter,
+    save_adapter,
+    trainable_parameters,
+)
+from tests.conftest import mixed_batch, randomize_adapter, text_batch, two_image_example
+
+
+def hidden(spec, model, batch):
+    with torch.no_grad():
+        return spec.hidden_states(model, batch)
+
+
+def test_fresh_adapter_leaves_outputs_unchanged(spec, adapter):
+    batch = mixed_batch(spec)
+    base_h = hidden(spec, spec.build(seed=0), batch)
+    base_loss = spec.loss(spec.build(seed=0), batch).loss
+    model = apply_moss(spec.build(seed=0), adapter, spec)
+    assert torch.equal(hidden(spec, model, batch), base_h)
+    assert torch.equal(spec.loss(model, batch).loss, base_loss)
+
+
+def _other_token(spec, token: int, is_image: bool) -> int:
+    if not is_image:
+        return 16 + (token - 16 + 7) % 256  # another byte of the tiny tokenizer
+    if spec.name == "janus":
+        return spec.text_vocab + (token - spec.text_vocab + 5) % 256
+    ids = spec.image_token_ids
+    return int(ids[(int((ids == token).nonzero()) + 5) % len(ids)])
+
+
+def _probe_positions(example) -> list[int]:
+    """A text position, and image cells: first, mid-row, row end, next row start, last present."""
+    segs = example["image_layout"]
+    picks = [segs[0].offset - 3]
+    for seg in segs:
+        pos = seg.positions()
+        w = seg.width
+        picks += [int(pos[0]), int(pos[w // 2 + w]), int(pos[w - 1]), int(pos[w]), int(pos[-1])]
+    return picks
+
+
+def _check_causal(spec, model, example):
+    batch = spec.collate([example])
+    h0 = hidden(spec, model, batch)
+    image_positions = {int(p) for seg in example["image_layout"] for p in seg.positions()}
+    for t in _probe_positions(example):
+        ids = batch["input_ids"].clone()
+        ids[0, t] = _other_token(spec, int(ids[0, t]), t in image_positions)
+        h1 = hidden(spec, model, {**batch, "input_ids": ids})
+        assert torch.allclose(h1[:, :t], h0[:, :t], atol=1e-6, rtol=0), f"position {t} changed an earlier output"
+        assert (h1[:, t:] - h0[:, t:]).abs().max() > 1e-4, f"perturbing position {t} changed nothing"
+
+
+def test_no_output_depends_on_a_later_token(spec, adapter):
+    model = apply_moss(spec.build(seed=0), adapter, spec)
+    randomize_adapter(model)
+    _check_causal(spec, model, two_image_example(spec))
+
+
+def test_causal_with_truncated_last_image(spec, adapter):
+    full = two_image_example(spec)
+    last = full["image_layout"][-1]
+    cut = last.offset + last.row_stride * (last.height // 2) + 2  # mid-row of the second image
+    ids, labels = full["input_ids"][:cut], full["labels"][:cut]
+    layout = spec.image_layout(ids[None], labels[None]).segments[0]
+    assert not layout[-1].complete and layout[-1].n_cells == last.width * (last.height // 2) + 2
+    model = apply_moss(spec.build(seed=0), adapter, spec)
+    randomize_adapter(model)
+    _check_causal(spec, model, {"input_ids": ids, "labels": labels, "image_layout": layout})
+
+
+def _grads(model, key: str) -> list[torch.Tensor]:
+    return [p.grad for n, p in model.named_parameters() if key in n and p.requires_grad]
+
+
+def _image_branch_grad_norm(model) -> float:
+    return sum(float(g.abs().sum()) for g in _grads(model, "lora_img_") if g is not None)
+
+
+def test_image_branch_untouched_by_text_only_batch(spec, adapter):
+    model = apply_moss(spec.build(seed=0), adapter, spec)
+    if adapter.variant == "lora":
+        assert not _grads(model, "lora_img_")
+        return
+    randomize_adapter(model)
+    spec.loss(model, text_batch(spec)).loss.backward()
+    assert _image_branch_grad_norm(model) == 0.0
+    assert sum(float(g.abs().sum()) for g in _grads(model, "lora_A")) > 0
+
+
+def test_image_branch_untouched_by_loss_before_first_image(spec, adapter):
+    if adapter.variant == "lora":
+        pytest.skip("plain LoRA has no image branch")
+    batch = mixed_batch(spec)
+    first = min(seg.offset for segs in batch["image_layout"].segments for seg in segs)
+    model = apply_moss(spec.build(seed=0), adapter, spec)
+    randomize_adapter(model)
+    spec.hidden_states(model, batch)[:, :first].pow(2).sum().backward()
+    assert _image_branch_grad_norm(model) == 0.0
+    model.zero_grad()
+    spec.hidden_states(model, batch)[:, first:].pow(2).sum().backward()  # the same check can fail
+    assert _image_branch_grad_norm(model) > 0
+
+
+def test_save_load_round_trip_is_exact(spec, adapter, tmp_path):
+    batch = mixed_batch(spec)
+    model = apply_moss(spec.build(seed=0), adapter, spec)
+    randomize_adapter(model, seed=3)
+    expected = hidden(spec, model, batch)
+    save_adapter(model, tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").is_file() and (tmp_path / "moss_config.json").is_file()
+    restored = load_adapter(spec.build(seed=0), tmp_path, spec)
+    assert torch.equal(hidden(spec, restored, batch), expected)
+    assert trainable_parameters(restored) == 0
+    trainable = load_adapter(spec.build(seed=0), tmp_path, spec, is_trainable=True)
+    assert trainable_parameters(trainable) == trainable_parameters(model)
+
+
+def test_trainable_count_matches_formula(spec, adapter):
+    model = apply_moss(spec.build(seed=0), adapter, spec)
+    assert trainable_parameters(model) == expected_trainable_parameters(model, adapter, spec) > 0
+
+
+@pytest.mark.parametrize(
+    "saved, read_as",
+    [
+        ("moss", dict(variant="lora")),  # PEFT alone would silently drop every lora_img_* tensor
+        ("moss", dict(conv_space="lowrank")),
+        ("lora", dict(variant="moss")),
+        ("moe_lora", dict(variant="moss")),
+    ],
+)
+def test_load_refuses_mismatched_adapter(saved, read_as, tmp_path):
+    from tests.conftest import spec_for
+
+    spec = spec_for("chameleon")
+    cfg = MossConfig(variant=saved, rank=4)
+    save_adapter(apply_moss(spec.build(seed=0), cfg, spec), tmp_path)
+    with pytest.raises(AdapterLoadError):
+        load_adapter(spec.build(seed=0), tmp_path, spec, moss_config=dataclasses.replace(cfg, **read_as))
+
+
+def test_merge_only_for_plain_lora(spec):
+    batch = mixed_batch(spec)
+    lora = apply_moss(spec.build(seed=0), MossConfig(variant="lora", rank=4), spec)
+    randomize_adapter(lora)
+    before = hidden(spec, lora, batch)
+    merged = lora.merge_and_unload()
+    assert not isinstance(merged, PeftModel)
+    assert torch.allclose(hidden(spec, merged, batch), before, atol=1e-4)
+    for variant in ("moe_lora", "moss"):
+        model = apply_moss(spec.build(seed=0), MossConfig(variant=variant, rank=4), spec)
+        with pytest.raises(RuntimeError, match="cannot be merged"):
+            model.merge_and_unload()
+
+
+def test_activation_checkpointing_keeps_the_layout(tmp_path):
+    from tests.conftest import spec_for
+
+    spec = spec_for("chameleon")
+    batch = mixed_batch(spec)
+    grads = []
+    for checkpointing in (False, True):
+        model = apply_moss(spec.build(seed=0), MossConfig(variant="moss", rank=4), spec)
+        randomize_adapter(model)
+        model.train()
+        if checkpointing:
+            model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        spec.loss(model, batch).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, atol=1e-6), name
