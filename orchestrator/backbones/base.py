@@ -25,7 +25,14 @@ from ..moss.layout import ImageLayout, ImageSegment
 
 IGNORE_INDEX = -100
 TINY = "tiny"
-TINY_VQ_SEED = 1234  # the tiny image tokenizer is the same whatever seed the model is built with
+TINY_VQ_SEED = 1234  # a preset's image tokenizer is the same whatever seed the model is built with
+# Random-init presets of the real classes: "tiny" for tests and laptops, "small" for the CPU
+# adapter benchmark, "large" for short GPU checks. grid = image side in VQ codes.
+RANDOM_PRESETS = {
+    "tiny": dict(hidden=64, intermediate=128, layers=2, heads=4, grid=8),
+    "small": dict(hidden=512, intermediate=1376, layers=4, heads=8, grid=16),
+    "large": dict(hidden=2048, intermediate=5504, layers=16, heads=16, grid=32),
+}
 PROJ_TAIL = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 PROJS_PER_LAYER = 7
 
@@ -105,9 +112,17 @@ class BackboneSpec(ABC):
         return f"{type(self).__name__}(checkpoint={self.checkpoint!r})"
 
     # ---- building ---------------------------------------------------------------------------------
+    @property
+    def is_random(self) -> bool:
+        return self.checkpoint in RANDOM_PRESETS
+
+    @property
+    def preset(self) -> dict:
+        return RANDOM_PRESETS[self.checkpoint]
+
     @abstractmethod
-    def tiny_config(self):
-        """A small random-init config of the real class (hidden 64, 2 layers)."""
+    def random_config(self):
+        """The random-init config of the real class for this spec's preset (see RANDOM_PRESETS)."""
 
     @abstractmethod
     def real_size_config(self, size: str):
@@ -124,9 +139,11 @@ class BackboneSpec(ABC):
 
     def build(self, checkpoint: str | None = None, seed: int = 0, dtype: torch.dtype | None = None) -> nn.Module:
         checkpoint = checkpoint or self.checkpoint
-        if checkpoint == TINY:
+        if checkpoint != self.checkpoint:
+            return type(self)(checkpoint).build(seed=seed, dtype=dtype)
+        if self.is_random:
             torch.manual_seed(seed)
-            model = self.model_class(self.tiny_config())
+            model = self.model_class(self.random_config())
             self.vq_module(model).load_state_dict(self.tiny_vq().state_dict())
             model = model.to(dtype) if dtype is not None else model
         else:
@@ -142,9 +159,9 @@ class BackboneSpec(ABC):
 
         ``get_backbone(name, checkpoint=directory)`` then exercises the same loading code as a hub id.
         """
-        if self.checkpoint != TINY:
-            raise ValueError("export_tiny needs a spec bound to the tiny checkpoint")
-        self.build(TINY, seed=seed).save_pretrained(directory)
+        if not self.is_random:
+            raise ValueError("export_tiny needs a spec bound to a random-init preset")
+        self.build(seed=seed).save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         self.tiny_image_processor().save_pretrained(directory)
         return directory
@@ -176,7 +193,7 @@ class BackboneSpec(ABC):
     @cached_property
     def tokenizer(self):
         """The text tokenizer (a real HF tokenizer; byte-level BPE for tiny)."""
-        if self.checkpoint == TINY:
+        if self.is_random:
             return build_byte_tokenizer(self.tiny_tokenizer_specials())
         from transformers import AutoTokenizer
 
@@ -192,12 +209,12 @@ class BackboneSpec(ABC):
         """The fixed tiny image tokenizer (seeded independently of the model seed)."""
         if not hasattr(self, "_tiny_vq"):
             torch.manual_seed(TINY_VQ_SEED)
-            self._tiny_vq = self.vq_module(self.model_class(self.tiny_config())).eval()
+            self._tiny_vq = self.vq_module(self.model_class(self.random_config())).eval()
         return self._tiny_vq
 
     @cached_property
     def vq(self) -> nn.Module:
-        if self.checkpoint == TINY:
+        if self.is_random:
             return self.tiny_vq()
         return load_submodule(self.checkpoint, self.model_class, self.vq_module, self.vq_prefixes).eval()
 
@@ -205,7 +222,7 @@ class BackboneSpec(ABC):
 
     @cached_property
     def image_processor(self):
-        if self.checkpoint == TINY:
+        if self.is_random:
             return None
         from transformers import AutoImageProcessor
 

@@ -44,16 +44,17 @@ class ChameleonSpec(BackboneSpec):
     def tiny_tokenizer_specials(self) -> list[str]:
         return ["<pad>", "<s>", "</s>", "<image>", self.boi, self.eoi, "<reserved08706>"]
 
-    def tiny_config(self) -> ChameleonConfig:
-        vmap = dict(self.tokenizer.get_vocab()) if self.checkpoint == "tiny" else {}
+    def random_config(self) -> ChameleonConfig:
+        p = self.preset
+        vmap = dict(self.tokenizer.get_vocab())
         vmap.update({_code_name(c): TINY_TEXT_VOCAB + c for c in range(TINY_CODEBOOK)})
         return ChameleonConfig(
-            vocab_size=TINY_TEXT_VOCAB + TINY_CODEBOOK, hidden_size=64, intermediate_size=128,
-            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2, vocabulary_map=vmap,
-            # 32 px images, downsampling 4 -> 8 x 8 = 64 codes per image; GroupNorm(32) needs base >= 32
+            vocab_size=TINY_TEXT_VOCAB + TINY_CODEBOOK, hidden_size=p["hidden"], intermediate_size=p["intermediate"],
+            num_hidden_layers=p["layers"], num_attention_heads=p["heads"], num_key_value_heads=p["heads"],
+            max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2, vocabulary_map=vmap,
+            # downsampling 4 -> grid x grid codes per image; GroupNorm(32) needs base_channels >= 32
             vq_config=dict(embed_dim=8, num_embeddings=TINY_CODEBOOK, latent_channels=8, base_channels=32,
-                           channel_multiplier=[1, 2, 2], resolution=32, num_res_blocks=1),
+                           channel_multiplier=[1, 2, 2], resolution=4 * p["grid"], num_res_blocks=1),
         )
 
     def tiny_image_processor(self):
@@ -81,8 +82,8 @@ class ChameleonSpec(BackboneSpec):
     def _vocab_mapping(self):
         from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping
 
-        if self.checkpoint == "tiny":
-            return ChameleonImageVocabularyMapping(self.tiny_config().vocabulary_map)
+        if self.is_random:
+            return ChameleonImageVocabularyMapping(self.random_config().vocabulary_map)
         from transformers import AutoConfig
 
         return ChameleonImageVocabularyMapping(AutoConfig.from_pretrained(self.checkpoint).vocabulary_map)

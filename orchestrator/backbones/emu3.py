@@ -19,7 +19,6 @@ from ..moss.layout import ImageLayout, ImageSegment
 from .base import TINY_TEXT_VOCAB, BackboneSpec, decoder_regex, is_input_image, unwrap
 
 TINY_CODEBOOK = 256
-TINY_MAX_SIDE = 40  # tiny images are resized to fit 40 x 40 px, multiples of the VQ factor (4)
 
 
 class Emu3Spec(BackboneSpec):
@@ -40,14 +39,16 @@ class Emu3Spec(BackboneSpec):
         return ["<pad>", "<|extra_203|>", "<|endoftext|>", "<|extra_0|>", self.image_start, self.image_token,
                 self.image_end, self.eol, self.eof]
 
-    def tiny_config(self) -> Emu3Config:
+    def random_config(self) -> Emu3Config:
+        p = self.preset
         vmap = dict(self.tokenizer.get_vocab())
         vmap["<image>"] = vmap["<|extra_0|>"]
         vmap.update({f"<|visual token{c:06d}|>": TINY_TEXT_VOCAB + c for c in range(TINY_CODEBOOK)})
         text = Emu3TextConfig(
-            vocab_size=TINY_TEXT_VOCAB + TINY_CODEBOOK, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0,
-            bos_token_id=1, eos_token_id=2, attention_dropout=0.0,  # the class default is 0.1
+            vocab_size=TINY_TEXT_VOCAB + TINY_CODEBOOK, hidden_size=p["hidden"], intermediate_size=p["intermediate"],
+            num_hidden_layers=p["layers"], num_attention_heads=p["heads"], num_key_value_heads=p["heads"] // 2,
+            max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            attention_dropout=0.0,  # the class default is 0.1
         )
         return Emu3Config(
             vocabulary_map=vmap, text_config=text,
@@ -61,7 +62,7 @@ class Emu3Spec(BackboneSpec):
         from transformers import Emu3ImageProcessor
 
         f = self.spatial_factor
-        return Emu3ImageProcessor(spatial_factor=f, min_pixels=(4 * f) ** 2, max_pixels=TINY_MAX_SIDE**2)
+        return Emu3ImageProcessor(spatial_factor=f, min_pixels=(4 * f) ** 2, max_pixels=self.max_side**2)
 
     def real_size_config(self, size: str) -> Emu3Config:
         # visual tokens fill the top 32768 ids; the mapping only shapes the meta build
@@ -86,8 +87,8 @@ class Emu3Spec(BackboneSpec):
     def _vocab_mapping(self):
         from transformers.models.emu3.modeling_emu3 import Emu3ImageVocabularyMapping
 
-        if self.checkpoint == "tiny":
-            return Emu3ImageVocabularyMapping(self.tiny_config().vocabulary_map)
+        if self.is_random:
+            return Emu3ImageVocabularyMapping(self.random_config().vocabulary_map)
         from transformers import AutoConfig
 
         return Emu3ImageVocabularyMapping(AutoConfig.from_pretrained(self.checkpoint).vocabulary_map)
@@ -97,12 +98,17 @@ class Emu3Spec(BackboneSpec):
         return torch.tensor(self._vocab_mapping.image_tokens, dtype=torch.long)
 
     @property
+    def max_side(self) -> int:
+        """Random presets resize images to fit (5/4 grid) x 4 px: 40 px for tiny, so aspect ratios vary."""
+        return 5 * self.preset["grid"]
+
+    @property
     def spatial_factor(self) -> int:
         return self.vq.vision_spatial_factor
 
     def tiny_image_size(self, image: Image.Image) -> tuple[int, int]:
         f = self.spatial_factor
-        scale = min(1.0, TINY_MAX_SIDE / max(image.size))
+        scale = min(1.0, self.max_side / max(image.size))
         w, h = (max(f, int(math.floor(s * scale / f)) * f) for s in image.size)
         return h, w
 

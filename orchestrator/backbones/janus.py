@@ -35,18 +35,21 @@ class JanusSpec(BackboneSpec):
     def tiny_tokenizer_specials(self) -> list[str]:
         return ["<pad>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<image_placeholder>", self.boi, self.eoi]
 
-    def tiny_config(self) -> JanusConfig:
+    def random_config(self) -> JanusConfig:
+        p = self.preset
         return JanusConfig(
             image_token_id=self.token_id("<image_placeholder>"),
-            text_config=dict(model_type="llama", vocab_size=TINY_TEXT_VOCAB, hidden_size=64, intermediate_size=128,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                             max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2),
-            # the VQ grid side is vision image_size // patch_size = 8 -> 8 x 8 codes from 32 px
-            vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=64,
-                               patch_size=8, projection_dim=64, depth=1, num_image_tokens=64, mlp_ratio=2.0),
+            text_config=dict(model_type="llama", vocab_size=TINY_TEXT_VOCAB, hidden_size=p["hidden"],
+                             intermediate_size=p["intermediate"], num_hidden_layers=p["layers"],
+                             num_attention_heads=p["heads"], num_key_value_heads=p["heads"],
+                             max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+            # the VQ grid side is vision image_size // patch_size -> grid x grid codes from 4 * grid px
+            vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=8 * p["grid"],
+                               patch_size=8, projection_dim=p["hidden"], depth=1, num_image_tokens=p["grid"] ** 2,
+                               mlp_ratio=2.0),
             vq_config=dict(embed_dim=8, num_embeddings=256, latent_channels=32, base_channels=32,
-                           channel_multiplier=[1, 2, 2], num_res_blocks=1, projection_dim=64,
-                           image_token_embed_dim=64, num_hidden_layers=2),
+                           channel_multiplier=[1, 2, 2], num_res_blocks=1, projection_dim=p["hidden"],
+                           image_token_embed_dim=p["hidden"], num_hidden_layers=2),
         )
 
     def tiny_image_processor(self):
@@ -73,7 +76,7 @@ class JanusSpec(BackboneSpec):
 
     @cached_property
     def text_vocab(self) -> int:
-        if self.checkpoint == "tiny":
+        if self.is_random:
             return TINY_TEXT_VOCAB
         from transformers import AutoConfig
 
