@@ -35,25 +35,35 @@ class MossContext:
         self.pending_layout = None  # an explicit layout for the next forward (set_layout)
 
 
-def causal_conv2d(rows: torch.Tensor, weight: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+def causal_conv2d(rows: torch.Tensor, weight: torch.Tensor, plan: RoutingPlan, method: str = "auto") -> torch.Tensor:
     """Causal k x k convolution over each image grid, for the image positions of a batch.
 
     rows:   (n_img, c_in)        image-position features, in plan order
     weight: (c_out, c_in, k, k)  as nn.Conv2d stores it
     returns (n_img, c_out), equal to F.conv2d(pad(grid, top/left k-1), weight) read back at the cells.
 
-    Instead of im2col, transform once per cell (c_in -> k*k*c_out: the conv's FLOPs, no copy of the
-    d_in-wide input per tap) and sum the k*k shifted low-dimensional maps.
+    Two exact methods. ``taps`` (for c_in >> c_out, the full-space conv): transform each cell once,
+    c_in -> k*k*c_out (the conv's FLOPs, without an im2col copy of the wide input), then sum the
+    k*k shifted narrow maps. ``conv2d``: scatter rows onto a zero canvas and run F.conv2d
+    (channels-last, no copy), best when c_in is small (the low-rank conv).
     """
     c_out, c_in, k, _ = weight.shape
-    pad = k - 1
     if k == 1:
         return rows @ weight.view(c_out, c_in).t()
+    if method == "auto":
+        method = "taps" if c_in > k * k * c_out else "conv2d"
+    pad = k - 1
+    h, w = plan.max_h + pad, plan.max_w + pad
+    if method == "conv2d":
+        canvas = rows.new_zeros(plan.n_grids * h * w, c_in)
+        canvas.index_copy_(0, plan.canvas_index(pad), rows)  # fresh zeros: in-place is autograd-safe
+        grid = canvas.view(plan.n_grids, h, w, c_in).permute(0, 3, 1, 2)  # (G, c_in, H+pad, W+pad), channels-last
+        out = F.conv2d(grid, weight).permute(0, 2, 3, 1)  # (G, H, W, c_out)
+        return out.reshape(-1, c_out).index_select(0, plan.canvas_index(0))
     w_taps = weight.permute(1, 2, 3, 0).reshape(c_in, k * k * c_out)  # (c_in, k*k*c_out), tap (a, b)
     taps = rows @ w_taps  # (n_img, k*k*c_out)
-    h, w = plan.max_h + pad, plan.max_w + pad
     canvas = taps.new_zeros(plan.n_grids * h * w, k * k * c_out)
-    canvas.index_copy_(0, plan.canvas_index(pad), taps)  # fresh zeros: in-place is autograd-safe
+    canvas.index_copy_(0, plan.canvas_index(pad), taps)
     canvas = canvas.view(plan.n_grids, h, w, k, k, c_out)  # (G, H+pad, W+pad, k, k, c_out)
     out = None
     for a in range(k):  # out[i, j] = sum_ab W[a, b] x[i - pad + a, j - pad + b]
@@ -122,46 +132,55 @@ class MossLinear(nn.Module, LoraLayer):
             "weight matrix can express. Keep the adapter unmerged, or use unload() to get the base model back."
         )
 
-    def _image_branch(self, name: str, rows: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
-        """(n_img, d_in) image-position inputs -> (n_img, d_out) adapter output (unscaled)."""
+    def _image_rank_space(self, name: str, flat: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+        """(B*T, d_in) inputs -> (B*T, r) image-branch activations before lora_img_B; zero at text positions."""
         m = self.moss
         if m.variant == "moe_lora":
-            return self.lora_img_B[name](self.lora_img_A[name](rows))
+            return self.lora_img_A[name](flat) * plan.image_weight(flat.dtype)
         conv = self.lora_img_conv[name].weight
-        if m.conv_space == "full":
-            return self.lora_img_B[name](causal_conv2d(rows, conv, plan))
-        z = self.lora_img_A[name](rows)  # (n_img, r)
-        return self.lora_img_B[name](z + causal_conv2d(z, conv, plan))
+        if m.conv_space == "full":  # gather the d_in-wide image rows once: the conv's input
+            c = causal_conv2d(flat.index_select(0, plan.image_pos), conv, plan)  # (n_img, r)
+            return c.new_zeros(flat.shape[0], c.shape[1]).index_add(0, plan.image_pos, c)
+        z = self.lora_img_A[name](flat) * plan.image_weight(flat.dtype)  # (B*T, r)
+        return z.index_add(0, plan.image_pos, causal_conv2d(z.index_select(0, plan.image_pos), conv, plan))
 
-    def _delta(self, name: str, x: torch.Tensor, plan: RoutingPlan | None) -> torch.Tensor:
-        x = self.lora_dropout[name](x)
-        text = lambda rows: self.lora_B[name](self.lora_A[name](rows))  # noqa: E731
+    def _rank_space(self, name: str, x: torch.Tensor, plan: RoutingPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, W) with adapter output = z @ W.T: z (N, r | 2r) per token, W (d_out, r | 2r).
+
+        With images, z = [text-branch z masked to text positions | image-branch z masked to image
+        cells] and W = [B_text | B_image], so no d_out-wide tensor is gathered, scattered or masked;
+        the only d_in-wide gather is moss-full's conv input.
+        """
+        flat = self.lora_dropout[name](x).reshape(-1, x.shape[-1])  # (N = B*T, d_in)
         if plan is None or plan.num_image_positions == 0:
-            return text(x)
-        lead = x.shape[:-1]
-        if lead.numel() != plan.batch_size * plan.seq_len:
+            return self.lora_A[name](flat), self.lora_B[name].weight
+        if flat.shape[0] != plan.batch_size * plan.seq_len:
             raise RuntimeError(
                 f"MoSS routing plan is for {plan.batch_size}x{plan.seq_len} tokens but the layer got "
-                f"{tuple(lead)}: the layout was not refreshed for this forward (see orchestrator.moss.set_layout)"
+                f"{tuple(x.shape[:-1])}: the layout was not refreshed for this forward (see orchestrator.moss.set_layout)"
             )
-        flat = x.reshape(-1, x.shape[-1])  # (B*T, d_in)
-        txt = text(flat.index_select(0, plan.text_pos))  # (n_txt, d_out)
-        img = self._image_branch(name, flat.index_select(0, plan.image_pos), plan)  # (n_img, d_out)
-        return torch.cat([txt, img]).index_select(0, plan.restore).view(*lead, -1)
+        z_text = self.lora_A[name](flat) * plan.text_weight(flat.dtype)  # (N, r), zero at image cells
+        z_img = self._image_rank_space(name, flat, plan)  # (N, r), zero at text positions
+        w = torch.cat([self.lora_B[name].weight, self.lora_img_B[name].weight], dim=1)  # (d_out, 2r)
+        return torch.cat([z_text, z_img], dim=1), w
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         self._check_forward_args(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters:
             return result
-        out_dtype = result.dtype
         plan = self.moss_context.plan
         for name in self.active_adapters:
             if name not in self.lora_A:
                 continue
-            xa = self._cast_input_dtype(x, self.lora_A[name].weight.dtype)
-            result = result + self._delta(name, xa, plan) * self.scaling[name]
-        return result.to(out_dtype)
+            z, w = self._rank_space(name, self._cast_input_dtype(x, self.lora_A[name].weight.dtype), plan)
+            flat = result.reshape(-1, result.shape[-1])
+            if z.dtype == flat.dtype:  # result + scaling * z @ W.T in one fused op
+                flat = torch.addmm(flat, z, w.t(), alpha=self.scaling[name])
+            else:
+                flat = flat + (z @ w.t() * self.scaling[name]).to(flat.dtype)
+            result = flat.view(result.shape)
+        return result
 
     def __repr__(self) -> str:
         return f"moss.{self.moss.variant}." + super().__repr__()

@@ -106,11 +106,27 @@ class RoutingPlan:
     n_grids: int
     max_h: int
     max_w: int
-    _canvas_index: dict = field(default_factory=dict, repr=False)
+    _canvas_index: dict = field(default_factory=dict, repr=False)  # per-plan caches
 
     @property
     def num_image_positions(self) -> int:
         return int(self.image_pos.numel())
+
+    def image_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """(B*T, 1): 1.0 at image-branch positions, 0.0 elsewhere."""
+        key = ("image", dtype)
+        if key not in self._canvas_index:
+            w = torch.zeros(self.batch_size * self.seq_len, 1, dtype=dtype, device=self.image_pos.device)
+            w[self.image_pos] = 1
+            self._canvas_index[key] = w
+        return self._canvas_index[key]
+
+    def text_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """(B*T, 1): 1.0 at text-branch positions, 0.0 at image cells."""
+        key = ("text", dtype)
+        if key not in self._canvas_index:
+            self._canvas_index[key] = 1 - self.image_weight(dtype)
+        return self._canvas_index[key]
 
     def canvas_index(self, pad: int) -> torch.Tensor:
         """(n_img,) flat index of each image cell in a (n_grids, H + pad, W + pad) canvas, cells at [pad:, pad:]."""

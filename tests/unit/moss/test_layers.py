@@ -17,15 +17,16 @@ def _layout():
     )
 
 
+@pytest.mark.parametrize("method", ["taps", "conv2d"])
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
-def test_causal_conv_matches_padded_conv2d_per_image(k):
+def test_causal_conv_matches_padded_conv2d_per_image(k, method):
     torch.manual_seed(k)
     layout = _layout()
     plan = build_routing_plan(layout)
     c_in, c_out = 6, 3
     rows = torch.randn(plan.num_image_positions, c_in, requires_grad=True)
     weight = torch.randn(c_out, c_in, k, k)
-    out = causal_conv2d(rows, weight, plan)
+    out = causal_conv2d(rows, weight, plan, method=method)
     start = 0
     for segs in layout.segments:
         for seg in segs:
@@ -40,10 +41,11 @@ def test_causal_conv_matches_padded_conv2d_per_image(k):
     assert rows.grad is not None and rows.grad.abs().sum() > 0
 
 
-def test_conv_output_sees_only_top_left_cells():
+@pytest.mark.parametrize("method", ["taps", "conv2d"])
+def test_conv_output_sees_only_top_left_cells(method):
     plan = build_routing_plan(ImageLayout.from_lists([[ImageSegment(0, 4, 4, 4, 16)]], 16))
     rows = torch.randn(16, 2, requires_grad=True)
-    out = causal_conv2d(rows, torch.randn(3, 2, 3, 3), plan)
+    out = causal_conv2d(rows, torch.randn(3, 2, 3, 3), plan, method=method)
     out[2 * 4 + 1].sum().backward()  # cell (2, 1)
     seen = {(int(c) // 4, int(c) % 4) for c in (rows.grad.abs().sum(1) > 0).nonzero().flatten()}
     assert seen == {(i, j) for i in range(0, 3) for j in range(0, 2)}
