@@ -180,8 +180,24 @@ def test_activation_checkpointing_keeps_the_layout(tmp_path):
         randomize_adapter(model)
         model.train()
         if checkpointing:
-            model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
         spec.loss(model, batch).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     for name, g in grads[0].items():
         assert torch.allclose(grads[1][name], g, atol=1e-6), name
+
+
+def test_moss_with_1x1_kernel_equals_moe_lora(spec):
+    """k = 1 reduces the conv branch to a per-token linear map: moss == moe_lora with the same weights."""
+    batch = mixed_batch(spec)
+    moe = apply_moss(spec.build(seed=0), MossConfig(variant="moe_lora", rank=4), spec)
+    randomize_adapter(moe)
+    moss = apply_moss(spec.build(seed=0), MossConfig(variant="moss", rank=4, kernel_size=1), spec)
+    src = dict(moe.named_parameters())
+    with torch.no_grad():
+        for name, p in moss.named_parameters():
+            if "lora_img_conv" in name:
+                p.copy_(src[name.replace("lora_img_conv", "lora_img_A")].view_as(p))
+            elif ".lora_" in name:
+                p.copy_(src[name])
+    assert torch.allclose(hidden(spec, moss, batch), hidden(spec, moe, batch), atol=1e-5)

@@ -1,0 +1,35 @@
+# Every target installs what it needs into ./.venv first (torch==2.13.0 CPU build when there is no CUDA).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "CUDA found: torch comes from the package index"; \
+	else \
+		$(BIN)/python -m pip install -q "torch==2.13.0"; \
+	fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/moss demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/adapter_overhead.py
+
+clean:
+	rm -rf $(VENV) demo_out benchmarks/results .pytest_cache
