@@ -316,13 +316,33 @@ class BackboneSpec(ABC):
         """Text CE + image CE on a collated batch, weighted (text, image), computed from hidden states.
 
         Logits come from the heads directly, never from the HF forward (Chameleon masks image logits).
+        Under DDP wrap ``spec.loss_module(model)`` and call that, so the forward runs through DDP.
         """
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            raise TypeError(
+                "spec.loss would bypass DistributedDataParallel.forward (no gradient all-reduce): wrap "
+                "spec.loss_module(model) in DDP and call the wrapper with the batch instead"
+            )
         h = self.hidden_states(model, batch)
         return split_ce(lambda r, t, image: self.head(model, r, t, image), h, batch["labels"], self.is_image_target, weights)
+
+    def loss_module(self, model: nn.Module, weights: tuple[float, float] = (1.0, 1.0)) -> LossModule:
+        return LossModule(model, self, weights)
 
     def layout_modules(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
         """(module that receives input_ids, module that runs the decoder layers)."""
         return model.model, model.model
+
+
+class LossModule(nn.Module):
+    """``module(batch) -> LossOutput``: the loss as a module forward, for DDP / FSDP wrappers."""
+
+    def __init__(self, model: nn.Module, spec: BackboneSpec, weights: tuple[float, float] = (1.0, 1.0)):
+        super().__init__()
+        self.model, self.spec, self.weights = model, spec, weights
+
+    def forward(self, batch: dict) -> LossOutput:
+        return self.spec.loss(self.model, batch, self.weights)
 
 
 def runs_after(ids: torch.Tensor, start_ids: set[int], is_code: torch.Tensor) -> list[tuple[int, int]]:

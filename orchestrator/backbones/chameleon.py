@@ -111,5 +111,8 @@ class ChameleonSpec(BackboneSpec):
         return [self.token_id(self.boi), *bpe, self.token_id(self.eoi)]
 
     def image_layout(self, input_ids, labels=None):
-        is_code = torch.isin(input_ids, self.image_token_ids.to(input_ids.device))
+        # the processor path holds "<image>" placeholders (swapped for codes inside the model) instead
+        placeholder = self._vocab_mapping.image_token_id
+        codes = self.image_token_ids if placeholder is None else torch.cat([self.image_token_ids, torch.tensor([placeholder])])
+        is_code = torch.isin(input_ids, codes.to(input_ids.device))
         return fixed_grid_layout(input_ids.cpu(), labels, {self.token_id(self.boi)}, is_code.cpu(), *self.grid)

@@ -125,7 +125,10 @@ class Emu3Spec(BackboneSpec):
 
     def image_layout(self, input_ids, labels=None):
         input_ids = input_ids.cpu()
+        # the processor path holds "<image>" placeholders (swapped for codes inside the model) instead
         is_code = torch.isin(input_ids, self.image_token_ids)
+        if self._vocab_mapping.image_token_id is not None:
+            is_code |= input_ids == self._vocab_mapping.image_token_id
         start, grid_tok = self.token_id(self.image_start), self.token_id(self.image_token)
         segs = []
         for b in range(input_ids.shape[0]):

@@ -100,7 +100,9 @@ class JanusSpec(BackboneSpec):
 
     def image_layout(self, input_ids, labels=None):
         ids = input_ids.cpu()
-        return fixed_grid_layout(ids, labels, {self.token_id(self.boi)}, ids >= self.text_vocab, *self.grid)
+        # understanding images arrive as <image_placeholder> runs (SigLIP patches, the same grid side)
+        is_code = (ids >= self.text_vocab) | (ids == self.token_id("<image_placeholder>"))
+        return fixed_grid_layout(ids, labels, {self.token_id(self.boi)}, is_code, *self.grid)
 
     def embed(self, model, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids with codes at text_vocab + c -> (B, T, D) inputs_embeds."""

@@ -33,6 +33,7 @@ class MossContext:
         self.config = config
         self.plan: RoutingPlan | None = None
         self.pending_layout = None  # an explicit layout for the next forward (set_layout)
+        self.text_step = False  # a KV-cache step whose new ids were checked to be text
 
 
 def causal_conv2d(rows: torch.Tensor, weight: torch.Tensor, plan: RoutingPlan, method: str = "auto") -> torch.Tensor:
@@ -136,13 +137,16 @@ class MossLinear(nn.Module, LoraLayer):
         """(B*T, d_in) inputs -> (B*T, r) image-branch activations before lora_img_B; zero at text positions."""
         m = self.moss
         if m.variant == "moe_lora":
-            return self.lora_img_A[name](flat) * plan.image_weight(flat.dtype)
+            z = self.lora_img_A[name](flat)
+            return z * plan.image_weight(z.dtype)
         conv = self.lora_img_conv[name].weight
         if m.conv_space == "full":  # gather the d_in-wide image rows once: the conv's input
             c = causal_conv2d(flat.index_select(0, plan.image_pos), conv, plan)  # (n_img, r)
             return c.new_zeros(flat.shape[0], c.shape[1]).index_add(0, plan.image_pos, c)
-        z = self.lora_img_A[name](flat) * plan.image_weight(flat.dtype)  # (B*T, r)
-        return z.index_add(0, plan.image_pos, causal_conv2d(z.index_select(0, plan.image_pos), conv, plan))
+        z = self.lora_img_A[name](flat)  # (B*T, r)
+        z = z * plan.image_weight(z.dtype)
+        c = causal_conv2d(z.index_select(0, plan.image_pos), conv, plan)  # (n_img, r)
+        return z.index_add(0, plan.image_pos, c.to(z.dtype))
 
     def _rank_space(self, name: str, x: torch.Tensor, plan: RoutingPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, W) with adapter output = z @ W.T: z (N, r | 2r) per token, W (d_out, r | 2r).
@@ -154,13 +158,14 @@ class MossLinear(nn.Module, LoraLayer):
         flat = self.lora_dropout[name](x).reshape(-1, x.shape[-1])  # (N = B*T, d_in)
         if plan is None or plan.num_image_positions == 0:
             return self.lora_A[name](flat), self.lora_B[name].weight
-        if flat.shape[0] != plan.batch_size * plan.seq_len:
+        if tuple(x.shape[:-1]) != (plan.batch_size, plan.seq_len):
             raise RuntimeError(
                 f"MoSS routing plan is for {plan.batch_size}x{plan.seq_len} tokens but the layer got "
                 f"{tuple(x.shape[:-1])}: the layout was not refreshed for this forward (see orchestrator.moss.set_layout)"
             )
-        z_text = self.lora_A[name](flat) * plan.text_weight(flat.dtype)  # (N, r), zero at image cells
-        z_img = self._image_rank_space(name, flat, plan)  # (N, r), zero at text positions
+        z_text = self.lora_A[name](flat)
+        z_text = z_text * plan.text_weight(z_text.dtype)  # (N, r), zero at image cells
+        z_img = self._image_rank_space(name, flat, plan).to(z_text.dtype)  # (N, r), zero at text positions
         w = torch.cat([self.lora_B[name].weight, self.lora_img_B[name].weight], dim=1)  # (d_out, 2r)
         return torch.cat([z_text, z_img], dim=1), w
 

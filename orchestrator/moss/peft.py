@@ -56,28 +56,70 @@ def set_layout(model: nn.Module, layout: ImageLayout) -> None:
         ctx.pending_layout = layout
 
 
+def _cache_is_warm(kwargs) -> bool:
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+
+
 def _install_layout_hooks(base: nn.Module, spec, ctx: MossContext) -> None:
+    """Derive each forward's layout from input_ids unless set_layout gave one; check it fits."""
     ids_module, decoder = spec.layout_modules(base)
 
     def ids_of(args, kwargs):
         return kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
 
+    def derive(ids: torch.Tensor) -> ImageLayout:
+        if not ctx.config.image_inputs:
+            raise RuntimeError(
+                "image_inputs=False needs to know which images are prompt images: pass the layout "
+                "explicitly with orchestrator.moss.set_layout (spec.loss / spec.hidden_states do)"
+            )
+        return spec.image_layout(ids)
+
+    def check_text_step(ids: torch.Tensor) -> None:
+        if bool(spec.is_image_target(ids).any()):
+            raise RuntimeError(
+                "incremental (KV-cache) decoding of image tokens needs the conv cache, which this "
+                "version does not have: generate with use_cache=False"
+            )
+        ctx.text_step = True
+
     def stash(module, args, kwargs):  # sees input_ids: derive the layout unless one was set explicitly
         ids = ids_of(args, kwargs)
-        if ctx.pending_layout is None and ids is not None:
-            ctx.pending_layout = spec.image_layout(ids)
+        if ids is None or ctx.pending_layout is not None:
+            return
+        if _cache_is_warm(kwargs):
+            check_text_step(ids)
+        else:
+            ctx.pending_layout = derive(ids)
 
     def consume(module, args, kwargs):  # right before the decoder layers run
         layout, ctx.pending_layout = ctx.pending_layout, None
+        text_step, ctx.text_step = ctx.text_step, False
         ids = ids_of(args, kwargs)
+        ref = ids if ids is not None else kwargs.get("inputs_embeds")
+        if layout is None and _cache_is_warm(kwargs):
+            if ids is not None:
+                check_text_step(ids)
+            elif not text_step:
+                raise RuntimeError(
+                    "a KV-cache step fed by inputs_embeds may be an image token, which needs the conv cache "
+                    "this version does not have: generate with use_cache=False"
+                )
+            ctx.plan = None  # new text tokens after the prompt: the text branch alone is exact
+            return
         if layout is None:
             if ids is None:
                 raise RuntimeError(
                     "MoSS cannot tell image positions from inputs_embeds: call "
                     "orchestrator.moss.set_layout(model, layout) before this forward"
                 )
-            layout = spec.image_layout(ids)
-        ref = ids if ids is not None else kwargs.get("inputs_embeds")
+            layout = derive(ids)
+        if ref is not None and (layout.batch_size, layout.seq_len) != tuple(ref.shape[:2]):
+            raise RuntimeError(
+                f"the MoSS layout is for {layout.batch_size}x{layout.seq_len} tokens but this forward has "
+                f"{tuple(ref.shape[:2])}: set_layout must describe the very next forward"
+            )
         ctx.plan = build_routing_plan(layout, ctx.config.image_inputs, device=ref.device if ref is not None else None)
 
     ids_module.register_forward_pre_hook(stash, with_kwargs=True)
@@ -130,24 +172,19 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     return directory
 
 
-def load_adapter(
-    base_model: nn.Module,
-    directory: str | Path,
-    spec,
-    *,
-    moss_config: MossConfig | None = None,
-    is_trainable: bool = False,
-) -> PeftModel:
+def load_adapter(base_model: nn.Module, directory: str | Path, spec, *, is_trainable: bool = False) -> PeftModel:
     """Rebuild the adapter saved in ``directory`` on ``base_model``; raise unless every tensor loads.
 
-    ``moss_config`` overrides the saved settings (e.g. to read an adapter as another variant); the
-    load then fails loudly if the tensors do not fit, instead of PEFT's silent drop.
+    PEFT's own loader silently drops tensors of layers it does not know (every ``lora_img_*`` when
+    the MoSS class is not registered); here unused or missing tensors are an AdapterLoadError.
+    ``base_model`` is wrapped in place, also when the load then fails.
     """
     directory = Path(directory)
-    saved, extra = MossConfig.load(directory)
-    config = moss_config or saved
-    if extra.get("backbone") not in (None, spec.name) and not {extra.get("backbone"), spec.name} <= {"chameleon", "anole"}:
-        raise AdapterLoadError(f"{directory} holds a {extra['backbone']} adapter, not {spec.name}")
+    config, extra = MossConfig.load(directory)
+    if extra.get("format_version") != FORMAT_VERSION:
+        raise AdapterLoadError(f"{directory}: format_version {extra.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if extra.get("backbone") != spec.name:
+        raise AdapterLoadError(f"{directory} holds a {extra.get('backbone')!r} adapter, not {spec.name!r}")
     weights = directory / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise AdapterLoadError(f"{weights} not found (adapters load only from safetensors)")
@@ -157,21 +194,16 @@ def load_adapter(
         result = set_peft_model_state_dict(peft_model, state)
     except RuntimeError as err:  # size mismatch
         raise AdapterLoadError(f"{directory}: tensors do not fit a {config.variant} adapter: {err}") from err
-    adapter_names = ("lora_",)
-    missing = [k for k in result.missing_keys if any(a in k for a in adapter_names)]
+    missing = [k for k in result.missing_keys if ".lora_" in k]
     if result.unexpected_keys or missing:
         raise AdapterLoadError(
             f"{directory} does not match a {config.variant} adapter (conv_space={config.conv_space}): "
             f"{len(result.unexpected_keys)} saved tensors would be unused (e.g. {result.unexpected_keys[:3]}), "
             f"{len(missing)} adapter tensors would stay uninitialised (e.g. {missing[:3]})"
         )
-    for p in peft_model.parameters():
-        p.requires_grad_(False)
-    if is_trainable:
-        for n, p in peft_model.named_parameters():
-            if ".lora_" in n:
-                p.requires_grad_(True)
-    else:
+    for n, p in peft_model.named_parameters():
+        p.requires_grad_(is_trainable and ".lora_" in n)
+    if not is_trainable:
         peft_model.eval()
     return peft_model
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import json
 
 import pytest
 import torch
@@ -151,8 +151,38 @@ def test_load_refuses_mismatched_adapter(saved, read_as, tmp_path):
     spec = spec_for("chameleon")
     cfg = MossConfig(variant=saved, rank=4)
     save_adapter(apply_moss(spec.build(seed=0), cfg, spec), tmp_path)
-    with pytest.raises(AdapterLoadError):
-        load_adapter(spec.build(seed=0), tmp_path, spec, moss_config=dataclasses.replace(cfg, **read_as))
+    meta = json.loads((tmp_path / "moss_config.json").read_text())
+    meta["moss"].update(read_as)  # the directory now claims another adapter than its tensors hold
+    (tmp_path / "moss_config.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match="does not match|do not fit"):
+        load_adapter(spec.build(seed=0), tmp_path, spec)
+
+
+@pytest.mark.parametrize("field, value, match", [("backbone", "emu3", "not 'chameleon'"), ("format_version", 99, "format")])
+def test_load_refuses_other_backbone_or_format(field, value, match, tmp_path):
+    from tests.conftest import spec_for
+
+    spec = spec_for("chameleon")
+    save_adapter(apply_moss(spec.build(seed=0), MossConfig(rank=4), spec), tmp_path)
+    meta = json.loads((tmp_path / "moss_config.json").read_text())
+    meta[field] = value
+    (tmp_path / "moss_config.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match=match):
+        load_adapter(spec.build(seed=0), tmp_path, spec)
+
+
+def test_plain_peft_loader_drops_the_image_branch_silently(tmp_path):
+    """Why load_adapter exists: PEFT without the registered MoSS class loads a MoSS adapter as LoRA."""
+    from tests.conftest import spec_for
+
+    spec = spec_for("chameleon")
+    batch = mixed_batch(spec)
+    model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
+    randomize_adapter(model)
+    save_adapter(model, tmp_path)
+    plain = PeftModel.from_pretrained(spec.build(seed=0), tmp_path)
+    assert not any("lora_img" in n for n, _ in plain.named_parameters())
+    assert not torch.allclose(hidden(spec, plain, batch), hidden(spec, model, batch), atol=1e-3)
 
 
 def test_merge_only_for_plain_lora(spec):

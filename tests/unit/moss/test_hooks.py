@@ -1,0 +1,120 @@
+"""How layouts reach the layers: explicit vs derived, stale layouts, KV-cache steps, autocast, DDP."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from orchestrator.moss import MossConfig, apply_moss, set_layout
+from tests.conftest import ADAPTERS, draw, mixed_batch, randomize_adapter, spec_for, text_batch
+
+
+def test_forward_with_input_ids_derives_the_same_layout_as_the_batch(spec):
+    """A plain PeftModel forward (the hook path) routes exactly like spec.hidden_states (explicit path)."""
+    batch = mixed_batch(spec)
+    model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
+    randomize_adapter(model)
+    with torch.no_grad():
+        explicit = spec.hidden_states(model, batch)
+        if spec.name == "janus":  # codes live outside the text vocabulary: embeddings built by the spec
+            set_layout(model, batch["image_layout"])
+            lm = model.get_base_model().model.language_model
+            derived = lm(inputs_embeds=spec.embed(model, batch["input_ids"]), attention_mask=batch["attention_mask"])
+        else:
+            derived = model.get_base_model().model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert torch.equal(derived.last_hidden_state, explicit)
+
+
+def test_a_stale_explicit_layout_is_refused():
+    spec = spec_for("chameleon")
+    model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
+    set_layout(model, text_batch(spec)["image_layout"])  # set, but that forward never happened
+    with pytest.raises(RuntimeError, match="very next forward"):
+        model(input_ids=mixed_batch(spec)["input_ids"])
+
+
+def test_image_inputs_off_needs_an_explicit_layout():
+    spec = spec_for("chameleon")
+    batch = mixed_batch(spec)
+    model = apply_moss(spec.build(seed=0), MossConfig(rank=4, image_inputs=False), spec)
+    with pytest.raises(RuntimeError, match="image_inputs=False"):
+        model(input_ids=batch["input_ids"])
+    assert torch.isfinite(spec.loss(model, batch).loss)  # the batch's layout knows its prompt images
+
+
+def test_processor_placeholders_count_as_image_cells():
+    """transformers' processors put '<image>' placeholders where the codes go; route them as images."""
+    spec = spec_for("chameleon")
+    ex = spec.encode(["look:", draw("red")])
+    ids = ex["input_ids"].clone()
+    seg = ex["image_layout"][0]
+    ids[seg.positions()] = spec.token_id("<image>")
+    assert spec.image_layout(ids[None]).segments[0] == (seg,)
+
+
+@pytest.mark.parametrize("name", ["chameleon", "emu3"])
+def test_kv_cache_steps_refuse_image_tokens_but_decode_text(name):
+    spec = spec_for(name)
+    model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
+    ids = spec.encode(["Say hi:"])["input_ids"][None]
+    text = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, use_cache=True)
+    assert text.shape[1] == ids.shape[1] + 3
+    out = model(input_ids=ids, use_cache=True)
+    step = spec.image_token_ids[:1][None]
+    with pytest.raises(RuntimeError, match="conv cache"):
+        model(input_ids=step, cache=out.cache, use_cache=True)
+
+
+@pytest.mark.parametrize("label", list(ADAPTERS))
+def test_bf16_autocast_forward_backward(label):
+    spec = spec_for("chameleon")
+    model = apply_moss(spec.build(seed=0), ADAPTERS[label], spec)
+    randomize_adapter(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = spec.loss(model, mixed_batch(spec))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "lora_A" in n)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_rank(rank: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    spec = spec_for("chameleon")
+    model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
+    randomize_adapter(model)
+    ddp = torch.nn.parallel.DistributedDataParallel(spec.loss_module(model), find_unused_parameters=True)
+    with pytest.raises(TypeError, match="loss_module"):
+        spec.loss(ddp, mixed_batch(spec))
+    batch = mixed_batch(spec) if rank == 0 else text_batch(spec)  # different data per rank
+    ddp(batch).loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None])
+    queue.put((rank, grads.tolist()))  # plain data: a shared tensor dies with its process
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_ddp_all_reduces_gradients_through_the_loss_module():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_rank, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert got[0] == got[1] and any(g != 0 for g in got[0])
