@@ -77,35 +77,28 @@ def linear_macs_per_token(model, spec, cfg: MossConfig | None, image_fraction: f
     return base, adapter
 
 
-def time_variant(spec, label, kwargs, batch, rank, warmup, reps, device, dtype):
+def build_variant(spec, kwargs, rank, device, dtype):
+    """(model, cfg, trainable): the frozen base (input embeddings require grad) or an adapter."""
     model = spec.build(seed=0, dtype=dtype).to(device)
-    cfg = None
     if kwargs is None:
         for p in model.parameters():
             p.requires_grad_(False)
-        emb = model.get_input_embeddings()
-        emb.register_forward_hook(lambda m, i, o: o.requires_grad_(True))
-        n_train = 0
-    else:
-        cfg = MossConfig(rank=rank, alpha=2 * rank, kernel_size=3, **kwargs)
-        model = apply_moss(model, cfg, spec)
-        n_train = trainable_parameters(model)
-    model.train()
-    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    times = []
-    for i in range(warmup + reps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = spec.loss(model, batch)
-        out.loss.backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    return cfg, n_train, statistics.median(times), peak, model
+        model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
+        return model.train(), None, 0
+    cfg = MossConfig(rank=rank, alpha=2 * rank, kernel_size=3, **kwargs)
+    model = apply_moss(model, cfg, spec)
+    return model.train(), cfg, trainable_parameters(model)
+
+
+def time_step(spec, model, batch, device) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    spec.loss(model, batch).loss.backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -115,7 +108,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--text-len", type=int, default=48)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--out", default="benchmarks/results")
@@ -126,15 +119,22 @@ def main() -> None:
     batch = synthetic_batch(spec, args.batch, args.text_len)
     n_tokens = int(batch["attention_mask"].sum())
     n_image = sum(s.n_cells for segs in batch["image_layout"].segments for s in segs)
+    batch = {k: (v.to(args.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    built = {label: build_variant(spec, kw, args.rank, args.device, dtype) for label, kw in VARIANTS.items()}
+    times = {label: [] for label in built}
+    for rep in range(args.warmup + args.reps):  # round-robin, so drift hits every variant alike
+        for label, (model, _, _) in built.items():
+            t = time_step(spec, model, batch, args.device)
+            if rep >= args.warmup:
+                times[label].append(t)
     rows = []
-    for label, kwargs in VARIANTS.items():
-        cfg, n_train, median_s, peak, model = time_variant(
-            spec, label, kwargs, batch, args.rank, args.warmup, args.reps, args.device, dtype
-        )
+    for label, (model, cfg, n_train) in built.items():
+        median_s = statistics.median(times[label])
         base_macs, ad_macs = linear_macs_per_token(model, spec, cfg, n_image / n_tokens)
         # frozen base: forward + dX backward = 2 passes; adapter: forward + dX + dW = 3 passes
-        rows.append(dict(variant=label, trainable=n_train, median_ms=1000 * median_s, peak_mib=peak,
-                         tokens_per_s=n_tokens / median_s, linear_flops=2 * base_macs + 3 * ad_macs))
+        rows.append(dict(variant=label, trainable=n_train, median_ms=1000 * median_s, tokens_per_s=n_tokens / median_s,
+                         linear_flops=2 * base_macs + 3 * ad_macs))
+    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
     lora = next(r for r in rows if r["variant"] == "lora")
     print(f"chameleon/{args.preset} rank {args.rank}, batch {args.batch} x {batch['input_ids'].shape[1]} tokens "
           f"({n_image} image cells of {n_tokens}), {args.device} {args.dtype}, {torch.get_num_threads()} threads")
@@ -150,7 +150,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"adapter_overhead_{args.device}.json"
     meta = dict(args=vars(args), torch=torch.__version__, machine=platform.machine(), processor=platform.processor(),
-                gpu=torch.cuda.get_device_name() if args.device == "cuda" else None, tokens=n_tokens, image_cells=n_image)
+                gpu=torch.cuda.get_device_name() if args.device == "cuda" else None, tokens=n_tokens, image_cells=n_image,
+                peak_mib_all_variants=peak)
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {path}")
 
