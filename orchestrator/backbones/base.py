@@ -75,6 +75,8 @@ def split_ce(
     h: (B, T, D) hidden states; labels: (B, T). Position t predicts labels[t + 1]. ``logits_fn(h_sel,
     image: bool) -> (logits, targets_shift)`` maps selected hidden rows to logits over the right
     vocabulary; ``is_image_target(targets)`` says which targets are image codes.
+    loss = (w_text * sum CE_text + w_image * sum CE_image) / (n_text + n_image): with weights (1, 1)
+    it is the usual token-mean CE; text_loss / image_loss are the unweighted per-modality means.
     """
     hp, tgt = h[:, :-1], labels[:, 1:]
     valid = tgt != IGNORE_INDEX
@@ -178,9 +180,30 @@ class BackboneSpec(ABC):
     def tiny_tokenizer_specials(self) -> list[str]:
         """Special tokens of the tiny byte-level tokenizer (named as in the real tokenizer)."""
 
-    @abstractmethod
     def vq_module(self, model: nn.Module) -> nn.Module:
         """The model's image tokenizer (VQ-VAE) submodule."""
+        return model.model.vqmodel
+
+    @cached_property
+    def model_config(self):
+        """The checkpoint's config (no weights loaded)."""
+        if self.is_random:
+            return self.random_config()
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.checkpoint)
+
+    #: transformers' class mapping VQ codes <-> vocabulary ids (backbones whose codes are tokens)
+    vocab_mapping_class: type | None = None
+
+    @cached_property
+    def vocab_mapping(self):
+        return self.vocab_mapping_class(self.model_config.vocabulary_map)
+
+    @cached_property
+    def image_token_ids(self) -> torch.Tensor:
+        """Sorted vocabulary ids of the image codes."""
+        return torch.tensor(self.vocab_mapping.image_tokens, dtype=torch.long)
 
     @abstractmethod
     def image_codes(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:

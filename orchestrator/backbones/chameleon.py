@@ -12,6 +12,7 @@ from functools import cached_property
 import torch
 from PIL import Image
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping
 
 from .base import (
     TINY_TEXT_VOCAB,
@@ -30,6 +31,7 @@ def _code_name(code: int) -> str:
 
 class ChameleonSpec(BackboneSpec):
     name = "chameleon"
+    vocab_mapping_class = ChameleonImageVocabularyMapping
     model_class = ChameleonForConditionalGeneration
     hub_checkpoints = ("GAIR/Anole-7b-v0.1", "facebook/chameleon-7b")
     # facebook/chameleon-7b config.json (Anole-7B shares it)
@@ -75,23 +77,6 @@ class ChameleonSpec(BackboneSpec):
     def target_modules(self) -> str:
         return decoder_regex("model.layers")
 
-    def vq_module(self, model):
-        return model.model.vqmodel
-
-    @cached_property
-    def _vocab_mapping(self):
-        from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping
-
-        if self.is_random:
-            return ChameleonImageVocabularyMapping(self.random_config().vocabulary_map)
-        from transformers import AutoConfig
-
-        return ChameleonImageVocabularyMapping(AutoConfig.from_pretrained(self.checkpoint).vocabulary_map)
-
-    @cached_property
-    def image_token_ids(self) -> torch.Tensor:
-        return torch.tensor(self._vocab_mapping.image_tokens, dtype=torch.long)
-
     @cached_property
     def grid(self) -> tuple[int, int]:
         vq = self.vq.config
@@ -107,12 +92,12 @@ class ChameleonSpec(BackboneSpec):
         return codes.view(*self.grid)
 
     def image_tokens(self, codes) -> list[int]:
-        bpe = self._vocab_mapping.convert_img2bpe(codes.flatten()).tolist()
+        bpe = self.vocab_mapping.convert_img2bpe(codes.flatten()).tolist()
         return [self.token_id(self.boi), *bpe, self.token_id(self.eoi)]
 
     def image_layout(self, input_ids, labels=None):
         # the processor path holds "<image>" placeholders (swapped for codes inside the model) instead
-        placeholder = self._vocab_mapping.image_token_id
+        placeholder = self.vocab_mapping.image_token_id
         codes = self.image_token_ids if placeholder is None else torch.cat([self.image_token_ids, torch.tensor([placeholder])])
         is_code = torch.isin(input_ids, codes.to(input_ids.device))
         return fixed_grid_layout(input_ids.cpu(), labels, {self.token_id(self.boi)}, is_code.cpu(), *self.grid)

@@ -14,6 +14,7 @@ from functools import cached_property
 import torch
 from PIL import Image
 from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3TextConfig
+from transformers.models.emu3.modeling_emu3 import Emu3ImageVocabularyMapping
 
 from ..moss.layout import ImageLayout, ImageSegment
 from .base import TINY_TEXT_VOCAB, BackboneSpec, decoder_regex, is_input_image, unwrap
@@ -23,6 +24,7 @@ TINY_CODEBOOK = 256
 
 class Emu3Spec(BackboneSpec):
     name = "emu3"
+    vocab_mapping_class = Emu3ImageVocabularyMapping
     model_class = Emu3ForConditionalGeneration
     hub_checkpoints = ("BAAI/Emu3-Gen-hf", "BAAI/Emu3-Chat-hf")
     # BAAI/Emu3-Gen-hf config.json (text_config)
@@ -77,25 +79,8 @@ class Emu3Spec(BackboneSpec):
     def target_modules(self) -> str:
         return decoder_regex("model.text_model.layers")
 
-    def vq_module(self, model):
-        return model.model.vqmodel
-
     def layout_modules(self, model):
         return model.model, model.model.text_model
-
-    @cached_property
-    def _vocab_mapping(self):
-        from transformers.models.emu3.modeling_emu3 import Emu3ImageVocabularyMapping
-
-        if self.is_random:
-            return Emu3ImageVocabularyMapping(self.random_config().vocabulary_map)
-        from transformers import AutoConfig
-
-        return Emu3ImageVocabularyMapping(AutoConfig.from_pretrained(self.checkpoint).vocabulary_map)
-
-    @cached_property
-    def image_token_ids(self) -> torch.Tensor:
-        return torch.tensor(self._vocab_mapping.image_tokens, dtype=torch.long)
 
     @property
     def max_side(self) -> int:
@@ -117,7 +102,7 @@ class Emu3Spec(BackboneSpec):
 
     def image_tokens(self, codes) -> list[int]:
         h, w = codes.shape
-        rows = self._vocab_mapping.convert_img2bpe(codes).flatten().tolist()  # h * (w + 1), EOL per row
+        rows = self.vocab_mapping.convert_img2bpe(codes).flatten().tolist()  # h * (w + 1), EOL per row
         return [
             self.token_id(self.image_start), *self.text_ids(f"{h}*{w}"), self.token_id(self.image_token),
             *rows, self.token_id(self.eof), self.token_id(self.image_end),
@@ -127,8 +112,8 @@ class Emu3Spec(BackboneSpec):
         input_ids = input_ids.cpu()
         # the processor path holds "<image>" placeholders (swapped for codes inside the model) instead
         is_code = torch.isin(input_ids, self.image_token_ids)
-        if self._vocab_mapping.image_token_id is not None:
-            is_code |= input_ids == self._vocab_mapping.image_token_id
+        if self.vocab_mapping.image_token_id is not None:
+            is_code |= input_ids == self.vocab_mapping.image_token_id
         start, grid_tok = self.token_id(self.image_start), self.token_id(self.image_token)
         segs = []
         for b in range(input_ids.shape[0]):

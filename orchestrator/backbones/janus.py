@@ -68,19 +68,12 @@ class JanusSpec(BackboneSpec):
     def target_modules(self) -> str:
         return decoder_regex("model.language_model.layers")
 
-    def vq_module(self, model):
-        return model.model.vqmodel
-
     def layout_modules(self, model):
         return model.model, model.model.language_model
 
     @cached_property
     def text_vocab(self) -> int:
-        if self.is_random:
-            return TINY_TEXT_VOCAB
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(self.checkpoint).text_config.vocab_size
+        return self.model_config.text_config.vocab_size
 
     @cached_property
     def grid(self) -> tuple[int, int]:
