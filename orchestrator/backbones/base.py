@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..moss import set_layout
+from ..moss import set_layout, unwrap
 from ..moss.layout import ImageLayout, ImageSegment
 
 IGNORE_INDEX = -100
@@ -54,17 +54,6 @@ class LossOutput:
             if v is not None:
                 out[k] = float(v.detach())
         return out
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model under PEFT / DDP wrappers."""
-    while True:
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def split_ce(

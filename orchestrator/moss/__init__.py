@@ -11,6 +11,7 @@ from .peft import (
     save_adapter,
     set_layout,
     trainable_parameters,
+    unwrap,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "set_layout",
     "trainable_parameters",
     "trainable_params_per_layer",
+    "unwrap",
 ]

@@ -30,7 +30,8 @@ class AdapterLoadError(RuntimeError):
     """An adapter directory does not match the adapter it is loaded into."""
 
 
-def _base(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model under PEFT / DDP wrappers."""
     while True:
         if isinstance(model, PeftModel):
             model = model.get_base_model()
@@ -41,7 +42,7 @@ def _base(model: nn.Module) -> nn.Module:
 
 
 def moss_context(model: nn.Module) -> MossContext | None:
-    return getattr(_base(model), "moss_context", None)
+    return getattr(unwrap(model), "moss_context", None)
 
 
 def set_layout(model: nn.Module, layout: ImageLayout) -> None:
@@ -216,7 +217,7 @@ def expected_trainable_parameters(model: nn.Module, config: MossConfig, spec) ->
     """The closed-form count (see trainable_params_per_layer) summed over the targeted linears."""
     pattern = config.target_modules or spec.target_modules
     total = 0
-    for name, module in _base(model).named_modules():
+    for name, module in unwrap(model).named_modules():
         if re.fullmatch(pattern, name) and hasattr(module, "in_features"):
             total += trainable_params_per_layer(config, module.in_features, module.out_features)
     return total
