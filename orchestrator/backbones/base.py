@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..moss import set_layout, unwrap
 from ..moss.layout import ImageLayout, ImageSegment
 
 IGNORE_INDEX = -100
@@ -35,6 +34,20 @@ RANDOM_PRESETS = {
 }
 PROJ_TAIL = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 PROJS_PER_LAYER = 7
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model under PEFT / DDP wrappers (PEFT is imported when first needed)."""
+    from ..moss.peft import unwrap as _unwrap
+
+    return _unwrap(model)
+
+
+def set_layout(model: nn.Module, layout: ImageLayout) -> None:
+    """orchestrator.moss.set_layout, imported when first needed (tokenizing workers never load PEFT)."""
+    from ..moss.peft import set_layout as _set_layout
+
+    _set_layout(model, layout)
 
 
 @dataclass
@@ -274,18 +287,28 @@ class BackboneSpec(ABC):
         targets = [True] * len(segments) if targets is None else list(targets)
         if len(targets) != len(segments):
             raise ValueError(f"{len(segments)} segments but {len(targets)} target flags")
-        ids: list[int] = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
-        labels = [IGNORE_INDEX] * len(ids)
-        for seg, trained in zip(segments, targets):
+        return self.assemble(self.encode_pieces(segments), targets, add_bos=add_bos)
+
+    def encode_pieces(self, segments: list[Any]) -> list[list[int]]:
+        """The token ids of each segment on its own (an image's include its begin/end tokens)."""
+        pieces = []
+        for seg in segments:
             if isinstance(seg, str):
-                piece = self.text_ids(seg)
+                pieces.append(self.text_ids(seg))
             elif isinstance(seg, Image.Image):
-                piece = self.encode_image(seg)
+                pieces.append(self.encode_image(seg))
             else:
                 raise TypeError(f"segment of type {type(seg).__name__}: expected str or PIL.Image")
+        return pieces
+
+    def assemble(self, pieces: list[list[int]], targets: list[bool], add_bos: bool = True, add_eos: bool = True) -> dict:
+        """Encoded pieces -> one sequence: BOS + pieces (+ EOS after a trained last piece)."""
+        ids: list[int] = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
+        labels = [IGNORE_INDEX] * len(ids)
+        for piece, trained in zip(pieces, targets):
             ids += piece
             labels += piece if trained else [IGNORE_INDEX] * len(piece)
-        if self.tokenizer.eos_token_id is not None and (not targets or targets[-1]):
+        if add_eos and self.tokenizer.eos_token_id is not None and (not targets or targets[-1]):
             ids.append(self.tokenizer.eos_token_id)
             labels.append(self.tokenizer.eos_token_id)
         input_ids = torch.tensor(ids, dtype=torch.long)

@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 from transformers import JanusConfig, JanusForConditionalGeneration
 
-from ..moss import set_layout
-from .base import TINY_TEXT_VOCAB, BackboneSpec, decoder_regex, fixed_grid_layout, unwrap
+from .base import TINY_TEXT_VOCAB, BackboneSpec, decoder_regex, fixed_grid_layout, set_layout, unwrap
 
 
 class JanusSpec(BackboneSpec):

@@ -1,35 +1,26 @@
-"""The MoSS method: modality-specialized LoRA layers for interleaved VLGs (no Ray, no MLflow here)."""
+"""The MoSS method: modality-specialized LoRA layers for interleaved VLGs (no Ray, no MLflow here).
 
-from .config import MossConfig, trainable_params_per_layer
-from .layers import MossContext, MossLinear, causal_conv2d
-from .layout import ImageLayout, ImageSegment, RoutingPlan, build_routing_plan
-from .peft import (
-    AdapterLoadError,
-    apply_moss,
-    expected_trainable_parameters,
-    load_adapter,
-    save_adapter,
-    set_layout,
-    trainable_parameters,
-    unwrap,
-)
+Names load on first use (PEP 562), so ``orchestrator.moss.layout`` / ``.config`` do not import PEFT:
+data workers that only tokenize start faster.
+"""
 
-__all__ = [
-    "AdapterLoadError",
-    "ImageLayout",
-    "ImageSegment",
-    "MossConfig",
-    "MossContext",
-    "MossLinear",
-    "RoutingPlan",
-    "apply_moss",
-    "build_routing_plan",
-    "causal_conv2d",
-    "expected_trainable_parameters",
-    "load_adapter",
-    "save_adapter",
-    "set_layout",
-    "trainable_parameters",
-    "trainable_params_per_layer",
-    "unwrap",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "MossConfig": "config", "trainable_params_per_layer": "config",
+    "MossContext": "layers", "MossLinear": "layers", "causal_conv2d": "layers",
+    "ImageLayout": "layout", "ImageSegment": "layout", "RoutingPlan": "layout", "build_routing_plan": "layout",
+    "AdapterLoadError": "peft", "apply_moss": "peft", "expected_trainable_parameters": "peft",
+    "load_adapter": "peft", "save_adapter": "peft", "set_layout": "peft", "trainable_parameters": "peft",
+    "unwrap": "peft",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

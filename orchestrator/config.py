@@ -1,0 +1,172 @@
+"""The run config: one typed schema (pydantic v2) holding every default, YAML loading, ``a.b=c``
+overrides and a stable hash. Unknown keys and bad values fail here, before Ray starts (exit code 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BACKBONES = ("chameleon", "anole", "emu3", "janus")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the CLI prints it and exits with code 2."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneSection(Section):
+    name: Literal["chameleon", "anole", "emu3", "janus"] = "chameleon"
+    #: "tiny" / "small" / "large" (random-init presets) or a hub id / local path
+    checkpoint: str = "tiny"
+
+
+class AdapterSection(Section):
+    """Mirrors MossConfig; validated by constructing one."""
+
+    variant: Literal["lora", "moe_lora", "moss"] = "moss"
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    kernel_size: int = Field(3, ge=1)
+    conv_space: Literal["full", "lowrank"] = "full"
+    image_inputs: bool = True
+    target_modules: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> AdapterSection:
+        self.to_moss_config()  # raises ValueError naming the field
+        return self
+
+    def to_moss_config(self):
+        from .moss.config import MossConfig  # imported here: the data workers never load torch for configs
+
+        return MossConfig(**self.model_dump())
+
+
+class AlignmentSection(Section):
+    """Optional text-image alignment filter with a CLIP model from a local path (off when model_path is null)."""
+
+    model_path: str | None = None
+    min_score: float = Field(0.2, ge=-1.0, le=1.0)  # cosine similarity of CLIP text and image embeddings
+    batch_size: int = Field(32, ge=1)
+
+
+class FilterSection(Section):
+    """Bounds that reject a record (each rejection counted with its reason)."""
+
+    max_text_chars: int = Field(20_000, ge=1)  # all text of a record together
+    min_output_chars: int = Field(0, ge=0)  # output text; 0 allows image-only answers
+    min_images: int = Field(0, ge=0)
+    max_images: int = Field(16, ge=0)
+    min_image_side: int = Field(16, ge=1)  # pixels
+    max_image_pixels: int = Field(40_000_000, ge=1)  # checked from the header, before decoding
+    max_image_bytes: int = Field(64 * 2**20, ge=1)
+    #: two images on the same side of a record (input or output) within this pHash Hamming distance are
+    #: near-duplicates and reject the record; -1 turns the check off
+    phash_max_distance: int = Field(4, ge=-1, le=64)
+    dedupe: bool = True  # drop records whose content repeats an earlier one, and reused ids
+    alignment: AlignmentSection = Field(default_factory=AlignmentSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> FilterSection:
+        if self.min_images > self.max_images:
+            raise ValueError(f"min_images={self.min_images} > max_images={self.max_images}")
+        return self
+
+
+class DataSection(Section):
+    #: JSONL / JSON / parquet: a path, glob or directory (local, s3://, gs://, hf://datasets/...), or a list
+    source: str | list[str] | None = None
+    output: str = "shards"  # shards go to <output>/<backbone>/
+    max_seq_len: int = Field(2048, ge=8)
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # by a stable hash of the record id
+    filters: FilterSection = Field(default_factory=FilterSection)
+    chunk_bytes: int = Field(256 * 2**10, ge=1024)  # input is read in byte ranges of this size, in parallel
+    batch_size: int = Field(16, ge=1)  # records per tokenizer batch
+    tokenize_actors: int | None = Field(None, ge=1)  # actor pool size; null: the cluster's CPU count
+    rows_per_file: int = Field(4096, ge=1)  # rows per shard file at most
+
+    @field_validator("source")
+    @classmethod
+    def _non_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list of sources")
+        return v
+
+    def sources(self) -> list[str]:
+        if self.source is None:
+            raise ConfigError("data.source is not set: give a file, glob or directory of LeafInstruct records")
+        return [self.source] if isinstance(self.source, str) else list(self.source)
+
+
+class RunConfig(Section):
+    backbone: BackboneSection = Field(default_factory=BackboneSection)
+    adapter: AdapterSection = Field(default_factory=AdapterSection)
+    data: DataSection = Field(default_factory=DataSection)
+
+    def config_hash(self, *sections: str) -> str:
+        """sha256 (16 hex) of the resolved config, or of the named sections only."""
+        dump = self.model_dump(mode="json")
+        if sections:
+            dump = {k: dump[k] for k in sections}
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """``a.b=c`` sets tree["a"]["b"] to c parsed as YAML (so 8 is an int, [1, 2] a list, null None)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    parts = key.strip().split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {p!r} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({e})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """YAML file (or nothing: all defaults) + overrides -> a validated RunConfig; ConfigError otherwise."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(tree).__name__}")
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, path)) from None
+
+
+def format_validation_error(error: ValidationError, path) -> str:
+    where = f"{path}: " if path else ""
+    lines = [f"{where}invalid config ({error.error_count()} problem(s))"]
+    for err in error.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        value = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
+        lines.append(f"  {loc}: {err['msg']}{value}")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""RunConfig: defaults, YAML + --set overrides, errors that name the key, `moss validate` exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.config import ConfigError, RunConfig, load_config
+
+
+def test_defaults_are_valid_and_hash_is_stable():
+    a, b = load_config(), RunConfig()
+    assert a == b and a.config_hash() == b.config_hash()
+    assert a.adapter.to_moss_config().variant == "moss"
+
+
+def test_overrides_parse_as_yaml_and_change_the_hash(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("backbone: {name: emu3}\ndata: {max_seq_len: 512}\n")
+    cfg = load_config(path, ["data.filters.max_images=4", "adapter.rank=16", "data.source=[a.jsonl, b.jsonl]"])
+    assert (cfg.backbone.name, cfg.data.max_seq_len, cfg.data.filters.max_images, cfg.adapter.rank) == ("emu3", 512, 4, 16)
+    assert cfg.data.sources() == ["a.jsonl", "b.jsonl"]
+    assert cfg.config_hash() != load_config(path).config_hash()
+    assert cfg.config_hash("backbone") == load_config(path).config_hash("backbone")
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("data.max_seq_len=4", "data.max_seq_len"),
+        ("data.filtres.max_images=3", "data.filtres"),  # a typo is an error, not a silent default
+        ("adapter.rank=0", "rank"),
+        ("adapter.variant=dora", "adapter.variant"),
+        ("backbone.name=llava", "backbone.name"),
+        ("data.filters.min_images=20", "min_images"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("novalue", "key.path=value"),
+    ],
+)
+def test_bad_configs_name_the_key(override, words):
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_validate_exit_codes(tmp_path, capsys):
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    assert main(["validate", "--set", f"data.source={tmp_path}/d.jsonl"]) == 0
+    assert "valid; config hash" in capsys.readouterr().out
+    assert main(["validate", "--set", "adapter.rank=-1"]) == 2
+    assert "adapter.rank" in capsys.readouterr().err
+    assert main(["validate", "--set", f"data.source={tmp_path}/nothing-here/*.jsonl"]) == 2
+    assert "no .jsonl" in capsys.readouterr().err
+
+
+def test_preprocess_with_bad_config_exits_2_before_ray():
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "preprocess", "--set", "data.max_seq_len=oops"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "data.max_seq_len" in proc.stderr and "ray" not in proc.stderr.lower()
