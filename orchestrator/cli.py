@@ -16,6 +16,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if len(fell) == len(rows) else 1
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data.sources import list_files
+
+    cfg = load_config(args.config, args.set)
+    print(cfg.to_yaml(), end="")
+    if cfg.data.source is not None:
+        files = list_files(cfg.data.sources())
+        print(f"# data.source: {len(files)} file(s)")
+    print(f"# valid; config hash {cfg.config_hash()}")
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data.manifest import format_summary
+    from .data.pipeline import output_dir, preprocess
+
+    cfg = load_config(args.config, args.set)
+    manifest = preprocess(cfg, engine="local" if args.local else "ray")
+    print(format_summary(manifest, output_dir(cfg)))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .data.sample import write_sample
+
+    counts = write_sample(args.out, per_domain=args.per_domain, seed=args.seed)
+    print(f"sample: {sum(counts.values())} records in {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", nargs=None if required else "?", help="run config YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key, e.g. --set data.max_seq_len=1024 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moss", description="MoSS experiments on Ray + MLflow")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=30)
     demo.add_argument("--out", default="demo_out", help="folder for demo.json")
     demo.set_defaults(func=cmd_demo)
+    validate = sub.add_parser("validate", help="check a config (and that its data source exists) without starting Ray")
+    _config_args(validate, required=False)
+    validate.set_defaults(func=cmd_validate)
+    pre = sub.add_parser("preprocess", help="LeafInstruct records -> tokenized shards with Ray Data")
+    _config_args(pre, required=False)
+    pre.add_argument("--local", action="store_true", help="run the same stages in one process, without Ray")
+    pre.set_defaults(func=cmd_preprocess)
+    sample = sub.add_parser("sample", help="write the bundled LeafInstruct-format sample set (PIL-drawn images)")
+    sample.add_argument("out", help="folder to write into")
+    sample.add_argument("--per-domain", type=int, default=60)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(func=cmd_sample)
     return parser
 
 
@@ -31,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT calls transformers' deprecated is_gradient_checkpointing on every wrap; not ours to fix
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from .config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"moss {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,180 @@
+"""Bad-record generator for tests: good records mixed with malformed ones of many kinds, with expectations.
+
+``write_fuzz(dir)`` writes ``fuzz.jsonl`` (+ images) and returns, per line, the kind of record and the
+stage that must reject it ("" for records that must reach the shards). The expectations hold under
+``FUZZ_LIMITS`` (config overrides the test applies).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+from pathlib import Path
+
+from PIL import Image
+
+from .sample import DOMAINS, MAKERS, _i, _t, _Writer
+
+FUZZ_LIMITS = [
+    "data.max_seq_len=1024", "data.filters.max_text_chars=4000", "data.filters.max_images=8",
+    "data.filters.min_image_side=16", "data.filters.max_image_pixels=1000000", "data.chunk_bytes=65536",
+]
+
+
+def _noise_png(rng: random.Random, size=(64, 64)) -> bytes:
+    import io
+
+    im = Image.frombytes("RGB", size, bytes(rng.getrandbits(8) for _ in range(size[0] * size[1] * 3)))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+class _Fuzz:
+    def __init__(self, root: Path, seed: int):
+        self.root, self.rng = root, random.Random(f"fuzz-{seed}")
+        self.w = {d: _Writer(root, f"fuzz-{d}") for d in DOMAINS}
+        self.bad = root / "images" / "fuzz-bad"
+        self.bad.mkdir(parents=True, exist_ok=True)
+        self.good: list[dict] = []
+        self.n = 0
+
+    def fresh(self, domain: str | None = None) -> dict:
+        domain = domain or self.rng.choice(DOMAINS)
+        self.n += 1
+        return MAKERS[domain](self.rng, self.w[domain], f"fuzz-{domain}-{self.n:05d}")
+
+    def file(self, name: str, data: bytes) -> str:
+        (self.bad / name).write_bytes(data)
+        return f"images/fuzz-bad/{name}"
+
+    def with_output_image(self, path: str) -> dict:
+        r = self.fresh("vqa")
+        r["output"] = [_t("Here it is:"), _i(path)]
+        return r
+
+    # each kind: () -> (line bytes, expected stage, id or None)
+    def k_good(self):
+        r = self.fresh()
+        self.good.append(r)
+        return r, ""
+
+    def k_truncated_json(self):
+        text = json.dumps(self.fresh())
+        return text[: len(text) // 2].encode(), "parse"
+
+    def k_not_utf8(self):
+        return b'{"id": "bad-\xff\xfe", "output": []}', "parse"
+
+    def k_not_object(self):
+        return self.rng.choice([b"[1, 2, 3]", b"42", b'"a string"', b"null"]), "schema"
+
+    def k_missing_id(self):
+        r = self.fresh()
+        r.pop("id")
+        return r, "schema"
+
+    def k_empty_output(self):
+        r = self.fresh("howto")
+        r["output"] = []
+        return r, "schema"
+
+    def k_bad_segment_type(self):
+        r = self.fresh("howto")
+        r["output"][0]["type"] = "video"
+        return r, "schema"
+
+    def k_placeholder_mismatch(self):
+        r = self.fresh("storytelling")
+        r["images"].append(r["images"][0])
+        return r, "schema"
+
+    def k_missing_image(self):
+        return self.with_output_image(f"images/fuzz-bad/missing-{self.n}.png"), "image"
+
+    def k_corrupt_image(self):
+        return self.with_output_image(self.file(f"corrupt-{self.n}.png", os.urandom(200))), "image"
+
+    def k_truncated_image(self):
+        data = _noise_png(self.rng)
+        return self.with_output_image(self.file(f"truncated-{self.n}.png", data[: len(data) * 3 // 5])), "image"
+
+    def k_zero_size_image(self):
+        return self.with_output_image(self.file(f"empty-{self.n}.png", b"")), "image"
+
+    def k_huge_image(self):
+        path = self.bad / "huge.png"
+        if not path.exists():
+            Image.new("RGB", (1200, 1000), "white").save(path)
+        return self.with_output_image("images/fuzz-bad/huge.png"), "image"
+
+    def k_text_too_long(self):
+        r = self.fresh("vqa")
+        r["instruction"] = "why " * 1250
+        return r, "bounds"
+
+    def k_too_many_images(self):
+        r = self.fresh("howto")
+        extra = [self.fresh("generation")["output_images"][0] for _ in range(6)]
+        r["output"] += [_i(p) for p in extra]
+        return r, "bounds"
+
+    def k_tiny_image(self):
+        path = self.bad / "tiny.png"
+        if not path.exists():
+            Image.new("RGB", (8, 8), "red").save(path)
+        return self.with_output_image("images/fuzz-bad/tiny.png"), "bounds"
+
+    def k_duplicate_image_in_record(self):
+        r = self.fresh("howto")
+        r["output"][3] = copy.deepcopy(r["output"][1])  # step 2 shows step 1's picture again
+        return r, "image_dedupe"
+
+    def k_duplicate_content(self):
+        r = copy.deepcopy(self.rng.choice(self.good))
+        self.n += 1
+        r["id"] = f"fuzz-copy-{self.n:05d}"
+        return r, "dedupe"
+
+    def k_reused_id(self):
+        r = self.fresh()
+        r["id"] = self.rng.choice(self.good)["id"]
+        return r, "dedupe"
+
+    def k_prompt_too_long(self):
+        r = self.fresh("vqa")
+        r["instruction"] = "Look closely. " * 110  # 1540 characters: inside the text bound, past max_seq_len
+        return r, "truncate"
+
+    def k_long_output(self):  # good, but only a prefix of the answer fits: kept with trailing segments dropped
+        r = self.fresh("howto")
+        r["output"] = [_t("a" * 350), r["output"][1], _t("b" * 350), r["output"][3], _t("c" * 350), r["output"][5]]
+        self.good.append(r)
+        return r, ""
+
+
+BAD_KINDS = [k[2:] for k in vars(_Fuzz) if k.startswith("k_") and k not in ("k_good", "k_long_output")]
+
+
+def write_fuzz(out_dir: str | Path, n_bad: int = 1000, n_good: int = 300, seed: int = 0) -> tuple[Path, list[dict]]:
+    """fuzz.jsonl with n_bad malformed records (every kind in BAD_KINDS) among n_good good ones.
+
+    Returns (path, [{"line", "kind", "stage", "id"}]); stage "" means the record must be kept.
+    """
+    root = Path(out_dir)
+    fz = _Fuzz(root, seed)
+    plan = ["good"] * 5 + [BAD_KINDS[i % len(BAD_KINDS)] for i in range(n_bad)] + ["good"] * (n_good - 5 - 20) + ["long_output"] * 20
+    head, rest = plan[:5], plan[5:]
+    fz.rng.shuffle(rest)
+    lines, expect = [], []
+    for kind in head + rest:
+        record, stage = getattr(fz, f"k_{kind}")()
+        line = record if isinstance(record, bytes) else json.dumps(record).encode()
+        lines.append(line)
+        rid = record.get("id") if isinstance(record, dict) else None
+        expect.append({"line": len(lines), "kind": kind, "stage": stage, "id": rid})
+    path = root / "fuzz.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, expect

@@ -1,0 +1,153 @@
+"""LeafInstruct -> shards: the Ray Data graph, and the same stages as a plain single-process loop.
+
+Ray graph (two passes over the input, both streaming):
+  1. keys:  chunks -> (order, id, content hash) per record -> two group-bys -> dedupe verdicts (losers only)
+  2. main:  chunks -> validate (tasks: parse, schema, image, bounds, image_dedupe, dedupe)
+            -> [alignment: CLIP actor pool, GPUs when present] -> tokenize (actor pool: tokenizer + VQ
+            loaded once per actor) -> write_parquet partitioned by split (train / val / rejected)
+then rejects.jsonl and manifest.json are derived from what was written (see manifest.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..backbones import get_backbone
+from ..config import ConfigError, RunConfig
+from .dedupe import find_duplicates
+from .manifest import arrow_fs, build_manifest, collect_stats, write_rejects
+from .shards import REJECTED, SPLITS
+from .sources import Chunk, list_files, plan_chunks
+from .tokenize import Tokenize
+from .validate import chunk_keys, keys_udf, validate_chunk, validate_udf
+
+
+def output_dir(cfg: RunConfig) -> str:
+    return f"{cfg.data.output.rstrip('/')}/{cfg.backbone.name}"
+
+
+def preprocess(cfg: RunConfig, engine: str = "ray") -> dict:
+    """Run the whole pipeline; returns the manifest (also written to <output>/<backbone>/manifest.json)."""
+    files = list_files(cfg.data.sources())
+    chunks = plan_chunks(files, cfg.data.chunk_bytes)
+    out = output_dir(cfg)
+    fs, root = arrow_fs(out)
+    fs.delete_dir_contents(root, missing_dir_ok=True)  # shards are derived data: a rerun replaces them
+    fs.create_dir(root)
+    start = time.perf_counter()
+    run = {"ray": _run_ray, "local": _run_local}[engine]
+    n_input = run(cfg, files, chunks, out)
+    stats = collect_stats(out)  # before rejects.jsonl exists: the folder holds parquet only
+    n_rejects = write_rejects(out)
+    spec = get_backbone(cfg.backbone.name, cfg.backbone.checkpoint)
+    manifest = build_manifest(cfg, spec, files, n_input, stats, n_rejects, engine, time.perf_counter() - start)
+    with fs.open_output_stream(f"{root}/manifest.json") as f:
+        f.write(json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+# ---- Ray Data ------------------------------------------------------------------------------------
+
+
+def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str) -> int:
+    import ray
+
+    from ..runtime import init_ray
+
+    init_ray()
+    d, f = cfg.data, cfg.data.filters
+    source = ray.data.from_items([dataclasses.asdict(c) for c in chunks], override_num_blocks=len(chunks))
+    keys = source.map_batches(keys_udf, batch_size=1, batch_format="pyarrow", fn_kwargs={"filters": f})
+    keys = pa.concat_tables(list(keys.iter_batches(batch_format="pyarrow", batch_size=None)))
+    verdicts = find_duplicates(keys, files) if f.dedupe else {}
+    # Actor pools hold their CPUs for their lifetime: leave room for the validate tasks, or nothing runs.
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    validate_cpu, align_cpu = 0.25, (0.25 if f.alignment.model_path else 0.0)
+    n_tok = d.tokenize_actors or max(1, int(cpus))
+    tok_cpu = min(1.0, (cpus - validate_cpu - align_cpu) / n_tok)
+    if tok_cpu <= 0:
+        raise ConfigError(f"data.tokenize_actors={n_tok} leaves no CPU for the other stages on {cpus:g} CPUs")
+    ds = source.map_batches(
+        validate_udf, batch_size=1, batch_format="pyarrow", num_cpus=validate_cpu,
+        fn_kwargs={"filters": f, "verdicts": verdicts, "val_fraction": d.val_fraction},
+    )
+    if f.alignment.model_path:
+        from .alignment import AlignmentScore
+
+        ds = ds.map_batches(
+            AlignmentScore, batch_size=f.alignment.batch_size, batch_format="pyarrow",
+            fn_constructor_kwargs={"model_path": f.alignment.model_path, "min_score": f.alignment.min_score},
+            compute=ray.data.ActorPoolStrategy(size=max(1, gpus)), num_gpus=1 if gpus else 0, num_cpus=align_cpu,
+        )
+    ds = ds.map_batches(
+        Tokenize, batch_size=d.batch_size, batch_format="pyarrow", num_cpus=tok_cpu,
+        fn_constructor_kwargs={"backbone": cfg.backbone.name, "checkpoint": cfg.backbone.checkpoint, "max_seq_len": d.max_seq_len},
+        compute=ray.data.ActorPoolStrategy(size=n_tok),
+    )
+    ds.write_parquet(out, partition_cols=["split"], max_rows_per_file=d.rows_per_file)
+    return keys.num_rows
+
+
+# ---- the plain loop (baseline and reference) -----------------------------------------------------
+
+
+class _SplitWriter:
+    """part-*.parquet files per split, at most rows_per_file rows each."""
+
+    def __init__(self, out: str, rows_per_file: int):
+        self.fs, self.root = arrow_fs(out)
+        self.rows_per_file, self.writers, self.counts, self.files = rows_per_file, {}, {}, {}
+
+    def write(self, table: pa.Table) -> None:
+        for split in (*SPLITS, REJECTED):
+            part = table.filter(pc.equal(table["split"], split)).drop_columns(["split"])
+            while part.num_rows:
+                if self.counts.get(split, self.rows_per_file) >= self.rows_per_file:
+                    self._roll(split, part.schema)
+                room = self.rows_per_file - self.counts[split]
+                self.writers[split].write_table(part.slice(0, room))
+                self.counts[split] += min(room, part.num_rows)
+                part = part.slice(room)
+
+    def _roll(self, split: str, schema: pa.Schema) -> None:
+        if split in self.writers:
+            self.writers[split].close()
+        n = self.files[split] = self.files.get(split, -1) + 1
+        self.fs.create_dir(f"{self.root}/split={split}")
+        path = f"{self.root}/split={split}/part-{n:05d}.parquet"
+        self.writers[split] = pq.ParquetWriter(path, schema, filesystem=self.fs)
+        self.counts[split] = 0
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+def _run_local(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str) -> int:
+    d, f = cfg.data, cfg.data.filters
+    keys = pa.concat_tables([chunk_keys(c, f) for c in chunks])
+    verdicts = find_duplicates(keys, files) if f.dedupe else {}
+    stages = []
+    if f.alignment.model_path:
+        from .alignment import AlignmentScore
+
+        stages.append(AlignmentScore(f.alignment.model_path, f.alignment.min_score))
+    stages.append(Tokenize(cfg.backbone.name, cfg.backbone.checkpoint, d.max_seq_len, threads=None))
+    writer = _SplitWriter(out, d.rows_per_file)
+    try:
+        for c in chunks:
+            for table in validate_chunk(c, f, verdicts, d.val_fraction):
+                for stage in stages:
+                    table = stage(table)
+                writer.write(table)
+    finally:
+        writer.close()
+    return keys.num_rows
+

@@ -1,0 +1,190 @@
+"""LeafInstruct records: the two accepted input shapes, parsed into one ``Record`` type.
+
+(a) segment lists::
+
+    {"id": "howto-1", "domain": "howto", "instruction": "...",
+     "input":  [{"type": "text", "text": "..."}, {"type": "image", "image": "images/a.png"}],
+     "output": [{"type": "text", "text": "..."}, {"type": "image", "image": "images/b.png"}]}
+
+(b) placeholder style (InterleavedBench / LeafInstruct-like releases)::
+
+    {"id": "story-1", "task_name": "storytelling", "instruction": "...",
+     "context": "Once <image> then <image>", "output": "Later <image>",
+     "images": ["a.png", "b.png", "c.png"]}          # one per <image> in instruction, context, output order
+    # or "images" for instruction + context and "output_images" for the output's placeholders
+
+An image is a path (relative to the data file), a URI (s3://, gs://, hf://, https://), or a dict with
+encoded ``bytes`` (how parquet datasets often embed images). Schema errors raise ``SchemaError`` with a
+reason that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+
+PLACEHOLDER = "<image>"
+MAX_ID_CHARS = 256
+
+
+class SchemaError(ValueError):
+    """The record does not have a shape we accept; the message is the reject reason."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A text piece, or an image given by a resolved reference (path / URI) or by its encoded bytes."""
+
+    kind: str  # "text" | "image"
+    text: str = ""
+    image: str | bytes = ""
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind == "image"
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    domain: str
+    instruction: str
+    input: tuple[Segment, ...]
+    output: tuple[Segment, ...]
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def segments(self) -> tuple[list[Segment], list[bool]]:
+        """(segments, targets): instruction + input (not trained on), then output (trained on)."""
+        prompt = ([Segment("text", text=self.instruction)] if self.instruction else []) + list(self.input)
+        return prompt + list(self.output), [False] * len(prompt) + [True] * len(self.output)
+
+    def images(self) -> list[Segment]:
+        return [s for s in (*self.input, *self.output) if s.is_image]
+
+    def texts(self) -> list[str]:
+        return [self.instruction] + [s.text for s in (*self.input, *self.output) if not s.is_image]
+
+
+def parse_json(raw: bytes | str | dict) -> dict:
+    """Stage "parse": one line of JSONL (or an already-decoded parquet row) -> a JSON object."""
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SchemaError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"not valid JSON: {e.msg} at column {e.colno}") from None
+    return obj
+
+
+def resolve_ref(ref: str, base: str) -> str:
+    """An image path relative to the data file's folder ``base`` -> a path or URI that can be opened."""
+    if "://" in ref or os.path.isabs(ref) or not base:
+        return ref
+    if "://" in base:
+        return posixpath.normpath(posixpath.join(base, ref)).replace(":/", "://", 1)
+    return os.path.normpath(os.path.join(base, ref))
+
+
+def to_record(obj, base: str = "") -> Record:
+    """Stage "schema": a JSON object in either accepted shape -> Record, or SchemaError(reason)."""
+    if not isinstance(obj, dict):
+        raise SchemaError(f"a record must be a JSON object, got {type(obj).__name__}")
+    rid = obj.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or str(rid).strip() == "":
+        raise SchemaError(f"'id' must be a non-empty string or integer, got {rid!r}"[:200])
+    rid = str(rid)
+    if len(rid) > MAX_ID_CHARS:
+        raise SchemaError(f"'id' is {len(rid)} characters (at most {MAX_ID_CHARS})")
+    domain = obj.get("domain", obj.get("task_name", "unknown"))
+    if not isinstance(domain, str) or not domain:
+        raise SchemaError(f"'domain' must be a non-empty string, got {domain!r}"[:200])
+    instruction = obj.get("instruction", "")
+    if not isinstance(instruction, str):
+        raise SchemaError(f"'instruction' must be a string, got {type(instruction).__name__}")
+    if isinstance(obj.get("output"), list) or isinstance(obj.get("input"), list):
+        inp, out = _segment_list(obj, "input", base), _segment_list(obj, "output", base)
+    elif "context" in obj or isinstance(obj.get("output"), str):
+        instruction, inp, out = _placeholder_form(obj, instruction, base)
+    else:
+        raise SchemaError("neither shape: expected 'input'/'output' segment lists or 'context'/'output' text with 'images'")
+    if not out:
+        raise SchemaError("'output' is empty: nothing to train on")
+    return Record(rid, domain, instruction, tuple(inp), tuple(out))
+
+
+def _segment_list(obj: dict, key: str, base: str) -> list[Segment]:
+    items = obj.get(key, [])
+    if not isinstance(items, list):
+        raise SchemaError(f"'{key}' must be a list of segments, got {type(items).__name__}")
+    return [_segment(item, f"{key}[{i}]", base) for i, item in enumerate(items)]
+
+
+def _segment(item, where: str, base: str) -> Segment:
+    if not isinstance(item, dict):
+        raise SchemaError(f"{where} must be an object, got {type(item).__name__}")
+    kind = item.get("type")
+    if kind == "text":
+        text = item.get("text")
+        if not isinstance(text, str):
+            raise SchemaError(f"{where}.text must be a string, got {type(text).__name__}")
+        return Segment("text", text=text)
+    if kind == "image":
+        return Segment("image", image=_image_ref(item.get("image"), where + ".image", base))
+    raise SchemaError(f"{where}.type must be 'text' or 'image', got {kind!r}"[:200])
+
+
+def _image_ref(ref, where: str, base: str) -> str | bytes:
+    if isinstance(ref, dict) and isinstance(ref.get("bytes"), (bytes, bytearray)) and ref["bytes"]:
+        return bytes(ref["bytes"])
+    if isinstance(ref, dict) and isinstance(ref.get("path"), str):
+        ref = ref["path"]
+    if not isinstance(ref, str) or not ref.strip():
+        raise SchemaError(f"{where} must be a path, URI or {{'bytes': ...}}, got {type(ref).__name__}")
+    return resolve_ref(ref, base)
+
+
+def _split_placeholders(text: str, images: list, where: str, base: str) -> list[Segment]:
+    pieces = text.split(PLACEHOLDER)
+    if len(pieces) - 1 > len(images):
+        raise SchemaError(f"{where} has more {PLACEHOLDER} markers than images left ({len(images)})")
+    out: list[Segment] = []
+    for i, piece in enumerate(pieces):
+        if piece.strip():
+            out.append(Segment("text", text=piece.strip()))
+        if i < len(pieces) - 1:
+            out.append(Segment("image", image=_image_ref(images.pop(0), f"{where} image {i}", base)))
+    return out
+
+
+def _placeholder_form(obj: dict, instruction: str, base: str):
+    images = obj.get("images", obj.get("image", []))
+    images = [images] if isinstance(images, str) else images
+    out_images = obj.get("output_images")
+    for name, val in (("images", images), ("output_images", out_images)):
+        if val is not None and not isinstance(val, list):
+            raise SchemaError(f"'{name}' must be a list of image paths, got {type(val).__name__}")
+    context, output = obj.get("context", ""), obj.get("output", "")
+    for name, val in (("context", context), ("output", output)):
+        if not isinstance(val, str):
+            raise SchemaError(f"'{name}' must be a string in the placeholder form, got {type(val).__name__}")
+    queue = list(images)
+    instr = _split_placeholders(instruction, queue, "instruction", base)
+    inp = _split_placeholders(context, queue, "context", base)
+    if out_images is not None:
+        if queue:
+            raise SchemaError(f"{len(queue)} image(s) in 'images' have no {PLACEHOLDER} marker")
+        queue = list(out_images)
+    out = _split_placeholders(output, queue, "output", base)
+    if queue:
+        raise SchemaError(f"{len(queue)} image(s) have no {PLACEHOLDER} marker")
+    # an instruction with images becomes the first input segments
+    if any(s.is_image for s in instr):
+        return "", instr + inp, out
+    return " ".join(s.text for s in instr), inp, out

@@ -1,0 +1,62 @@
+"""The row formats between stages and in the shards, and the way back from a shard row to training input.
+
+Shards live in ``<output>/<backbone>/split=train|val/part-*.parquet`` (hive partitioning, so
+``ray.data.read_parquet(<output>/<backbone>/split=train)`` reads one split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+SPLITS = ("train", "val")
+REJECTED = "rejected"
+
+_META = [
+    ("order", pa.int64()), ("file", pa.string()), ("line", pa.int64()), ("id", pa.string()),
+    ("domain", pa.string()), ("split", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
+    ("content_hash", pa.string()), ("alignment", pa.float64()),
+]
+#: rows leaving the CPU validation stages: metadata + segments (JSON: [[kind, text | image index, target]])
+#: + the images' encoded bytes. Rejected rows carry stage/reason and no segments or images.
+VALIDATED_SCHEMA = pa.schema(_META + [("segments", pa.string()), ("images", pa.list_(pa.binary()))])
+
+LAYOUT_TYPE = pa.struct([
+    ("offset", pa.int32()), ("height", pa.int32()), ("width", pa.int32()), ("row_stride", pa.int32()),
+    ("n_cells", pa.int32()), ("is_input", pa.bool_()),
+])
+TOKEN_STATS = ("n_tokens", "n_target_tokens", "n_image_tokens", "n_images", "truncated_segments")
+#: rows written to shards (the "split" column becomes the partition folder)
+SHARD_SCHEMA = pa.schema(
+    _META
+    + [("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("image_layout", pa.list_(LAYOUT_TYPE))]
+    + [(k, pa.int32()) for k in TOKEN_STATS]
+)
+
+
+def split_of(record_id: str, val_fraction: float) -> str:
+    """train / val by a stable hash of the id (the same on every machine and run)."""
+    h = int.from_bytes(hashlib.sha256(record_id.encode()).digest()[:8], "big") / 2**64
+    return "val" if h < val_fraction else "train"
+
+
+def layout_to_rows(layout) -> list[dict]:
+    return [
+        dict(offset=s.offset, height=s.height, width=s.width, row_stride=s.row_stride, n_cells=s.n_cells, is_input=s.is_input)
+        for s in layout
+    ]
+
+
+def example_from_row(row: dict) -> dict:
+    """A shard row -> the dict ``spec.encode`` returns (input_ids, labels, image_layout), ready for collate."""
+    import torch
+
+    from ..moss.layout import ImageSegment
+
+    return {
+        "input_ids": torch.as_tensor(row["input_ids"], dtype=torch.long),
+        "labels": torch.as_tensor(row["labels"], dtype=torch.long),
+        "image_layout": tuple(ImageSegment(**{k: (bool(v) if k == "is_input" else int(v)) for k, v in s.items()})
+                              for s in row["image_layout"]),
+    }

@@ -1,0 +1,196 @@
+"""Input files -> chunks -> (file, line, raw record) triples.
+
+A source is a path, glob or directory, local or any fsspec URL (s3://, gs://, hf://datasets/...).
+JSONL files larger than ``chunk_bytes`` are cut at line boundaries into byte ranges so that one big
+file is read in parallel; the planner counts lines while cutting, so every record keeps its true line
+number. Parquet files are chunked by row group ("line" = row number); ``.json`` arrays and ``.gz``
+files are one chunk each ("line" = element number / line number).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import gzip
+import json
+import os
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..config import ConfigError
+
+EXTENSIONS = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+_READ_BLOCK = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class Chunk:
+    path: str  # local path or full URL
+    file_index: int  # position in the sorted file list: orders records across files
+    kind: str  # "lines" | "json" | "parquet"
+    start: int = 0  # byte offset (lines) or row-group index (parquet)
+    end: int = -1  # byte offset, exclusive (-1: to the end)
+    first_line: int = 1
+
+    @property
+    def base(self) -> str:
+        """The folder that relative image paths resolve against."""
+        return posixpath.dirname(self.path) if "://" in self.path else os.path.dirname(os.path.abspath(self.path))
+
+
+def _fs(path: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(path)
+
+
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def list_files(sources: list[str]) -> list[str]:
+    """Every data file named by the sources (sorted, deduplicated); ConfigError when one names nothing."""
+    files: list[str] = []
+    for src in sources:
+        found = _expand(src)
+        if not found:
+            raise ConfigError(f"data.source {src!r}: no {'/'.join(EXTENSIONS)} files found")
+        files += found
+    return sorted(dict.fromkeys(files))
+
+
+def _expand(src: str) -> list[str]:
+    if "://" not in src:
+        paths = globlib.glob(src, recursive=True) if _is_glob(src) else [src]
+        out = []
+        for p in paths:
+            if os.path.isdir(p):
+                out += [os.path.join(r, f) for r, _, fs in os.walk(p) for f in fs]
+            elif os.path.isfile(p):
+                out.append(p)
+        return [os.path.abspath(p) for p in out if p.endswith(EXTENSIONS)]
+    fs, path = _fs(src)
+    if _is_glob(path):
+        paths = fs.glob(path)
+    elif fs.isdir(path):
+        paths = fs.find(path)
+    else:
+        paths = [path] if fs.exists(path) else []
+    return [fs.unstrip_protocol(p) for p in paths if p.endswith(EXTENSIONS)]
+
+
+def _open(path: str, mode: str = "rb"):
+    if "://" not in path:
+        return open(path, mode)
+    import fsspec
+
+    return fsspec.open(path, mode).open()
+
+
+def _size(path: str) -> int:
+    if "://" not in path:
+        return os.path.getsize(path)
+    fs, p = _fs(path)
+    return fs.size(p)
+
+
+def plan_chunks(files: list[str], chunk_bytes: int) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    for index, path in enumerate(files):
+        if path.endswith(".parquet"):
+            chunks += _parquet_chunks(path, index)
+        elif path.endswith(".gz"):
+            chunks.append(Chunk(path, index, "lines"))
+        elif path.endswith(".json") and _starts_with_bracket(path):
+            chunks.append(Chunk(path, index, "json"))
+        elif _size(path) <= chunk_bytes:
+            chunks.append(Chunk(path, index, "lines"))
+        else:
+            chunks += _line_chunks(path, index, chunk_bytes)
+    return chunks
+
+
+def _starts_with_bracket(path: str) -> bool:
+    with _open(path) as f:
+        head = f.read(4096).lstrip()
+    return head[:1] == b"["
+
+
+def _parquet_chunks(path: str, index: int) -> list[Chunk]:
+    import pyarrow.parquet as pq
+
+    with _open(path) as f:
+        meta = pq.ParquetFile(f).metadata
+    chunks, line = [], 1
+    for g in range(meta.num_row_groups):
+        chunks.append(Chunk(path, index, "parquet", start=g, first_line=line))
+        line += meta.row_group(g).num_rows
+    return chunks
+
+
+def _line_chunks(path: str, index: int, chunk_bytes: int) -> list[Chunk]:
+    """Cut at the first newline after every chunk_bytes, counting lines on the way (one streaming read)."""
+    chunks: list[Chunk] = []
+    start, first_line, pos, lines, target = 0, 1, 0, 0, chunk_bytes
+    with _open(path) as f:
+        while block := f.read(_READ_BLOCK):
+            offset = 0
+            while pos + len(block) > target:
+                nl = block.find(b"\n", max(target - pos, offset))
+                if nl < 0:
+                    break
+                lines += block.count(b"\n", offset, nl + 1)
+                end = pos + nl + 1
+                chunks.append(Chunk(path, index, "lines", start, end, first_line))
+                start, first_line, offset, target = end, lines + 1, nl + 1, end + chunk_bytes
+            lines += block.count(b"\n", offset)
+            pos += len(block)
+    if start < pos:
+        chunks.append(Chunk(path, index, "lines", start, -1, first_line))
+    return chunks
+
+
+def read_chunk(chunk: Chunk) -> Iterator[tuple[int, object]]:
+    """(line number, raw record) for every non-blank line / element / row of the chunk."""
+    if chunk.kind == "parquet":
+        yield from _read_parquet(chunk)
+    elif chunk.kind == "json":
+        yield from _read_json_array(chunk)
+    else:
+        yield from _read_lines(chunk)
+
+
+def _read_lines(chunk: Chunk):
+    with _open(chunk.path) as f:
+        if chunk.path.endswith(".gz"):
+            f = gzip.GzipFile(fileobj=f)
+            data = f.read()
+        else:
+            f.seek(chunk.start)
+            data = f.read() if chunk.end < 0 else f.read(chunk.end - chunk.start)
+    for i, line in enumerate(data.split(b"\n")):
+        if line.strip():
+            yield chunk.first_line + i, line
+
+
+def _read_json_array(chunk: Chunk):
+    with _open(chunk.path) as f:
+        data = f.read()
+    try:
+        items = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        yield 0, data  # the whole file fails "parse" as one record, with the decoder's message
+        return
+    if not isinstance(items, list):
+        items = [items]
+    for i, item in enumerate(items):
+        yield i + 1, item if isinstance(item, dict) else json.dumps(item)
+
+
+def _read_parquet(chunk: Chunk):
+    import pyarrow.parquet as pq
+
+    with _open(chunk.path) as f:
+        table = pq.ParquetFile(f).read_row_group(chunk.start)
+    for i, row in enumerate(table.to_pylist()):
+        yield chunk.first_line + i, row

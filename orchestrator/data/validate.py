@@ -1,0 +1,97 @@
+"""The CPU stages before tokenization, composed per record; and the per-chunk functions both engines run.
+
+``validate_record`` runs parse -> schema -> image -> bounds -> image_dedupe -> dedupe and returns one
+row (VALIDATED_SCHEMA) whatever happens: a record that fails carries its stage and reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+
+import pyarrow as pa
+
+from ..config import FilterSection
+from .dedupe import KEY_SCHEMA, order_of
+from .filters import Reject, check_bounds, check_near_duplicates, content_key, load_images, parse, run_stage
+from .schema import Record
+from .shards import REJECTED, VALIDATED_SCHEMA, split_of
+from .sources import Chunk, read_chunk
+
+ROWS_PER_TABLE = 64  # validated rows are handed on in tables of this size (bounded memory per task)
+
+
+def _row(chunk: Chunk, line: int, **kw) -> dict:
+    row = dict(order=order_of(chunk.file_index, line), file=chunk.path, line=line, id="", domain="", split=REJECTED,
+               stage="", reason="", content_hash="", alignment=math.nan, segments="", images=[])
+    row.update(kw)
+    return row
+
+
+def _segments_json(record: Record) -> str:
+    segs, targets = record.segments()
+    out, n = [], 0
+    for s, t in zip(segs, targets):
+        if s.is_image:
+            out.append(["image", n, t])
+            n += 1
+        else:
+            out.append(["text", s.text, t])
+    return json.dumps(out)
+
+
+def validate_record(
+    raw, chunk: Chunk, line: int, f: FilterSection, verdicts: dict[int, str], val_fraction: float
+) -> dict:
+    record = None
+    try:
+        record = parse(raw, chunk.base)
+        data, images = run_stage("image", load_images, record, f)
+        run_stage("bounds", check_bounds, record, images, f)
+        run_stage("image_dedupe", check_near_duplicates, record, images, f)
+        reason = verdicts.get(order_of(chunk.file_index, line)) if f.dedupe else None
+        if reason:
+            raise Reject("dedupe", reason)
+    except Reject as r:
+        ids = dict(id=record.id, domain=record.domain) if record else {}
+        return _row(chunk, line, stage=r.stage, reason=r.reason, **ids)
+    return _row(chunk, line, id=record.id, domain=record.domain, split=split_of(record.id, val_fraction),
+                segments=_segments_json(record), images=data)
+
+
+def validate_chunk(chunk: Chunk, f: FilterSection, verdicts: dict[int, str], val_fraction: float) -> Iterator[pa.Table]:
+    rows = []
+    for line, raw in read_chunk(chunk):
+        rows.append(validate_record(raw, chunk, line, f, verdicts, val_fraction))
+        if len(rows) == ROWS_PER_TABLE:
+            yield pa.Table.from_pylist(rows, schema=VALIDATED_SCHEMA)
+            rows = []
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=VALIDATED_SCHEMA)
+
+
+def chunk_keys(chunk: Chunk, f: FilterSection) -> pa.Table:
+    """Dedupe keys of a chunk: one row per input record (content_hash "" where it fails earlier)."""
+    rows = []
+    for line, raw in read_chunk(chunk):
+        key = content_key(raw, chunk.base, f) if f.dedupe else None
+        rid, h = key or ("", "")
+        rows.append(dict(order=order_of(chunk.file_index, line), id=rid, content_hash=h))
+    return pa.Table.from_pylist(rows, schema=KEY_SCHEMA)
+
+
+# ---- map_batches UDFs over a dataset of chunk descriptors (this module stays free of torch imports) ----
+
+
+def _chunks_of(batch: pa.Table) -> list[Chunk]:
+    return [Chunk(**row) for row in batch.to_pylist()]
+
+
+def keys_udf(batch: pa.Table, filters: FilterSection) -> pa.Table:
+    return pa.concat_tables([chunk_keys(c, filters) for c in _chunks_of(batch)])
+
+
+def validate_udf(batch: pa.Table, filters: FilterSection, verdicts: dict[int, str], val_fraction: float):
+    for c in _chunks_of(batch):
+        yield from validate_chunk(c, filters, verdicts, val_fraction)

@@ -1,0 +1,16 @@
+"""Connecting to Ray: the cluster in RAY_ADDRESS when set (or a running local one), else a fresh local one."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, configure_logging=True, log_to_driver=True)
