@@ -57,10 +57,10 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moss", description="MoSS experiments on Ray + MLflow")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train every adapter variant a few steps on each tiny backbone")
+    demo = sub.add_parser("demo", help="sample set -> Ray Data shards -> a few training steps of every adapter variant, per tiny backbone")
     demo.add_argument("--backbones", nargs="+", default=["chameleon", "emu3", "janus"])
     demo.add_argument("--steps", type=int, default=30)
-    demo.add_argument("--out", default="demo_out", help="folder for demo.json")
+    demo.add_argument("--out", default="demo_out", help="folder for the sample set, its shards and demo.json")
     demo.set_defaults(func=cmd_demo)
     validate = sub.add_parser("validate", help="check a config (and that its data source exists) without starting Ray")
     _config_args(validate, required=False)

@@ -4,6 +4,7 @@ overrides and a stable hash. Unknown keys and bad values fail here, before Ray s
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from pathlib import Path
@@ -136,9 +137,10 @@ def apply_override(tree: dict, assignment: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: {p!r} is not a section")
     try:
-        node[parts[-1]] = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({e})") from None
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw  # e.g. a glob such as *.jsonl (YAML reads * as an alias)
+    node[parts[-1]] = raw if isinstance(value, (dt.date, dt.datetime)) else value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -1,8 +1,8 @@
-"""`moss demo`: a short real demonstration on the tiny backbones (grown into the full sweep later).
+"""`moss demo`: a short real run on the tiny backbones (grown into the full sweep later).
 
-For each backbone and adapter variant: build the tiny model, apply the adapter, train a few AdamW
-steps on interleaved examples encoded by the backbone's own tokenizer and VQ, report per-modality
-losses before and after, and the trainable parameters.
+Generates the bundled LeafInstruct-format sample set, preprocesses it for each backbone with the Ray
+Data pipeline (shards + manifest + rejects), then for each adapter variant trains a few AdamW steps on
+examples read back from the shards and reports per-modality losses before and after.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
 from .backbones import get_backbone
+from .config import load_config
+from .data.pipeline import output_dir, preprocess
+from .data.sample import write_sample
+from .data.shards import example_from_row
 from .moss import MossConfig, apply_moss, expected_trainable_parameters, trainable_parameters
 
 VARIANTS = {
@@ -23,27 +26,21 @@ VARIANTS = {
     "moss-full": MossConfig(variant="moss", rank=8, alpha=16, kernel_size=3, conv_space="full"),
     "moss-lowrank": MossConfig(variant="moss", rank=8, alpha=16, kernel_size=3, conv_space="lowrank"),
 }
-COLORS = ["red", "blue", "green", "orange", "purple", "black"]
-SHAPES = ["square", "circle"]
 
 
-def drawing(color: str, shape: str, size=(32, 32)) -> Image.Image:
-    im = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(im)
-    box = [size[0] // 5, size[1] // 5, size[0] * 4 // 5, size[1] * 4 // 5]
-    (d.ellipse if shape == "circle" else d.rectangle)(box, fill=color)
-    return im
+def shard_examples(name: str, root: Path, per_domain: int = 2) -> tuple[list[dict], dict]:
+    """Preprocess the sample set for one backbone with Ray Data; a few train examples per domain."""
+    import ray
 
-
-def demo_examples(spec, n: int = 8) -> list[dict]:
-    """Instruction -> interleaved answer pairs whose images follow the text (prompt masked)."""
-    out = []
-    for i in range(n):
-        c1, c2, s = COLORS[i % len(COLORS)], COLORS[(i + 2) % len(COLORS)], SHAPES[i % 2]
-        segments = [f"Draw a {c1} {s}, then a {c2} one.", f"Here is the {c1} {s}:", drawing(c1, s),
-                    f"and the {c2} {s}:", drawing(c2, s)]
-        out.append(spec.encode(segments, targets=[False, True, True, True, True]))
-    return out
+    cfg = load_config(None, [f"data.source={root / 'sample'}", f"data.output={root / 'shards'}", f"backbone.name={name}"])
+    manifest = preprocess(cfg)
+    rows = ray.data.read_parquet(f"{output_dir(cfg)}/split=train").take_all()
+    picked, seen = [], {}
+    for row in sorted(rows, key=lambda r: r["order"]):
+        if seen.setdefault(row["domain"], 0) < per_domain:
+            seen[row["domain"]] += 1
+            picked.append(example_from_row(row))
+    return picked, manifest
 
 
 def train_steps(spec, model, batches: list[dict], steps: int, lr: float) -> list[dict]:
@@ -68,12 +65,18 @@ def evaluate(spec, model, batches: list[dict]) -> dict:
     return {k: sum(o[k] for o in outs) / len(outs) for k in ("loss", "text_loss", "image_loss")}
 
 
-def run_demo(backbones=("chameleon", "emu3", "janus"), steps: int = 30, lr: float = 2e-3, out_dir: str | None = None):
+def run_demo(backbones=("chameleon", "emu3", "janus"), steps: int = 30, lr: float = 2e-3, out_dir: str = "demo_out"):
     torch.manual_seed(0)
+    root = Path(out_dir)
+    counts = write_sample(root / "sample", per_domain=12)
+    print(f"sample set: {sum(counts.values())} records in {root / 'sample'}", flush=True)
     rows = []
     for name in backbones:
         spec = get_backbone(name)
-        examples = demo_examples(spec)
+        examples, manifest = shard_examples(name, root)
+        out = manifest["outputs"]
+        print(f"{name}: Ray Data preprocessing -> {out['train']} train / {out['val']} val / {out['rejected']} rejected "
+              f"records in {root / 'shards' / name}", flush=True)
         batches = [spec.collate(examples[i : i + 2]) for i in range(0, len(examples), 2)]
         for label, cfg in VARIANTS.items():
             model = apply_moss(spec.build(seed=0), cfg, spec)
@@ -88,9 +91,6 @@ def run_demo(backbones=("chameleon", "emu3", "janus"), steps: int = 30, lr: floa
             print(f"{name:9s} {label:12s} trainable {n_train:7d} | text {before['text_loss']:.3f} -> "
                   f"{after['text_loss']:.3f} | image {before['image_loss']:.3f} -> {after['image_loss']:.3f} "
                   f"| {step_ms:.0f} ms/step", flush=True)
-    if out_dir:
-        path = Path(out_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "demo.json").write_text(json.dumps(rows, indent=2))
-        print(f"wrote {path / 'demo.json'}")
+    (root / "demo.json").write_text(json.dumps(rows, indent=2))
+    print(f"wrote {root / 'demo.json'}")
     return rows

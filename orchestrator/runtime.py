@@ -1,4 +1,4 @@
-"""Connecting to Ray: the cluster in RAY_ADDRESS when set (or a running local one), else a fresh local one."""
+"""Connecting to Ray: the cluster in RAY_ADDRESS when set (as inside `ray job submit`), else a fresh local one."""
 
 from __future__ import annotations
 
@@ -13,4 +13,4 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, configure_logging=True, log_to_driver=True)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)

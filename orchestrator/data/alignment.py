@@ -50,7 +50,7 @@ class AlignmentScore:
             except Exception as e:  # counted like every other stage failure, never fatal
                 row.update(stage="alignment", reason=f"internal error: {type(e).__name__}: {str(e)[:200]}")
                 continue
-            if s < self.min_score:
+            if not s >= self.min_score:  # NaN fails too
                 row.update(stage="alignment", reason=f"CLIP score {s:.3f} < min_score={self.min_score}")
         for row in rows:
             if row["stage"]:

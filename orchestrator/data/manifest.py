@@ -39,7 +39,8 @@ def collect_stats(out_dir: str) -> dict:
     by_domain: dict[str, Counter] = defaultdict(Counter)
     tokens = {s: Counter() for s in SPLITS}
     max_len = Counter()
-    for batch in _dataset(out_dir).to_batches(columns=_LIGHT):
+    data = _dataset(out_dir)
+    for batch in (data.to_batches(columns=_LIGHT) if data.files else []):  # no files: nothing was read
         cols = batch.to_pydict()
         for i, split in enumerate(cols["split"]):
             by_split[split] += 1

@@ -34,15 +34,15 @@ def output_dir(cfg: RunConfig) -> str:
 
 def preprocess(cfg: RunConfig, engine: str = "ray") -> dict:
     """Run the whole pipeline; returns the manifest (also written to <output>/<backbone>/manifest.json)."""
-    files = list_files(cfg.data.sources())
-    chunks = plan_chunks(files, cfg.data.chunk_bytes)
     out = output_dir(cfg)
+    files = list_files(cfg.data.sources(), exclude=cfg.data.output)
+    chunks = plan_chunks(files, cfg.data.chunk_bytes)
     fs, root = arrow_fs(out)
     fs.delete_dir_contents(root, missing_dir_ok=True)  # shards are derived data: a rerun replaces them
     fs.create_dir(root)
     start = time.perf_counter()
     run = {"ray": _run_ray, "local": _run_local}[engine]
-    n_input = run(cfg, files, chunks, out)
+    n_input = run(cfg, files, chunks, out) if chunks else 0
     stats = collect_stats(out)  # before rejects.jsonl exists: the folder holds parquet only
     n_rejects = write_rejects(out)
     spec = get_backbone(cfg.backbone.name, cfg.backbone.checkpoint)
@@ -66,16 +66,17 @@ def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str) ->
     keys = source.map_batches(keys_udf, batch_size=1, batch_format="pyarrow", fn_kwargs={"filters": f})
     keys = pa.concat_tables(list(keys.iter_batches(batch_format="pyarrow", batch_size=None)))
     verdicts = find_duplicates(keys, files) if f.dedupe else {}
-    # Actor pools hold their CPUs for their lifetime: leave room for the validate tasks, or nothing runs.
+    # Actor pools hold their CPUs for their lifetime: leave room for the validate and write tasks, or
+    # they wait until the actors exit and the outputs pile up in the object store.
     cpus = float(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    validate_cpu, align_cpu = 0.25, (0.25 if f.alignment.model_path else 0.0)
+    task_cpu, align_cpu = 0.25, (0.25 if f.alignment.model_path else 0.0)
     n_tok = d.tokenize_actors or max(1, int(cpus))
-    tok_cpu = min(1.0, (cpus - validate_cpu - align_cpu) / n_tok)
+    tok_cpu = min(1.0, (cpus - 2 * task_cpu - align_cpu) / n_tok)
     if tok_cpu <= 0:
         raise ConfigError(f"data.tokenize_actors={n_tok} leaves no CPU for the other stages on {cpus:g} CPUs")
     ds = source.map_batches(
-        validate_udf, batch_size=1, batch_format="pyarrow", num_cpus=validate_cpu,
+        validate_udf, batch_size=1, batch_format="pyarrow", num_cpus=task_cpu,
         fn_kwargs={"filters": f, "verdicts": verdicts, "val_fraction": d.val_fraction},
     )
     if f.alignment.model_path:
@@ -91,7 +92,7 @@ def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str) ->
         fn_constructor_kwargs={"backbone": cfg.backbone.name, "checkpoint": cfg.backbone.checkpoint, "max_seq_len": d.max_seq_len},
         compute=ray.data.ActorPoolStrategy(size=n_tok),
     )
-    ds.write_parquet(out, partition_cols=["split"], max_rows_per_file=d.rows_per_file)
+    ds.write_parquet(out, partition_cols=["split"], max_rows_per_file=d.rows_per_file, ray_remote_args={"num_cpus": task_cpu})
     return keys.num_rows
 
 

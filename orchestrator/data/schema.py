@@ -71,6 +71,10 @@ def parse_json(raw: bytes | str | dict) -> dict:
     """Stage "parse": one line of JSONL (or an already-decoded parquet row) -> a JSON object."""
     if isinstance(raw, dict):
         return raw
+    from .sources import Unreadable
+
+    if isinstance(raw, Unreadable):
+        raise SchemaError(str(raw))
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -87,8 +91,10 @@ def resolve_ref(ref: str, base: str) -> str:
     """An image path relative to the data file's folder ``base`` -> a path or URI that can be opened."""
     if "://" in ref or os.path.isabs(ref) or not base:
         return ref
-    if "://" in base:
-        return posixpath.normpath(posixpath.join(base, ref)).replace(":/", "://", 1)
+    if "://" in base:  # "../" never climbs out of the bucket (s3://bucket/...) or the root (file:///...)
+        proto, rest = base.split("://", 1)
+        bucket, _, key = rest.partition("/")
+        return f"{proto}://{bucket}{posixpath.normpath(posixpath.join('/' + key, ref))}"
     return os.path.normpath(os.path.join(base, ref))
 
 
@@ -96,6 +102,7 @@ def to_record(obj, base: str = "") -> Record:
     """Stage "schema": a JSON object in either accepted shape -> Record, or SchemaError(reason)."""
     if not isinstance(obj, dict):
         raise SchemaError(f"a record must be a JSON object, got {type(obj).__name__}")
+    obj = {k: v for k, v in obj.items() if v is not None}  # parquet stores absent fields as null
     rid = obj.get("id")
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or str(rid).strip() == "":
         raise SchemaError(f"'id' must be a non-empty string or integer, got {rid!r}"[:200])
@@ -110,7 +117,7 @@ def to_record(obj, base: str = "") -> Record:
         raise SchemaError(f"'instruction' must be a string, got {type(instruction).__name__}")
     if isinstance(obj.get("output"), list) or isinstance(obj.get("input"), list):
         inp, out = _segment_list(obj, "input", base), _segment_list(obj, "output", base)
-    elif "context" in obj or isinstance(obj.get("output"), str):
+    elif "context" in obj or isinstance(obj.get("output"), str) or isinstance(obj.get("input"), str):
         instruction, inp, out = _placeholder_form(obj, instruction, base)
     else:
         raise SchemaError("neither shape: expected 'input'/'output' segment lists or 'context'/'output' text with 'images'")
@@ -170,7 +177,7 @@ def _placeholder_form(obj: dict, instruction: str, base: str):
     for name, val in (("images", images), ("output_images", out_images)):
         if val is not None and not isinstance(val, list):
             raise SchemaError(f"'{name}' must be a list of image paths, got {type(val).__name__}")
-    context, output = obj.get("context", ""), obj.get("output", "")
+    context, output = obj.get("context", obj.get("input", "")), obj.get("output", "")
     for name, val in (("context", context), ("output", output)):
         if not isinstance(val, str):
             raise SchemaError(f"'{name}' must be a string in the placeholder form, got {type(val).__name__}")

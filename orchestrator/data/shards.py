@@ -20,7 +20,7 @@ _META = [
 ]
 #: rows leaving the CPU validation stages: metadata + segments (JSON: [[kind, text | image index, target]])
 #: + the images' encoded bytes. Rejected rows carry stage/reason and no segments or images.
-VALIDATED_SCHEMA = pa.schema(_META + [("segments", pa.string()), ("images", pa.list_(pa.binary()))])
+VALIDATED_SCHEMA = pa.schema(_META + [("segments", pa.string()), ("images", pa.list_(pa.large_binary()))])
 
 LAYOUT_TYPE = pa.struct([
     ("offset", pa.int32()), ("height", pa.int32()), ("width", pa.int32()), ("row_stride", pa.int32()),

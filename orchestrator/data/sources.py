@@ -21,6 +21,7 @@ from ..config import ConfigError
 
 EXTENSIONS = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
 _READ_BLOCK = 8 * 2**20
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,17 @@ def _is_glob(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def list_files(sources: list[str]) -> list[str]:
-    """Every data file named by the sources (sorted, deduplicated); ConfigError when one names nothing."""
+def list_files(sources: list[str], exclude: str | None = None) -> list[str]:
+    """Every data file named by the sources (sorted, deduplicated); ConfigError when one names nothing.
+
+    Files under ``exclude`` (the output folder, which may sit inside a source folder) and hidden or
+    ``_``-prefixed files (``_SUCCESS``, ``.DS_Store``) are skipped.
+    """
+    skip = None if exclude is None else (exclude if "://" in exclude else os.path.abspath(exclude)).rstrip("/") + "/"
     files: list[str] = []
     for src in sources:
-        found = _expand(src)
+        found = [f for f in _expand(src) if not (skip and f.startswith(skip))
+                 and not os.path.basename(f).startswith((".", "_"))]
         if not found:
             raise ConfigError(f"data.source {src!r}: no {'/'.join(EXTENSIONS)} files found")
         files += found
@@ -99,10 +106,10 @@ def plan_chunks(files: list[str], chunk_bytes: int) -> list[Chunk]:
     for index, path in enumerate(files):
         if path.endswith(".parquet"):
             chunks += _parquet_chunks(path, index)
+        elif path.endswith((".json", ".json.gz")) and _starts_with_bracket(path):
+            chunks.append(Chunk(path, index, "json"))
         elif path.endswith(".gz"):
             chunks.append(Chunk(path, index, "lines"))
-        elif path.endswith(".json") and _starts_with_bracket(path):
-            chunks.append(Chunk(path, index, "json"))
         elif _size(path) <= chunk_bytes:
             chunks.append(Chunk(path, index, "lines"))
         else:
@@ -111,16 +118,23 @@ def plan_chunks(files: list[str], chunk_bytes: int) -> list[Chunk]:
 
 
 def _starts_with_bracket(path: str) -> bool:
-    with _open(path) as f:
-        head = f.read(4096).lstrip()
-    return head[:1] == b"["
+    """A JSON array (else JSON lines: many ``.json`` releases hold one object per line)."""
+    try:
+        with _open(path) as f:
+            head = (gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f).read(4096)
+    except (OSError, EOFError):
+        return False  # unreadable: read as lines, where the failure becomes a reject
+    return head.removeprefix(BOM).lstrip()[:1] == b"["
 
 
 def _parquet_chunks(path: str, index: int) -> list[Chunk]:
     import pyarrow.parquet as pq
 
-    with _open(path) as f:
-        meta = pq.ParquetFile(f).metadata
+    try:
+        with _open(path) as f:
+            meta = pq.ParquetFile(f).metadata
+    except Exception:  # unreadable footer: one chunk whose read fails and becomes a reject
+        return [Chunk(path, index, "parquet", start=-1)]
     chunks, line = [], 1
     for g in range(meta.num_row_groups):
         chunks.append(Chunk(path, index, "parquet", start=g, first_line=line))
@@ -150,24 +164,35 @@ def _line_chunks(path: str, index: int, chunk_bytes: int) -> list[Chunk]:
     return chunks
 
 
+class Unreadable(str):
+    """Stands in for the records of a chunk that could not be read; fails the "parse" stage."""
+
+
 def read_chunk(chunk: Chunk) -> Iterator[tuple[int, object]]:
-    """(line number, raw record) for every non-blank line / element / row of the chunk."""
-    if chunk.kind == "parquet":
-        yield from _read_parquet(chunk)
-    elif chunk.kind == "json":
-        yield from _read_json_array(chunk)
-    else:
-        yield from _read_lines(chunk)
+    """(line number, raw record) for every non-blank line / element / row of the chunk.
+
+    A file that cannot be read (truncated gzip, corrupt parquet, permissions) yields one Unreadable
+    record at the first line not read, so the failure is counted instead of stopping the run.
+    """
+    reader = {"parquet": _read_parquet, "json": _read_json_array}.get(chunk.kind, _read_lines)
+    last = chunk.first_line - 1
+    try:
+        for line, raw in reader(chunk):
+            last = line
+            yield line, raw
+    except Exception as e:
+        yield last + 1, Unreadable(f"cannot read {chunk.path}: {type(e).__name__}: {str(e)[:200]}")
 
 
 def _read_lines(chunk: Chunk):
     with _open(chunk.path) as f:
         if chunk.path.endswith(".gz"):
-            f = gzip.GzipFile(fileobj=f)
-            data = f.read()
+            data = gzip.GzipFile(fileobj=f).read()
         else:
             f.seek(chunk.start)
             data = f.read() if chunk.end < 0 else f.read(chunk.end - chunk.start)
+    if chunk.start == 0:
+        data = data.removeprefix(BOM)
     for i, line in enumerate(data.split(b"\n")):
         if line.strip():
             yield chunk.first_line + i, line
@@ -175,14 +200,12 @@ def _read_lines(chunk: Chunk):
 
 def _read_json_array(chunk: Chunk):
     with _open(chunk.path) as f:
-        data = f.read()
+        data = (gzip.GzipFile(fileobj=f) if chunk.path.endswith(".gz") else f).read().removeprefix(BOM)
     try:
         items = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):
         yield 0, data  # the whole file fails "parse" as one record, with the decoder's message
         return
-    if not isinstance(items, list):
-        items = [items]
     for i, item in enumerate(items):
         yield i + 1, item if isinstance(item, dict) else json.dumps(item)
 

@@ -35,6 +35,9 @@ def fit_pieces(lengths: list[int], targets: list[bool], max_len: int, n_bos: int
         first_out = next(n for n, t in zip(lengths, targets) if t)
         if prompt > max_len:
             raise Reject("truncate", f"prompt alone is {prompt} tokens > max_seq_len={max_len}")
+        if prompt + first_out <= max_len:
+            raise Reject("truncate", f"the {first_out}-token answer fits after the {prompt}-token prompt only without "
+                                     f"its end-of-sequence token (max_seq_len={max_len})")
         raise Reject("truncate", f"first output segment ({first_out} tokens) does not fit after a {prompt}-token prompt (max_seq_len={max_len})")
     return keep
 

@@ -14,8 +14,8 @@ import pyarrow as pa
 
 from ..config import FilterSection
 from .dedupe import KEY_SCHEMA, order_of
-from .filters import Reject, check_bounds, check_near_duplicates, content_key, load_images, parse, run_stage
-from .schema import Record
+from .filters import Reject, check_bounds, check_near_duplicates, content_key, load_images, run_stage
+from .schema import Record, parse_json, to_record
 from .shards import REJECTED, VALIDATED_SCHEMA, split_of
 from .sources import Chunk, read_chunk
 
@@ -41,12 +41,23 @@ def _segments_json(record: Record) -> str:
     return json.dumps(out)
 
 
+def _known(obj) -> dict:
+    """id and domain of a record that may fail the schema, where they are plain values."""
+    if not isinstance(obj, dict):
+        return {}
+    fields = {"id": obj.get("id"), "domain": obj.get("domain") or obj.get("task_name")}
+    return {k: str(v)[:256] for k, v in fields.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
+
+
 def validate_record(
     raw, chunk: Chunk, line: int, f: FilterSection, verdicts: dict[int, str], val_fraction: float
 ) -> dict:
-    record = None
+    known: dict = {}  # id / domain as soon as they are known, so rejects can name them
     try:
-        record = parse(raw, chunk.base)
+        obj = run_stage("parse", parse_json, raw)
+        known = _known(obj)
+        record = run_stage("schema", to_record, obj, chunk.base)
+        known = dict(id=record.id, domain=record.domain)
         data, images = run_stage("image", load_images, record, f)
         run_stage("bounds", check_bounds, record, images, f)
         run_stage("image_dedupe", check_near_duplicates, record, images, f)
@@ -54,8 +65,7 @@ def validate_record(
         if reason:
             raise Reject("dedupe", reason)
     except Reject as r:
-        ids = dict(id=record.id, domain=record.domain) if record else {}
-        return _row(chunk, line, stage=r.stage, reason=r.reason, **ids)
+        return _row(chunk, line, stage=r.stage, reason=r.reason, **known)
     return _row(chunk, line, id=record.id, domain=record.domain, split=split_of(record.id, val_fraction),
                 segments=_segments_json(record), images=data)
 

@@ -62,6 +62,8 @@ def test_fit_pieces():
         fit_pieces([10, 5], [False, True], 10, 1, 1)
     with pytest.raises(Reject, match="first output segment"):
         fit_pieces([5, 9], [False, True], 10, 1, 1)
+    with pytest.raises(Reject, match="only without its end-of-sequence token"):
+        fit_pieces([5, 5], [False, True], 11, 1, 1)
 
 
 def png(im):
@@ -101,6 +103,6 @@ def test_validate_record_reports_stage_and_source(tmp_path):
         b"{oops", {"id": "a", "output": []}, {"id": "b", "output": [{"type": "image", "image": "nope.png"}]},
         {"id": "c", "output": [{"type": "text", "text": "fine"}]},
     )]
-    assert [(r["stage"], r["id"]) for r in rows] == [("parse", ""), ("schema", ""), ("image", "b"), ("dedupe", "c")]
+    assert [(r["stage"], r["id"]) for r in rows] == [("parse", ""), ("schema", "a"), ("image", "b"), ("dedupe", "c")]
     assert "nope.png" in rows[2]["reason"] and rows[3]["reason"] == "dup!"
     assert all(r["file"] == chunk.path and r["line"] == 7 and r["split"] == "rejected" for r in rows)

@@ -72,3 +72,9 @@ def test_parse_errors():
     with pytest.raises(SchemaError, match="not UTF-8"):
         parse_json(b'{"id": "\xff"}')
     assert isinstance(to_record(SEGMENTS), Record)
+
+
+def test_url_joins_stay_inside_their_bucket_or_root():
+    assert resolve_ref("img/a.png", "file:///data/set") == "file:///data/set/img/a.png"
+    assert resolve_ref("../img/a.png", "s3://bucket") == "s3://bucket/img/a.png"
+    assert resolve_ref("../../a.png", "s3://bucket/x") == "s3://bucket/a.png"
