@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/adapter_overhead.py
+
+bench-data: $(STAMP)
+	$(BIN)/python benchmarks/data_pipeline.py
 
 clean:
 	rm -rf $(VENV) demo_out benchmarks/results .pytest_cache

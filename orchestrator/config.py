@@ -91,9 +91,12 @@ class DataSection(Section):
     max_seq_len: int = Field(2048, ge=8)
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # by a stable hash of the record id
     filters: FilterSection = Field(default_factory=FilterSection)
-    chunk_bytes: int = Field(256 * 2**10, ge=1024)  # input is read in byte ranges of this size, in parallel
+    chunk_bytes: int = Field(128 * 2**10, ge=1024)  # input is read in byte ranges of this size, in parallel
     batch_size: int = Field(16, ge=1)  # records per tokenizer batch
     tokenize_actors: int | None = Field(None, ge=1)  # actor pool size; null: the cluster's CPU count
+    #: torch intra-op threads per tokenizer (each actor, or the --local loop); null: torch's default.
+    #: 1 is fastest for the tiny VQs on a 2-core machine (2 threads measured slower there)
+    torch_threads: int | None = Field(1, ge=1)
     rows_per_file: int = Field(4096, ge=1)  # rows per shard file at most
 
     @field_validator("source")

@@ -137,6 +137,8 @@ def format_summary(manifest: dict, out_dir: str) -> str:
         lines.append(f"{s}: {t['records']} records, {t['n_tokens']} tokens ({t['n_target_tokens']} trained on, "
                      f"{t['n_image_tokens']} image codes in {t['n_images']} images), mean {t['mean_tokens']} / max "
                      f"{t['max_tokens']} per record, {t['truncated_records']} truncated")
+    if manifest.get("timings"):
+        lines.append("time: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v} s" for k, v in manifest["timings"].items()))
     lines.append(f"shards: {out_dir}/split=train, {out_dir}/split=val; manifest.json; rejects.jsonl "
                  f"({manifest['outputs'][REJECTED]} records)")
     return "\n".join(lines)

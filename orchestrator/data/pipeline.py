@@ -40,13 +40,16 @@ def preprocess(cfg: RunConfig, engine: str = "ray") -> dict:
     fs, root = arrow_fs(out)
     fs.delete_dir_contents(root, missing_dir_ok=True)  # shards are derived data: a rerun replaces them
     fs.create_dir(root)
-    start = time.perf_counter()
+    start, timings = time.perf_counter(), {}
     run = {"ray": _run_ray, "local": _run_local}[engine]
-    n_input = run(cfg, files, chunks, out) if chunks else 0
+    n_input = run(cfg, files, chunks, out, timings) if chunks else 0
+    t = time.perf_counter()
     stats = collect_stats(out)  # before rejects.jsonl exists: the folder holds parquet only
     n_rejects = write_rejects(out)
     spec = get_backbone(cfg.backbone.name, cfg.backbone.checkpoint)
+    timings["manifest_s"] = round(time.perf_counter() - t, 2)
     manifest = build_manifest(cfg, spec, files, n_input, stats, n_rejects, engine, time.perf_counter() - start)
+    manifest["timings"] = timings
     with fs.open_output_stream(f"{root}/manifest.json") as f:
         f.write(json.dumps(manifest, indent=2).encode())
     return manifest
@@ -55,31 +58,38 @@ def preprocess(cfg: RunConfig, engine: str = "ray") -> dict:
 # ---- Ray Data ------------------------------------------------------------------------------------
 
 
-def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str) -> int:
+def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, timings: dict) -> int:
     import ray
 
     from ..runtime import init_ray
 
+    t = time.perf_counter()
     init_ray()
+    timings["ray_init_s"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
     d, f = cfg.data, cfg.data.filters
     source = ray.data.from_items([dataclasses.asdict(c) for c in chunks], override_num_blocks=len(chunks))
     keys = source.map_batches(keys_udf, batch_size=1, batch_format="pyarrow", fn_kwargs={"filters": f})
     keys = pa.concat_tables(list(keys.iter_batches(batch_format="pyarrow", batch_size=None)))
     verdicts = find_duplicates(keys, files) if f.dedupe else {}
-    # Actor pools hold their CPUs for their lifetime: leave room for the validate and write tasks, or
-    # they wait until the actors exit and the outputs pile up in the object store.
+    timings["dedupe_keys_s"], t = round(time.perf_counter() - t, 2), time.perf_counter()
+    # Actor pools hold their CPUs for their lifetime: leave room for the other tasks (validate when it
+    # runs apart, write always), or they wait until the actors exit and outputs pile up in the object store.
     cpus = float(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    task_cpu, align_cpu = 0.25, (0.25 if f.alignment.model_path else 0.0)
+    align = bool(f.alignment.model_path)
+    task_cpu, align_cpu = 0.25, (0.25 if align else 0.0)
     n_tok = d.tokenize_actors or max(1, int(cpus))
-    tok_cpu = min(1.0, (cpus - 2 * task_cpu - align_cpu) / n_tok)
+    tok_cpu = min(1.0, (cpus - task_cpu * (1 + align) - align_cpu) / n_tok)
     if tok_cpu <= 0:
         raise ConfigError(f"data.tokenize_actors={n_tok} leaves no CPU for the other stages on {cpus:g} CPUs")
+    # Without the CLIP stage, validation gets the tokenizer actors' resources, so Ray fuses the two:
+    # each actor task reads one chunk, validates and tokenizes it, with no object-store hop between.
     ds = source.map_batches(
-        validate_udf, batch_size=1, batch_format="pyarrow", num_cpus=task_cpu,
-        fn_kwargs={"filters": f, "verdicts": verdicts, "val_fraction": d.val_fraction},
+        validate_udf, batch_size=1, batch_format="pyarrow", num_cpus=task_cpu if align else tok_cpu,
+        fn_kwargs={"filters": f, "verdicts": verdicts, "val_fraction": d.val_fraction, "rows": d.batch_size},
     )
-    if f.alignment.model_path:
+    if align:
         from .alignment import AlignmentScore
 
         ds = ds.map_batches(
@@ -88,11 +98,13 @@ def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str) ->
             compute=ray.data.ActorPoolStrategy(size=max(1, gpus)), num_gpus=1 if gpus else 0, num_cpus=align_cpu,
         )
     ds = ds.map_batches(
-        Tokenize, batch_size=d.batch_size, batch_format="pyarrow", num_cpus=tok_cpu,
-        fn_constructor_kwargs={"backbone": cfg.backbone.name, "checkpoint": cfg.backbone.checkpoint, "max_seq_len": d.max_seq_len},
+        Tokenize, batch_size=d.batch_size if align else None, batch_format="pyarrow", num_cpus=tok_cpu,
+        fn_constructor_kwargs={"backbone": cfg.backbone.name, "checkpoint": cfg.backbone.checkpoint,
+                               "max_seq_len": d.max_seq_len, "threads": d.torch_threads},
         compute=ray.data.ActorPoolStrategy(size=n_tok),
     )
     ds.write_parquet(out, partition_cols=["split"], max_rows_per_file=d.rows_per_file, ray_remote_args={"num_cpus": task_cpu})
+    timings["main_pass_s"] = round(time.perf_counter() - t, 2)
     return keys.num_rows
 
 
@@ -131,24 +143,27 @@ class _SplitWriter:
             w.close()
 
 
-def _run_local(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str) -> int:
+def _run_local(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, timings: dict) -> int:
     d, f = cfg.data, cfg.data.filters
+    t = time.perf_counter()
     keys = pa.concat_tables([chunk_keys(c, f) for c in chunks])
     verdicts = find_duplicates(keys, files) if f.dedupe else {}
+    timings["dedupe_keys_s"], t = round(time.perf_counter() - t, 2), time.perf_counter()
     stages = []
     if f.alignment.model_path:
         from .alignment import AlignmentScore
 
         stages.append(AlignmentScore(f.alignment.model_path, f.alignment.min_score))
-    stages.append(Tokenize(cfg.backbone.name, cfg.backbone.checkpoint, d.max_seq_len, threads=None))
+    stages.append(Tokenize(cfg.backbone.name, cfg.backbone.checkpoint, d.max_seq_len, threads=d.torch_threads))
     writer = _SplitWriter(out, d.rows_per_file)
     try:
         for c in chunks:
-            for table in validate_chunk(c, f, verdicts, d.val_fraction):
+            for table in validate_chunk(c, f, verdicts, d.val_fraction, d.batch_size):
                 for stage in stages:
                     table = stage(table)
                 writer.write(table)
     finally:
         writer.close()
+    timings["main_pass_s"] = round(time.perf_counter() - t, 2)
     return keys.num_rows
 

@@ -76,13 +76,18 @@ def _expand(src: str) -> list[str]:
             elif os.path.isfile(p):
                 out.append(p)
         return [os.path.abspath(p) for p in out if p.endswith(EXTENSIONS)]
-    fs, path = _fs(src)
-    if _is_glob(path):
-        paths = fs.glob(path)
-    elif fs.isdir(path):
-        paths = fs.find(path)
-    else:
-        paths = [path] if fs.exists(path) else []
+    try:
+        fs, path = _fs(src)
+        if _is_glob(path):
+            paths = fs.glob(path)
+        elif fs.isdir(path):
+            paths = fs.find(path)
+        else:
+            paths = [path] if fs.exists(path) else []
+    except ImportError as e:
+        raise ConfigError(f"data.source {src!r}: {e} (pip install 'moss-orchestrator[cloud]' for s3:// and gs://)") from None
+    except Exception as e:  # credentials, network, permissions: say so before any cluster work
+        raise ConfigError(f"data.source {src!r}: cannot list it: {type(e).__name__}: {e}") from None
     return [fs.unstrip_protocol(p) for p in paths if p.endswith(EXTENSIONS)]
 
 

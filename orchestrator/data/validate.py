@@ -19,9 +19,6 @@ from .schema import Record, parse_json, to_record
 from .shards import REJECTED, VALIDATED_SCHEMA, split_of
 from .sources import Chunk, read_chunk
 
-ROWS_PER_TABLE = 64  # validated rows are handed on in tables of this size (bounded memory per task)
-
-
 def _row(chunk: Chunk, line: int, **kw) -> dict:
     row = dict(order=order_of(chunk.file_index, line), file=chunk.path, line=line, id="", domain="", split=REJECTED,
                stage="", reason="", content_hash="", alignment=math.nan, segments="", images=[])
@@ -70,11 +67,14 @@ def validate_record(
                 segments=_segments_json(record), images=data)
 
 
-def validate_chunk(chunk: Chunk, f: FilterSection, verdicts: dict[int, str], val_fraction: float) -> Iterator[pa.Table]:
+def validate_chunk(
+    chunk: Chunk, f: FilterSection, verdicts: dict[int, str], val_fraction: float, rows_per_table: int = 16
+) -> Iterator[pa.Table]:
+    """Validated rows of a chunk, handed on in tables of rows_per_table (bounded memory per task)."""
     rows = []
     for line, raw in read_chunk(chunk):
         rows.append(validate_record(raw, chunk, line, f, verdicts, val_fraction))
-        if len(rows) == ROWS_PER_TABLE:
+        if len(rows) == rows_per_table:
             yield pa.Table.from_pylist(rows, schema=VALIDATED_SCHEMA)
             rows = []
     if rows:
@@ -102,6 +102,6 @@ def keys_udf(batch: pa.Table, filters: FilterSection) -> pa.Table:
     return pa.concat_tables([chunk_keys(c, filters) for c in _chunks_of(batch)])
 
 
-def validate_udf(batch: pa.Table, filters: FilterSection, verdicts: dict[int, str], val_fraction: float):
+def validate_udf(batch: pa.Table, filters: FilterSection, verdicts: dict[int, str], val_fraction: float, rows: int):
     for c in _chunks_of(batch):
-        yield from validate_chunk(c, filters, verdicts, val_fraction)
+        yield from validate_chunk(c, filters, verdicts, val_fraction, rows)
