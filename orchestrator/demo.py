@@ -35,12 +35,12 @@ def shard_examples(name: str, root: Path, per_domain: int = 2) -> tuple[list[dic
     cfg = load_config(None, [f"data.source={root / 'sample'}", f"data.output={root / 'shards'}", f"backbone.name={name}"])
     manifest = preprocess(cfg)
     rows = ray.data.read_parquet(f"{output_dir(cfg)}/split=train").take_all()
-    picked, seen = [], {}
+    by_domain: dict[str, list] = {}
     for row in sorted(rows, key=lambda r: r["order"]):
-        if seen.setdefault(row["domain"], 0) < per_domain:
-            seen[row["domain"]] += 1
-            picked.append(example_from_row(row))
-    return picked, manifest
+        by_domain.setdefault(row["domain"], []).append(row)
+    # round-robin over domains, so batches of 2 mix text and image answers
+    picked = [rs[i] for i in range(per_domain) for rs in by_domain.values() if i < len(rs)]
+    return [example_from_row(r) for r in picked], manifest
 
 
 def train_steps(spec, model, batches: list[dict], steps: int, lr: float) -> list[dict]:
@@ -62,7 +62,11 @@ def evaluate(spec, model, batches: list[dict]) -> dict:
     model.eval()
     with torch.no_grad():
         outs = [spec.loss(model, b).metrics() for b in batches]
-    return {k: sum(o[k] for o in outs) / len(outs) for k in ("loss", "text_loss", "image_loss")}
+    out = {}
+    for k in ("loss", "text_loss", "image_loss"):  # a batch may hold no image (or no text) targets
+        vals = [o[k] for o in outs if k in o]
+        out[k] = sum(vals) / len(vals)
+    return out
 
 
 def run_demo(backbones=("chameleon", "emu3", "janus"), steps: int = 30, lr: float = 2e-3, out_dir: str = "demo_out"):
