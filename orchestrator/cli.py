@@ -57,7 +57,9 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moss", description="MoSS experiments on Ray + MLflow")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="sample set -> Ray Data shards -> a few training steps of every adapter variant, per tiny backbone")
+    demo = sub.add_parser(
+        "demo", help="sample set -> Ray Data shards -> a few training steps of every adapter variant, per tiny backbone"
+    )
     demo.add_argument("--backbones", nargs="+", default=["chameleon", "emu3", "janus"])
     demo.add_argument("--steps", type=int, default=30)
     demo.add_argument("--out", default="demo_out", help="folder for the sample set, its shards and demo.json")

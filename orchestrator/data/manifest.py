@@ -57,8 +57,10 @@ def collect_stats(out_dir: str) -> dict:
     token_stats = {}
     for s in SPLITS:
         n = by_split[s]
-        token_stats[s] = dict(records=n, **tokens[s], max_tokens=max_len[s], mean_tokens=round(tokens[s]["n_tokens"] / n, 1) if n else 0.0)
-    return dict(by_split=dict(by_split), by_stage=dict(by_stage), by_domain={k: dict(v) for k, v in sorted(by_domain.items())}, tokens=token_stats)
+        mean = round(tokens[s]["n_tokens"] / n, 1) if n else 0.0
+        token_stats[s] = dict(records=n, **tokens[s], max_tokens=max_len[s], mean_tokens=mean)
+    domains = {k: dict(v) for k, v in sorted(by_domain.items())}
+    return dict(by_split=dict(by_split), by_stage=dict(by_stage), by_domain=domains, tokens=token_stats)
 
 
 def stage_table(n_input: int, by_stage: dict) -> list[dict]:

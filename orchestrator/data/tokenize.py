@@ -38,7 +38,8 @@ def fit_pieces(lengths: list[int], targets: list[bool], max_len: int, n_bos: int
         if prompt + first_out <= max_len:
             raise Reject("truncate", f"the {first_out}-token answer fits after the {prompt}-token prompt only without "
                                      f"its end-of-sequence token (max_seq_len={max_len})")
-        raise Reject("truncate", f"first output segment ({first_out} tokens) does not fit after a {prompt}-token prompt (max_seq_len={max_len})")
+        raise Reject("truncate", f"first output segment ({first_out} tokens) does not fit after a {prompt}-token "
+                                 f"prompt (max_seq_len={max_len})")
     return keep
 
 
