@@ -104,11 +104,14 @@ class _Fuzz:
     def k_zero_size_image(self):
         return self.with_output_image(self.file(f"empty-{self.n}.png", b"")), "image"
 
+    def shared_image(self, name: str, size: tuple[int, int], color: str) -> str:
+        """A plain image written once and referenced by every record of its kind."""
+        if not (self.bad / name).exists():
+            Image.new("RGB", size, color).save(self.bad / name)
+        return f"images/fuzz-bad/{name}"
+
     def k_huge_image(self):
-        path = self.bad / "huge.png"
-        if not path.exists():
-            Image.new("RGB", (1200, 1000), "white").save(path)
-        return self.with_output_image("images/fuzz-bad/huge.png"), "image"
+        return self.with_output_image(self.shared_image("huge.png", (1200, 1000), "white")), "image"
 
     def k_text_too_long(self):
         r = self.fresh("vqa")
@@ -122,10 +125,7 @@ class _Fuzz:
         return r, "bounds"
 
     def k_tiny_image(self):
-        path = self.bad / "tiny.png"
-        if not path.exists():
-            Image.new("RGB", (8, 8), "red").save(path)
-        return self.with_output_image("images/fuzz-bad/tiny.png"), "bounds"
+        return self.with_output_image(self.shared_image("tiny.png", (8, 8), "red")), "bounds"
 
     def k_duplicate_image_in_record(self):
         r = self.fresh("howto")
