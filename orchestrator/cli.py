@@ -40,6 +40,21 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runtime import init_ray
+    from .training.driver import format_summary, plan_run, run_training
+
+    cfg = load_config(args.config, args.set)
+    plan = plan_run(cfg)  # shards, run name, MLflow: everything that can fail before Ray starts
+    print(f"train: run {plan.name!r}, {plan.total_steps} steps on {cfg.scaling.num_workers} worker(s); "
+          f"checkpoints in {plan.run_dir}", flush=True)
+    init_ray()
+    summary = run_training(cfg, plan)
+    print(format_summary(summary))
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .data.sample import write_sample
 
@@ -71,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(pre, required=False)
     pre.add_argument("--local", action="store_true", help="run the same stages in one process, without Ray")
     pre.set_defaults(func=cmd_preprocess)
+    train = sub.add_parser("train", help="fine-tune an adapter on the shards with Ray Train, tracked in MLflow")
+    _config_args(train, required=False)
+    train.set_defaults(func=cmd_train)
     sample = sub.add_parser("sample", help="write the bundled LeafInstruct-format sample set (PIL-drawn images)")
     sample.add_argument("out", help="folder to write into")
     sample.add_argument("--per-domain", type=int, default=60)

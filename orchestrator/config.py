@@ -28,6 +28,7 @@ class BackboneSection(Section):
     name: Literal["chameleon", "anole", "emu3", "janus"] = "chameleon"
     #: "tiny" / "small" / "large" (random-init presets) or a hub id / local path
     checkpoint: str = "tiny"
+    seed: int = 0  # weights of a random-init preset (a checkpoint's weights are its own)
 
 
 class AdapterSection(Section):
@@ -112,10 +113,86 @@ class DataSection(Section):
         return [self.source] if isinstance(self.source, str) else list(self.source)
 
 
+class TrainSection(Section):
+    """Optimisation, evaluation and checkpointing of one run (steps are optimizer steps)."""
+
+    #: names the run: its checkpoints (<storage.path>/<run_name>) and its MLflow run. Relaunching a name
+    #: resumes it; null: a new unique name (printed, so the run can be resumed with --set train.run_name=...)
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    seed: int = 0  # adapter init, data order
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(10, ge=0)  # linear warmup from 0, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)  # max global grad norm; 0 turns clipping off (the norm is still logged)
+    micro_batch: int = Field(2, ge=1)  # sequences per worker per forward
+    grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
+    max_steps: int | None = Field(200, ge=1)  # stop after this many steps, or after max_epochs, whichever first
+    max_epochs: int | None = Field(None, ge=1)
+    text_weight: float = Field(1.0, ge=0)  # loss = (w_t * sum text CE + w_i * sum image CE) / target tokens
+    image_weight: float = Field(1.0, ge=0)
+    #: auto: bf16 autocast on GPU (frozen base weights stored in bf16), fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    activation_checkpointing: bool = False
+    #: ddp: every worker holds the whole model; fsdp: decoder layers sharded over the workers (FSDP2),
+    #: for backbones that do not fit one GPU
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    eval_every: int = Field(50, ge=1)  # steps; also at the last step
+    eval_max_batches: int | None = Field(None, ge=1)  # per worker; null: the whole val split
+    ckpt_every: int = Field(50, ge=1)  # steps; also at the last step
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=-1)  # worker-group restarts from the latest checkpoint; -1: forever
+    shuffle_buffer: int = Field(256, ge=0)  # rows in each worker's local shuffle buffer; 0: shard order
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSection:
+        if self.max_steps is None and self.max_epochs is None:
+            raise ValueError("set train.max_steps or train.max_epochs (or both)")
+        if self.text_weight == 0 and self.image_weight == 0:
+            raise ValueError("text_weight and image_weight are both 0: nothing to train on")
+        return self
+
+
+class ScalingSection(Section):
+    """The Ray Train worker group."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)  # also the worker's torch threads (at least 1)
+    gpus_per_worker: float = Field(1.0, ge=0)  # only with use_gpu
+    #: extra Ray resources per worker, e.g. {"accelerator_type:H100": 0.001} or a custom node label
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+    def ray_resources(self) -> dict[str, float]:
+        res = {"CPU": self.cpus_per_worker, **self.resources_per_worker}
+        if self.use_gpu:
+            res["GPU"] = self.gpus_per_worker
+        return res
+
+
+class TrackingSection(Section):
+    experiment: str = Field("moss", min_length=1)
+    #: null: MLFLOW_TRACKING_URI, else sqlite:///<working dir>/mlflow.db (artifacts in <working dir>/mlruns)
+    tracking_uri: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)  # extra MLflow tags on the run
+
+
+class StorageSection(Section):
+    #: checkpoints go to <path>/<run_name>/; local dir or s3:// / gs:// (shared storage on multi-node
+    #: clusters); null: <working dir>/ray_results
+    path: str | None = None
+
+
 class RunConfig(Section):
     backbone: BackboneSection = Field(default_factory=BackboneSection)
     adapter: AdapterSection = Field(default_factory=AdapterSection)
     data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
 
     def config_hash(self, *sections: str) -> str:
         """sha256 (16 hex) of the resolved config, or of the named sections only."""

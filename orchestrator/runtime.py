@@ -13,4 +13,6 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+    # the dashboard serves the State API, which Ray Train uses to clean up placement groups; it listens
+    # on 127.0.0.1 only (whoever reaches it can run code)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")

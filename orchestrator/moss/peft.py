@@ -161,13 +161,17 @@ def apply_moss(model: nn.Module, config: MossConfig, spec) -> PeftModel:
     return peft_model
 
 
-def save_adapter(model: nn.Module, directory: str | Path) -> Path:
-    """Write PEFT's adapter files (safetensors) and moss_config.json to ``directory``."""
+def save_adapter(model: nn.Module, directory: str | Path, state_dict: dict | None = None) -> Path:
+    """Write PEFT's adapter files (safetensors) and moss_config.json to ``directory``.
+
+    ``state_dict``: the PeftModel's adapter tensors gathered elsewhere (e.g. unsharded from FSDP);
+    by default they are read from ``model``.
+    """
     directory = Path(directory)
     peft_model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if not isinstance(peft_model, PeftModel):
         raise TypeError("save_adapter expects the PeftModel returned by apply_moss / load_adapter")
-    peft_model.save_pretrained(directory, safe_serialization=True)
+    peft_model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     base = peft_model.get_base_model()
     base.moss_config.save(directory, backbone=base.moss_backbone, format_version=FORMAT_VERSION)
     return directory

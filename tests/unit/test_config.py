@@ -66,3 +66,30 @@ def test_preprocess_with_bad_config_exits_2_before_ray():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "data.max_seq_len" in proc.stderr and "ray" not in proc.stderr.lower()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=-1", "train.lr"), ("train.max_steps=null", "train"), ("train.run_name=../escape", "train.run_name"),
+    ("scaling.num_workers=0", "scaling.num_workers"), ("train.strategy=zero3", "train.strategy"),
+    ("train.text_weight=0", "train"), ("tracking.experiment=", "tracking.experiment"), ("storage.bucket=x", "storage.bucket"),
+])
+def test_train_sections_reject_bad_values(override, key):
+    extra = ["train.image_weight=0"] if override == "train.text_weight=0" else []
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override, *extra])
+
+
+def test_train_sections_defaults_and_resources():
+    cfg = load_config(None, ["scaling.use_gpu=true", "scaling.resources_per_worker={TRAIN_DRIVER: 0.01}"])
+    assert cfg.scaling.ray_resources() == {"CPU": 1.0, "GPU": 1.0, "TRAIN_DRIVER": 0.01}
+    assert cfg.train.max_steps == 200 and cfg.train.max_epochs is None and cfg.train.run_name is None
+    assert load_config(None, ["train.max_steps=null", "train.max_epochs=2"]).train.max_epochs == 2
+
+
+def test_train_with_bad_config_or_missing_shards_exits_2_before_ray(tmp_path):
+    for args, needle in ((["--set", "train.micro_batch=0"], "train.micro_batch"),
+                         (["--set", f"data.output={tmp_path}"], "moss preprocess")):
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert needle in proc.stderr and "ray" not in (proc.stderr + proc.stdout).lower()

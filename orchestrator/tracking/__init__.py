@@ -1,0 +1,1 @@
+"""MLflow run bookkeeping (URIs, params, redaction) and, later, the sweep comparison report."""

@@ -1,0 +1,177 @@
+"""One MLflow run per training run: where it is tracked, what it records, and how it is found again.
+
+The driver opens the run (params, resolved config, data manifest) and closes it (status); rank 0 of
+the worker group logs metrics and the final adapter into it. Relaunching a run name finds the same run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from .redact import redact, redact_text
+
+RUN_NAME_TAG = "moss.run_name"
+PACKAGES = ("torch", "transformers", "peft", "ray", "mlflow", "moss-orchestrator")
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The config's URI, else MLFLOW_TRACKING_URI, else sqlite:///<working dir>/mlflow.db (absolute)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # Ray workers run in other directories
+    return uri
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a sqlite store go beside the database (<dir>/mlruns); servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri[len("sqlite:///"):]).parent / "mlruns")
+    return None
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}; lists and empty dicts as JSON, None as "null"."""
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            text = v if isinstance(v, str) else json.dumps(v)
+            out[key] = text[:MAX_PARAM_CHARS]
+    return out
+
+
+def provenance() -> dict[str, str]:
+    """Git commit (and whether the tree was dirty) of this package's checkout, and package versions."""
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[f"version.{pkg}"] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[f"version.{pkg}"] = "not installed"
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        ok = head.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    out["git.commit"] = head.stdout.strip() if ok else "unknown"
+    out["git.dirty"] = str(bool(dirty.stdout.strip())).lower() if ok else "unknown"
+    return out
+
+
+def run_params(cfg) -> dict[str, str]:
+    """Params of a run: the flattened, redacted resolved config + config hash + provenance."""
+    params = flatten(redact(cfg.model_dump(mode="json")))
+    params["config_hash"] = cfg.config_hash()
+    params.update(provenance())
+    return params
+
+
+def ensure_experiment(mlc, name: str, uri: str) -> str:
+    exp = mlc.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = artifact_root(uri)
+    return mlc.create_experiment(name, artifact_location=Path(root, name).as_uri() if root else None)
+
+
+def find_run(mlc, experiment_id: str, run_name: str):
+    runs = mlc.search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=2)
+    if len(runs) > 1:
+        raise RuntimeError(f"MLflow has {len(runs)} runs tagged {RUN_NAME_TAG}={run_name!r}; expected at most one")
+    return runs[0] if runs else None
+
+
+def open_run(cfg, run_name: str, uri: str, run_id: str | None = None) -> tuple[str, bool]:
+    """Create the run, or reopen ``run_id`` (a relaunch); log params, config and tags. -> (run_id, resumed)."""
+    mlc = client(uri)
+    tags = redact({RUN_NAME_TAG: run_name, "moss.backbone": cfg.backbone.name, "moss.variant": cfg.adapter.variant,
+                   **cfg.tracking.tags})
+    if run_id is None:
+        exp_id = ensure_experiment(mlc, cfg.tracking.experiment, uri)
+        run_id = mlc.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        resumed = False
+    else:
+        mlc.update_run(run_id, status="RUNNING")
+        resumed = True
+    log_params_once(mlc, run_id, run_params(cfg))
+    mlc.set_tag(run_id, "moss.relaunches", str(int(mlc.get_run(run_id).data.tags.get("moss.relaunches", "-1")) + 1))
+    mlc.log_text(run_id, yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False), "config.yaml")
+    return run_id, resumed
+
+
+def log_params_once(mlc, run_id: str, params: dict[str, str]) -> None:
+    """Log new params; a relaunch whose value differs records it as a tag (MLflow params are immutable)."""
+    from mlflow.entities import Param, RunTag
+
+    logged = mlc.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in params.items() if k not in logged]
+    changed = [RunTag(f"relaunch.{k}", v[:5000]) for k, v in params.items() if k in logged and logged[k] != v]
+    for i in range(0, len(new), 100):  # MLflow's batch limit
+        mlc.log_batch(run_id, params=new[i : i + 100])
+    if changed:
+        mlc.log_batch(run_id, tags=changed)
+
+
+def log_manifest(uri: str, run_id: str, manifest: dict) -> None:
+    client(uri).log_text(run_id, json.dumps(redact(manifest), indent=2), "data/manifest.json")
+
+
+def finish_run(uri: str, run_id: str, status: str) -> None:
+    client(uri).set_terminated(run_id, status=status)
+
+
+def run_summary(uri: str, run_id: str) -> dict:
+    """Latest value of every metric, the run's status and where its artifacts are."""
+    run = client(uri).get_run(run_id)
+    return {"run_id": run_id, "experiment_id": run.info.experiment_id, "status": run.info.status,
+            "artifact_uri": run.info.artifact_uri, "metrics": dict(run.data.metrics)}
+
+
+def ui_hint(uri: str) -> str:
+    if urlparse(uri).scheme in ("http", "https"):
+        return f"open {redact_text(uri)}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+class MetricsLogger:
+    """Rank 0's handle on the run: metrics per step, the final adapter as an artifact."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self.mlc = client(uri)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.mlc.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def has_artifact(self, path: str) -> bool:
+        parent, _, name = path.rpartition("/")
+        return any(f.path == path for f in self.mlc.list_artifacts(self.run_id, parent or None))
+
+    def log_dir(self, directory: str | Path, artifact_path: str) -> None:
+        self.mlc.log_artifacts(self.run_id, str(directory), artifact_path)

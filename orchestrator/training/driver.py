@@ -1,0 +1,199 @@
+"""The training driver: check a run can start (before Ray), open its MLflow run, fit a TorchTrainer.
+
+The same driver serves `moss train`, `jobs/train.py` and (later) each Tune trial. A run is named: its
+checkpoints live in <storage>/<name>/ beside ``moss_run.json`` (which config it belongs to, which
+MLflow run tracks it). Relaunching a name resumes that run; a name that is new starts from scratch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..config import ConfigError, RunConfig
+from ..data.manifest import arrow_fs
+from ..data.pipeline import output_dir
+from ..tracking import mlflow as tracking
+from ..tracking.redact import redact_text
+from .data import TRAIN_COLUMNS
+
+MARKER = "moss_run.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+IDENTITY = ("backbone", "adapter", "data")  # a relaunch must match these; train/scaling may change
+
+
+@dataclass
+class RunPlan:
+    name: str
+    storage: str  # absolute local path or URI
+    shards: str
+    train_rows: int
+    val_rows: int
+    total_steps: int
+    tracking_uri: str
+    config_hash: str
+    identity: str
+    mlflow_run_id: str | None = None  # known when relaunching
+    manifest: dict | None = None
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def loop_args(self) -> dict:
+        return {"total_steps": self.total_steps, "tracking_uri": self.tracking_uri, "mlflow_run_id": self.mlflow_run_id,
+                "config_hash": self.config_hash, "has_val": self.val_rows > 0}
+
+
+def absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def read_json(path: str) -> dict | None:
+    fs, p = arrow_fs(path)
+    if fs.get_file_info(p).type.name == "NotFound":
+        return None
+    with fs.open_input_stream(p) as f:
+        return json.loads(f.read())
+
+
+def write_json(path: str, payload: dict) -> None:
+    fs, p = arrow_fs(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(json.dumps(payload, indent=2).encode())
+
+
+def planned_steps(cfg: RunConfig, train_rows: int) -> int:
+    """max_steps, or fewer when max_epochs ends first (each worker gets an equal share of the rows)."""
+    t = cfg.train
+    per_worker = train_rows // cfg.scaling.num_workers
+    micro_per_epoch = per_worker // t.micro_batch
+    if micro_per_epoch == 0:
+        raise ConfigError(f"{train_rows} train rows give {cfg.scaling.num_workers} workers fewer than "
+                          f"train.micro_batch={t.micro_batch} rows each")
+    by_epochs = (t.max_epochs * micro_per_epoch) // t.grad_accum if t.max_epochs else None
+    steps = min(s for s in (t.max_steps, by_epochs) if s is not None)
+    if steps == 0:
+        raise ConfigError(f"max_epochs={t.max_epochs} is less than one step of grad_accum={t.grad_accum} micro-batches")
+    return steps
+
+
+def new_run_name(cfg: RunConfig) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.backbone.name}-{cfg.adapter.variant}-{stamp}-{secrets.token_hex(2)}"
+
+
+def plan_run(cfg: RunConfig) -> RunPlan:
+    """Every check that needs no Ray: shards and manifest, run name vs what storage and MLflow hold."""
+    shards = absolute(output_dir(cfg))
+    manifest = read_json(f"{shards}/manifest.json")
+    if manifest is None:
+        raise ConfigError(f"no shards at {shards} (manifest.json missing): run `moss preprocess` with this config first")
+    made_for = manifest["backbone"]
+    if (made_for["name"], made_for["checkpoint"]) != (cfg.backbone.name, cfg.backbone.checkpoint):
+        raise ConfigError(f"the shards in {shards} were tokenized for {made_for['name']} ({made_for['checkpoint']}), "
+                          f"not {cfg.backbone.name} ({cfg.backbone.checkpoint})")
+    train_rows, val_rows = manifest["outputs"]["train"], manifest["outputs"]["val"]
+    storage = absolute(cfg.storage.path or "ray_results")
+    plan = RunPlan(name=cfg.train.run_name or new_run_name(cfg), storage=storage, shards=shards,
+                   train_rows=train_rows, val_rows=val_rows, total_steps=planned_steps(cfg, train_rows),
+                   tracking_uri=tracking.tracking_uri(cfg.tracking.tracking_uri), config_hash=cfg.config_hash(),
+                   identity=cfg.config_hash(*IDENTITY), manifest=manifest)
+    check_relaunch(cfg, plan)
+    return plan
+
+
+def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
+    """Same name: same identity and tracking store, then resume; a new name must be new everywhere."""
+    marker = read_json(f"{plan.run_dir}/{MARKER}")
+    if marker is None:
+        if read_json(f"{plan.run_dir}/{RAY_SNAPSHOT}") is not None:
+            raise ConfigError(f"{plan.run_dir} holds a Ray Train run that `moss train` did not create: choose another "
+                              "train.run_name or storage.path")
+        mlc = tracking.client(plan.tracking_uri)
+        exp = mlc.get_experiment_by_name(cfg.tracking.experiment)
+        if exp is not None and tracking.find_run(mlc, exp.experiment_id, plan.name) is not None:
+            raise ConfigError(f"MLflow experiment {cfg.tracking.experiment!r} already has a run named {plan.name!r}, "
+                              f"but its checkpoints are not in {plan.storage}: set storage.path to where that run "
+                              "stored them, or choose a new train.run_name")
+        return
+    if marker["identity"] != plan.identity:
+        raise ConfigError(f"run {plan.name!r} in {plan.storage} was started with a different backbone/adapter/data "
+                          f"config (hash {marker['identity']}, now {plan.identity}): choose a new train.run_name")
+    if marker["tracking_uri"] != redact_text(plan.tracking_uri) or marker["experiment"] != cfg.tracking.experiment:
+        raise ConfigError(f"run {plan.name!r} is tracked in experiment {marker['experiment']!r} at "
+                          f"{marker['tracking_uri']}; relaunch it with the same tracking settings")
+    plan.mlflow_run_id = marker["mlflow_run_id"]
+
+
+def build_trainer(cfg: RunConfig, plan: RunPlan):
+    import ray.data
+    import ray.train
+    from ray.train import DataConfig
+    from ray.train.torch import TorchTrainer
+
+    from .loop import train_loop
+
+    datasets = {"train": ray.data.read_parquet(f"{plan.shards}/split=train", columns=TRAIN_COLUMNS)}
+    if plan.val_rows:
+        datasets["val"] = ray.data.read_parquet(f"{plan.shards}/split=val", columns=TRAIN_COLUMNS)
+    s, t = cfg.scaling, cfg.train
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "run": plan.loop_args()},
+        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                               resources_per_worker=s.ray_resources(),
+                                               placement_strategy=s.placement_strategy),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # val: every worker scores its share by record order
+        run_config=ray.train.RunConfig(
+            name=plan.name, storage_path=plan.storage,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+        ),
+    )
+
+
+def run_training(cfg: RunConfig, plan: RunPlan) -> dict:
+    """Open (or reopen) the MLflow run, fit, close the run; -> the summary. Ray must be initialised."""
+    run_id, resumed = tracking.open_run(cfg, plan.name, plan.tracking_uri, plan.mlflow_run_id)
+    plan.mlflow_run_id = run_id
+    if not resumed:
+        tracking.log_manifest(plan.tracking_uri, run_id, plan.manifest)
+        write_json(f"{plan.run_dir}/{MARKER}", {
+            "identity": plan.identity, "mlflow_run_id": run_id, "experiment": cfg.tracking.experiment,
+            "tracking_uri": redact_text(plan.tracking_uri), "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+        })
+    try:
+        result = build_trainer(cfg, plan).fit()
+    except BaseException as err:
+        tracking.finish_run(plan.tracking_uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracking.finish_run(plan.tracking_uri, run_id, "FINISHED")
+    summary = tracking.run_summary(plan.tracking_uri, run_id)
+    returned = getattr(result, "return_value", None) or {}
+    summary.update(run_name=plan.name, resumed=resumed, total_steps=plan.total_steps, step=returned.get("step"),
+                   checkpoint=result.checkpoint.path if result.checkpoint else None,
+                   adapter=f"{summary['artifact_uri']}/adapter", plan={k: v for k, v in asdict(plan).items() if k != "manifest"})
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    m = summary["metrics"]
+    lines = [f"train: run {summary['run_name']!r} {'resumed' if summary['resumed'] else 'finished'} "
+             f"at step {summary['step']}/{summary['total_steps']} "
+             f"(MLflow status {summary['status']})"]
+    keys = [k for k in ("train/loss", "train/text_loss", "train/image_loss", "val/loss", "val/text_loss",
+                        "val/image_loss", "val/text_ppl", "val/image_ppl", "train/tokens_per_s") if k in m]
+    lines += [f"  {k:<20} {m[k]:.4f}" for k in keys]
+    lines += [f"adapter:     {summary['adapter']}  (orchestrator.moss.load_adapter)",
+              f"checkpoint:  {summary['checkpoint']}",
+              f"MLflow run:  {summary['run_id']} in experiment {summary['experiment_id']} at "
+              f"{redact_text(summary['plan']['tracking_uri'])}",
+              f"browse:      {tracking.ui_hint(summary['plan']['tracking_uri'])}",
+              f"resume:      --set train.run_name={summary['run_name']}"]
+    return "\n".join(lines)

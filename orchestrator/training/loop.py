@@ -1,0 +1,187 @@
+"""The per-worker training loop: runs on every Ray Train worker (rank 0 also writes to MLflow).
+
+Setup, then a linear loop of optimizer steps; each step sums its losses over micro-batches and
+workers; every ``eval_every`` steps the val split is scored, every ``ckpt_every`` steps (and at the
+last) a checkpoint is reported. After a worker failure Ray restarts the group and ``get_checkpoint``
+hands back the latest checkpoint, which restores the adapter, optimizer, scheduler and data position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+
+from ..backbones import get_backbone
+from ..config import RunConfig
+from ..moss import apply_moss, load_adapter, save_adapter, unwrap
+from ..tracking.mlflow import MetricsLogger
+from . import parallel
+from .checkpoint import ADAPTER_DIR, TrainState, load_train_state, save_train_state
+from .data import train_batches, val_batches
+from .metrics import add_loss, loss_metrics, peak_memory_mb, reduce_sums, reset_peak_memory
+from .optim import build_optimizer
+
+FINAL_ADAPTER = "adapter"  # MLflow artifact path of the final adapter
+
+
+def use_bf16(cfg: RunConfig, device: torch.device) -> bool:
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+
+
+def setup_model(cfg: RunConfig, spec, ckpt_dir: str | None, bf16: bool):
+    """The PeftModel (fresh, or restored from a checkpoint) and, when resuming, the optimizer state."""
+    base = spec.build(seed=cfg.backbone.seed, dtype=torch.bfloat16 if bf16 else None)
+    torch.manual_seed(cfg.train.seed)  # adapter init
+    restored = None
+    if ckpt_dir is None:
+        model = apply_moss(base, cfg.adapter.to_moss_config(), spec)
+    else:
+        model = load_adapter(base, Path(ckpt_dir) / ADAPTER_DIR, spec, is_trainable=True)
+        restored = load_train_state(Path(ckpt_dir))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # adapter weights and AdamW state stay fp32 under bf16 autocast
+    if cfg.train.activation_checkpointing:
+        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, restored
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def evaluate(module, spec, val_ds, cfg: RunConfig, device, autocast, pad_batch) -> dict:
+    """Per-modality loss and perplexity over the whole val split, each worker scoring a share of it."""
+    ctx = ray.train.get_context()
+    fsdp = cfg.train.strategy == "fsdp" and parallel.distributed()
+    model = module if fsdp else parallel.inner(module)  # FSDP gathers parameters inside forward: all ranks run it
+    batches = val_batches(val_ds, spec, cfg.train.micro_batch, ctx.get_world_rank(), ctx.get_world_size(),
+                          cfg.train.eval_max_batches)
+    sums = [0.0] * 5
+    model.eval()
+    with torch.no_grad():
+        while True:
+            batch = next(batches, None)
+            if fsdp and parallel.all_reduce([batch is not None], device, torch.distributed.ReduceOp.MAX)[0] == 0:
+                break
+            if batch is None and not fsdp:
+                break
+            with autocast():
+                out = model(to_device(batch if batch is not None else pad_batch, device))
+            if batch is not None:
+                add_loss(sums, out, batch)
+    model.train()
+    return loss_metrics(reduce_sums(sums, device), "val", ppl=True)
+
+
+def save_checkpoint(module, optimizer, scheduler, state: TrainState, directory: Path, rank: int) -> None:
+    """Every worker gathers (collectives under FSDP); rank 0 writes."""
+    adapter = parallel.adapter_state(module)
+    optim = parallel.optimizer_state(module, optimizer)
+    if rank == 0:
+        save_adapter(parallel.inner(module).model, directory / ADAPTER_DIR, state_dict=adapter)
+        save_train_state(directory, optim, scheduler.state_dict(), state)
+
+
+def report(metrics: dict, state: TrainState, module, optimizer, scheduler, with_checkpoint: bool, rank: int,
+           logger: MetricsLogger | None, final: bool) -> None:
+    """ray.train.report (all workers, same number of calls); with a checkpoint written by rank 0."""
+    state.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = None
+        if with_checkpoint:
+            save_checkpoint(module, optimizer, scheduler, state, Path(d), rank)
+            if rank == 0:
+                ckpt = ray.train.Checkpoint.from_directory(d)
+        if final and logger is not None:
+            logger.log_dir(Path(d, ADAPTER_DIR), FINAL_ADAPTER)
+        ray.train.report({**state.metrics, "step": state.step, "epoch": state.epoch}, checkpoint=ckpt)
+
+
+def ensure_final_adapter(module, logger: MetricsLogger | None, rank: int) -> None:
+    """A relaunch of a finished run: log the adapter if an interrupted attempt had not yet."""
+    adapter = parallel.adapter_state(module)
+    if logger is not None and not logger.has_artifact(f"{FINAL_ADAPTER}/moss_config.json"):
+        with tempfile.TemporaryDirectory() as d:
+            logger.log_dir(save_adapter(parallel.inner(module).model, Path(d), state_dict=adapter), FINAL_ADAPTER)
+
+
+def train_loop(loop_config: dict) -> dict:
+    """Ray Train entry point. loop_config: {"config": resolved RunConfig dump, "run": RunPlan fields}."""
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    cfg = RunConfig.model_validate(loop_config["config"])
+    run = loop_config["run"]
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    spec = get_backbone(cfg.backbone.name, checkpoint=cfg.backbone.checkpoint)
+    bf16 = use_bf16(cfg, device)
+    tc = cfg.train
+
+    ckpt = ray.train.get_checkpoint()
+    with ckpt.as_directory() if ckpt else contextlib.nullcontext(None) as ckpt_dir:
+        model, restored = setup_model(cfg, spec, ckpt_dir, bf16)
+    weights = (tc.text_weight, tc.image_weight)
+    module = parallel.wrap(spec.loss_module(model, weights), tc.strategy, spec.decoder_layers(unwrap(model)), device)
+    optimizer, scheduler = build_optimizer(module, tc, run["total_steps"])
+    state = TrainState(config_hash=run["config_hash"])
+    if restored is not None:
+        optim_state, sched_state, state = restored
+        parallel.load_optimizer_state(module, optimizer, optim_state)
+        scheduler.load_state_dict({**sched_state, "lr_lambdas": [None] * len(optimizer.param_groups)})
+    logger = MetricsLogger(run["tracking_uri"], run["mlflow_run_id"]) if rank == 0 else None
+    if logger is not None and restored is not None:
+        logger.log({"resumed_from_step": state.step}, state.step)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    total = run["total_steps"]
+    val_ds = ray.train.get_dataset_shard("val") if run["has_val"] else None
+    batches = train_batches(ray.train.get_dataset_shard("train"), spec, tc.micro_batch, tc.shuffle_buffer, tc.seed,
+                            state.epoch, state.batch_in_epoch, tc.max_epochs)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    module.train()
+    last_batch = None
+    while state.step < total:
+        t0 = time.perf_counter()
+        reset_peak_memory(device)
+        sums = [0.0] * 5
+        for i in range(tc.grad_accum):
+            epoch, index, batch = next(batches)
+            last_batch = batch
+            with parallel.no_sync(module, i < tc.grad_accum - 1):
+                with autocast():
+                    out = module(to_device(batch, device))
+                (out.loss / tc.grad_accum).backward()
+            add_loss(sums, out, batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step, state.epoch, state.batch_in_epoch = state.step + 1, epoch, index + 1
+        sums = reduce_sums(sums, device)
+        seconds = time.perf_counter() - t0
+        metrics = {**loss_metrics(sums, "train", weights), "train/lr": lr, "train/grad_norm": float(grad_norm),
+                   "train/tokens_per_s": sums[4] / seconds, "train/step_time_s": seconds,
+                   "train/peak_mem_mb": peak_memory_mb(device)}
+        final = state.step == total
+        if val_ds is not None and (state.step % tc.eval_every == 0 or final):
+            metrics.update(evaluate(module, spec, val_ds, cfg, device, autocast, last_batch))
+        if logger is not None:
+            logger.log(metrics, state.step)
+        checkpoint = state.step % tc.ckpt_every == 0 or final
+        if checkpoint or any(k.startswith("val/") for k in metrics):
+            report(metrics, state, module, optimizer, scheduler, checkpoint, rank, logger, final)
+    if restored is not None and restored[2].step >= total:
+        ensure_final_adapter(module, logger, rank)
+    return {**state.metrics, "step": state.step}

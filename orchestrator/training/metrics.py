@@ -1,0 +1,56 @@
+"""Per-step and evaluation metrics, summed over workers so they describe the global batch."""
+
+from __future__ import annotations
+
+import math
+import resource
+
+import torch
+
+from .parallel import all_reduce
+
+# sums carried per step / eval: text CE sum, text targets, image CE sum, image targets, tokens seen
+TEXT_SUM, N_TEXT, IMAGE_SUM, N_IMAGE, TOKENS = range(5)
+
+
+def add_loss(sums: list[float], out, batch: dict) -> None:
+    """Accumulate one micro-batch's LossOutput (per-modality means times counts = sums)."""
+    if out.text_loss is not None:
+        sums[TEXT_SUM] += float(out.text_loss) * out.n_text
+    if out.image_loss is not None:
+        sums[IMAGE_SUM] += float(out.image_loss) * out.n_image
+    sums[N_TEXT] += out.n_text
+    sums[N_IMAGE] += out.n_image
+    sums[TOKENS] += int(batch["attention_mask"].sum())
+
+
+def loss_metrics(sums: list[float], prefix: str, weights: tuple[float, float] = (1.0, 1.0), ppl: bool = False) -> dict:
+    """Global per-modality means (and perplexities) from summed CE; modalities absent in the data are left out."""
+    n = sums[N_TEXT] + sums[N_IMAGE]
+    out = {}
+    if n:
+        out[f"{prefix}/loss"] = (weights[0] * sums[TEXT_SUM] + weights[1] * sums[IMAGE_SUM]) / n
+    for name, s, c in (("text", TEXT_SUM, N_TEXT), ("image", IMAGE_SUM, N_IMAGE)):
+        if sums[c]:
+            out[f"{prefix}/{name}_loss"] = sums[s] / sums[c]
+            if ppl:
+                out[f"{prefix}/{name}_ppl"] = math.exp(min(sums[s] / sums[c], 50.0))
+    if ppl and n:
+        out[f"{prefix}/ppl"] = math.exp(min((sums[TEXT_SUM] + sums[IMAGE_SUM]) / n, 50.0))
+    return out
+
+
+def reduce_sums(sums: list[float], device: torch.device) -> list[float]:
+    return all_reduce(sums, device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated since the step began; CPU: the worker process's peak RSS so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -1,0 +1,177 @@
+"""MoSS fine-tuning on a real local Ray cluster (2 CPU workers) with a real MLflow sqlite store."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.dataset as pads
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from orchestrator.backbones import get_backbone
+from orchestrator.config import ConfigError, load_config
+from orchestrator.data.pipeline import output_dir, preprocess
+from orchestrator.data.sample import write_sample
+from orchestrator.moss import load_adapter
+from orchestrator.training.data import collate_rows
+from orchestrator.training.driver import plan_run, run_training
+
+pytestmark = pytest.mark.slow
+SECRET = "tok-5f1d9a7c33e2b804"  # a value that must never reach MLflow
+
+
+@pytest.fixture(scope="module")
+def workdir(ray_cluster, tmp_path_factory):
+    """Sample set -> shards (Ray Data) for chameleon; a private sqlite store and storage folder."""
+    root = tmp_path_factory.mktemp("train")
+    write_sample(root / "sample", per_domain=8)
+    preprocess(load_config(None, [f"data.source={root / 'sample'}", f"data.output={root / 'shards'}",
+                                  "data.val_fraction=0.25"]))
+    return root
+
+
+def run_config(root: Path, name: str, *overrides: str):
+    return load_config(None, [
+        f"data.source={root / 'sample'}", f"data.output={root / 'shards'}", "data.val_fraction=0.25",
+        f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}", f"storage.path={root / 'ray_results'}",
+        f"train.run_name={name}", "train.lr=3e-3", "train.warmup_steps=2", "train.shuffle_buffer=16",
+        "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", *overrides,
+    ])
+
+
+def mlflow_run(root: Path, name: str):
+    mlc = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = mlc.search_runs([mlc.get_experiment_by_name("moss").experiment_id],
+                           filter_string=f"tags.`moss.run_name` = '{name}'")
+    assert len(runs) == 1, f"{len(runs)} MLflow runs named {name}"
+    return mlc, runs[0]
+
+
+def history(mlc, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in mlc.get_metric_history(run_id, key))
+
+
+@pytest.fixture(scope="module")
+def finished(workdir):
+    os.environ["MOSS_TEST_API_TOKEN"] = SECRET
+    try:
+        cfg = run_config(workdir, "two-workers", "train.max_steps=10", "train.eval_every=5", "train.ckpt_every=5",
+                         f"tracking.tags={{note: 'token is {SECRET}', hf_token: abc123xyz}}")
+        return cfg, run_training(cfg, plan_run(cfg))
+    finally:
+        del os.environ["MOSS_TEST_API_TOKEN"]
+
+
+def test_two_workers_train_and_track(workdir, finished):
+    cfg, summary = finished
+    assert summary["status"] == "FINISHED" and summary["step"] == 10
+    mlc, run = mlflow_run(workdir, "two-workers")
+    loss = [v for _, v in history(mlc, run.info.run_id, "train/loss")]
+    assert len(loss) == 10
+    assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3 - 0.05, loss
+    metrics = run.data.metrics
+    for key in ("train/text_loss", "train/image_loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
+                "train/step_time_s", "train/peak_mem_mb", "val/loss", "val/text_loss", "val/image_loss",
+                "val/text_ppl", "val/image_ppl"):
+        assert key in metrics, key
+    assert [s for s, _ in history(mlc, run.info.run_id, "val/loss")] == [5, 10]
+    params = run.data.params
+    assert params["adapter.variant"] == "moss" and params["scaling.num_workers"] == "2"
+    assert params["config_hash"] == cfg.config_hash() and len(params["git.commit"]) in (40, 7)
+    assert params["version.torch"].startswith("2.") and params["version.ray"] == "2.60.0"
+    arts = {f.path for f in mlc.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "data", "adapter"} <= arts
+
+
+def test_no_secret_reaches_mlflow(workdir, finished):
+    mlc, run = mlflow_run(workdir, "two-workers")
+    texts = list(run.data.params.values()) + list(run.data.tags.values())
+    dest = Path(mlc.download_artifacts(run.info.run_id, "", str(workdir / "artifacts-scan")))
+    texts += [p.read_text(errors="replace") for p in dest.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".md")]
+    assert run.data.tags["hf_token"] == "***" and "***" in run.data.tags["note"]
+    assert not [t for t in texts if SECRET in t or "abc123xyz" in t]
+
+
+def test_saved_adapter_reproduces_logged_eval_loss(workdir, finished):
+    cfg, summary = finished
+    mlc, run = mlflow_run(workdir, "two-workers")
+    adapter_dir = mlc.download_artifacts(run.info.run_id, "adapter", str(workdir / "adapter-dl"))
+    spec = get_backbone("chameleon")
+    model = load_adapter(spec.build(seed=cfg.backbone.seed), adapter_dir, spec)
+    rows = pads.dataset(f"{output_dir(cfg)}/split=val", format="parquet").to_table().to_pylist()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), 2):
+            out = spec.loss(model, collate_rows(spec, rows[i:i + 2]))
+            total += float(out.loss) * (out.n_text + out.n_image)
+            n += out.n_text + out.n_image
+    logged = history(mlc, run.info.run_id, "val/loss")[-1][1]
+    assert total / n == pytest.approx(logged, rel=1e-4)
+
+
+def test_relaunching_a_finished_run_repeats_no_work(workdir, finished):
+    cfg, _ = finished
+    mlc, before = mlflow_run(workdir, "two-workers")
+    n_before = len(history(mlc, before.info.run_id, "train/loss"))
+    summary = run_training(cfg, plan_run(cfg))
+    mlc, after = mlflow_run(workdir, "two-workers")
+    assert after.info.run_id == before.info.run_id and summary["resumed"] and summary["status"] == "FINISHED"
+    assert len(history(mlc, after.info.run_id, "train/loss")) == n_before == 10
+    assert history(mlc, after.info.run_id, "resumed_from_step") == [(10, 10.0)]
+    assert after.data.tags["moss.relaunches"] == "1"
+
+
+def test_run_names_never_mix_runs(workdir, finished):
+    cfg, _ = finished
+    fresh = run_config(workdir, "another-name", "train.max_steps=10")
+    assert plan_run(fresh).mlflow_run_id is None  # a new name starts from scratch
+    with pytest.raises(ConfigError, match="different backbone/adapter/data"):
+        plan_run(run_config(workdir, "two-workers", "adapter.rank=4"))
+    with pytest.raises(ConfigError, match="checkpoints are not in"):
+        plan_run(run_config(workdir, "two-workers", f"storage.path={workdir / 'elsewhere'}"))
+
+
+def train_workers() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+
+
+def test_killed_worker_resumes_from_the_latest_checkpoint(workdir):
+    cfg = run_config(workdir, "killed", "train.max_steps=14", "train.ckpt_every=4", "train.eval_every=100")
+    plan = plan_run(cfg)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(summary=run_training(cfg, plan)), daemon=True)
+    thread.start()
+    run_dir = Path(plan.run_dir)
+    deadline = time.monotonic() + 300
+    while not list(run_dir.glob("checkpoint_*/trainer_state.json")):
+        assert thread.is_alive() and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    victims = train_workers()
+    assert len(victims) == 2
+    os.kill(victims[-1].pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    summary = result["summary"]
+    assert summary["status"] == "FINISHED" and summary["step"] == 14
+    mlc, run = mlflow_run(workdir, "killed")  # one MLflow run, not two
+    resumed = history(mlc, run.info.run_id, "resumed_from_step")
+    assert len(resumed) == 1 and resumed[0][1] in (4.0, 8.0, 12.0)
+    steps = [s for s, _ in history(mlc, run.info.run_id, "train/loss")]
+    assert set(steps) == set(range(1, 15))  # every step logged; those after the checkpoint twice at most
+    assert {"adapter"} <= {f.path for f in mlc.list_artifacts(run.info.run_id)}
+
+
+def test_fsdp_strategy_trains_and_saves_a_loadable_adapter(workdir):
+    cfg = run_config(workdir, "fsdp", "train.strategy=fsdp", "train.max_steps=4", "train.ckpt_every=2",
+                     "train.eval_every=4", "adapter.conv_space=lowrank")
+    summary = run_training(cfg, plan_run(cfg))
+    assert summary["status"] == "FINISHED" and summary["step"] == 4
+    mlc, run = mlflow_run(workdir, "fsdp")
+    adapter_dir = mlc.download_artifacts(run.info.run_id, "adapter", str(workdir / "fsdp-adapter"))
+    spec = get_backbone("chameleon")
+    model = load_adapter(spec.build(seed=0), adapter_dir, spec)
+    assert any(float(p.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_img_B" in n)
+    assert "val/image_loss" in run.data.metrics

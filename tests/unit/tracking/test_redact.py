@@ -1,0 +1,44 @@
+from orchestrator.tracking.mlflow import flatten, tracking_uri
+from orchestrator.tracking.redact import MASK, is_secret_name, redact, redact_text, secret_env_values
+
+
+def test_secret_names():
+    for name in ("HF_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY", "OPENAI_API_KEY", "api-key",
+                 "DB_PWD", "GOOGLE_APPLICATION_CREDENTIALS", "auth", "X-Amz-Signature"):
+        assert is_secret_name(name), name
+    for name in ("PWD", "OLDPWD", "RAY_AUTH_MODE", "tokenize_actors", "author", "n_tokens_max", "PATH"):
+        assert not is_secret_name(name), name
+
+
+def test_env_secret_values_are_masked_inside_any_string():
+    env = {"HF_TOKEN": "hf_abcdef123456", "PWD": "/home/me", "RAY_AUTH_MODE": "disabled", "SHORT_TOKEN": "1"}
+    secrets = secret_env_values(env)
+    assert secrets == ["hf_abcdef123456"]
+    assert redact_text("pass hf_abcdef123456 to /home/me (disabled)", secrets) == f"pass {MASK} to /home/me (disabled)"
+
+
+def test_urls_lose_passwords_and_secret_query_parameters():
+    text = "http://alice:s3cr3t@mlflow.internal:5000/x?token=abc&page=2 s3://b/k?X-Amz-Signature=ff&X-Amz-Date=1"
+    assert redact_text(text, []) == (f"http://alice:{MASK}@mlflow.internal:5000/x?token={MASK}&page=2 "
+                                     f"s3://b/k?X-Amz-Signature={MASK}&X-Amz-Date=1")
+    assert redact_text("sqlite:////tmp/x/mlflow.db", []) == "sqlite:////tmp/x/mlflow.db"
+
+
+def test_tree_values_under_secret_keys_are_masked_and_others_kept():
+    tree = {"tracking": {"tags": {"hf_token": "abc", "note": "ok"}}, "data": {"tokenize_actors": 2, "source": ["a"]}}
+    assert redact(tree, []) == {"tracking": {"tags": {"hf_token": MASK, "note": "ok"}},
+                                "data": {"tokenize_actors": 2, "source": ["a"]}}
+
+
+def test_flatten_dotted_keys():
+    assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": [1, 2], "f": {}, "g": "x"}) == {
+        "a.b": "1", "a.c.d": "null", "e": "[1, 2]", "f": "{}", "g": "x"}
+
+
+def test_tracking_uri_precedence(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(None) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(None) == "http://127.0.0.1:5000"
+    assert tracking_uri("sqlite:///rel.db") == f"sqlite:///{tmp_path.resolve()}/rel.db"  # absolute for Ray workers

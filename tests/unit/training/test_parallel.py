@@ -1,0 +1,67 @@
+"""DDP and FSDP2 (2 ranks, gloo on CPU) take the same optimizer step: parity of the gathered adapter."""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from orchestrator.config import load_config
+from orchestrator.moss import MossConfig, apply_moss
+from orchestrator.training import parallel
+from orchestrator.training.optim import build_optimizer
+from tests.conftest import mixed_batch, randomize_adapter, spec_for, text_batch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _one_step(strategy: str, rank: int) -> tuple[dict, float]:
+    spec = spec_for("chameleon")
+    model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
+    randomize_adapter(model)
+    module = parallel.wrap(spec.loss_module(model), strategy, spec.decoder_layers(model.get_base_model()),
+                           torch.device("cpu"))
+    opt, _ = build_optimizer(module, load_config(None, ["train.lr=1e-2"]).train, total_steps=10)
+    # two micro-batches per step, different data on each rank; the first without gradient sync
+    batches = [mixed_batch(spec), text_batch(spec)] if rank == 0 else [text_batch(spec), mixed_batch(spec)]
+    for i, batch in enumerate(batches):
+        with parallel.no_sync(module, i == 0):
+            (module(batch).loss / 2).backward()
+    norm = torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    return {k: v.tolist() for k, v in parallel.adapter_state(module).items()}, float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def _rank(rank: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    results = {s: _one_step(s, rank) for s in ("ddp", "fsdp")}
+    queue.put((rank, results))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_ddp_and_fsdp_take_the_same_step():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=180) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    (ddp, ddp_norm), (fsdp, fsdp_norm) = got[0]["ddp"], got[0]["fsdp"]
+    assert got[1]["ddp"][0] == got[1]["fsdp"][0] == {}  # gathered to rank 0 only
+    assert got[1]["ddp"][1] == ddp_norm  # the replicas' gradients were all-reduced
+    assert abs(ddp_norm - fsdp_norm) < 1e-4 * ddp_norm
+    assert ddp.keys() == fsdp.keys() and len(ddp) == 56
+    for k in ddp:
+        torch.testing.assert_close(torch.tensor(fsdp[k]), torch.tensor(ddp[k]), rtol=1e-4, atol=1e-5, msg=k)

@@ -1,0 +1,64 @@
+"""Run planning: step counts, and the checks that keep run names from mixing runs (no Ray needed)."""
+
+import json
+
+import pytest
+
+from orchestrator.config import ConfigError, load_config
+from orchestrator.training.driver import MARKER, plan_run, planned_steps, write_json
+
+
+def cfg_for(tmp_path, *overrides):
+    return load_config(None, [f"data.output={tmp_path / 'shards'}", f"storage.path={tmp_path / 'runs'}",
+                              f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides])
+
+
+def fake_manifest(tmp_path, name="chameleon", checkpoint="tiny", train=40, val=8):
+    d = tmp_path / "shards" / "chameleon"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "manifest.json").write_text(json.dumps({"backbone": {"name": name, "checkpoint": checkpoint},
+                                                 "outputs": {"train": train, "val": val, "rejected": 0}}))
+
+
+def test_planned_steps_by_steps_or_epochs(tmp_path):
+    c = cfg_for(tmp_path, "scaling.num_workers=2", "train.micro_batch=3", "train.grad_accum=2", "train.max_steps=100",
+                "train.max_epochs=3")
+    assert planned_steps(c, 40) == (3 * ((40 // 2) // 3)) // 2  # 3 epochs of 6 micro-batches, 2 per step = 9
+    assert planned_steps(c.model_copy(update={"train": c.train.model_copy(update={"max_epochs": None})}), 40) == 100
+    with pytest.raises(ConfigError, match="fewer than"):
+        planned_steps(c, 5)
+
+
+def test_plan_needs_matching_shards(tmp_path):
+    with pytest.raises(ConfigError, match="moss preprocess"):
+        plan_run(cfg_for(tmp_path))
+    fake_manifest(tmp_path, checkpoint="small")
+    with pytest.raises(ConfigError, match="tokenized for chameleon \\(small\\)"):
+        plan_run(cfg_for(tmp_path))
+
+
+def test_unnamed_runs_get_fresh_names(tmp_path):
+    fake_manifest(tmp_path)
+    a, b = plan_run(cfg_for(tmp_path)), plan_run(cfg_for(tmp_path))
+    assert a.name != b.name and a.name.startswith("chameleon-moss-") and a.mlflow_run_id is None
+
+
+def test_relaunch_must_match_the_marker(tmp_path):
+    fake_manifest(tmp_path)
+    cfg = cfg_for(tmp_path, "train.run_name=r1")
+    plan = plan_run(cfg)
+    write_json(f"{plan.run_dir}/{MARKER}", {"identity": plan.identity, "mlflow_run_id": "abc", "experiment": "moss",
+                                            "tracking_uri": plan.tracking_uri})
+    assert plan_run(cfg_for(tmp_path, "train.run_name=r1", "train.max_steps=500")).mlflow_run_id == "abc"
+    with pytest.raises(ConfigError, match="different backbone/adapter/data"):
+        plan_run(cfg_for(tmp_path, "train.run_name=r1", "adapter.kernel_size=5"))
+    with pytest.raises(ConfigError, match="same tracking settings"):
+        plan_run(cfg_for(tmp_path, "train.run_name=r1", "tracking.experiment=other"))
+
+
+def test_foreign_ray_run_is_not_adopted(tmp_path):
+    fake_manifest(tmp_path)
+    (tmp_path / "runs" / "r2").mkdir(parents=True)
+    (tmp_path / "runs" / "r2" / "checkpoint_manager_snapshot.json").write_text("{}")
+    with pytest.raises(ConfigError, match="did not create"):
+        plan_run(cfg_for(tmp_path, "train.run_name=r2"))
