@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-data clean
+.PHONY: install demo test test-fast bench bench-data bench-train clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(STAMP)
 
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py
+
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) demo_out benchmarks/results .pytest_cache

@@ -71,3 +71,40 @@ def randomize_adapter(model, seed: int = 0, std: float = 0.1) -> None:
         for name, p in model.named_parameters():
             if "lora_" in name and p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def run_gloo_ranks(body, world: int = 2, timeout: float = 180) -> dict:
+    """Run ``body(rank)`` in ``world`` spawned processes joined by a gloo process group on 127.0.0.1.
+
+    -> {rank: what body returned} (plain data: tensors shared with a dead process are gone).
+    ``body`` must be a module-level function (spawn pickles it by name).
+    """
+    import multiprocessing as mp
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_gloo_rank, args=(body, r, world, port, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=timeout) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return got
+
+
+def _gloo_rank(body, rank: int, world: int, port: int, queue) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    queue.put((rank, body(rank)))
+    dist.barrier()
+    dist.destroy_process_group()

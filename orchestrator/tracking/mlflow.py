@@ -169,6 +169,9 @@ class MetricsLogger:
         now = int(time.time() * 1000)
         self.mlc.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
+    def log_params(self, params: dict[str, str]) -> None:
+        log_params_once(self.mlc, self.run_id, params)
+
     def has_artifact(self, path: str) -> bool:
         parent, _, name = path.rpartition("/")
         return any(f.path == path for f in self.mlc.list_artifacts(self.run_id, parent or None))

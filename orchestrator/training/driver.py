@@ -130,6 +130,12 @@ def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
     plan.mlflow_run_id = marker["mlflow_run_id"]
 
 
+def ordered_ingest(names: list[str]) -> dict:
+    from ray.data import ExecutionOptions
+
+    return {name: ExecutionOptions(preserve_order=True) for name in names}
+
+
 def build_trainer(cfg: RunConfig, plan: RunPlan):
     import ray.data
     import ray.train
@@ -138,9 +144,10 @@ def build_trainer(cfg: RunConfig, plan: RunPlan):
 
     from .loop import train_loop
 
-    datasets = {"train": ray.data.read_parquet(f"{plan.shards}/split=train", columns=TRAIN_COLUMNS)}
-    if plan.val_rows:
-        datasets["val"] = ray.data.read_parquet(f"{plan.shards}/split=val", columns=TRAIN_COLUMNS)
+    splits = ["train", "val"] if plan.val_rows else ["train"]
+    datasets = {s: ray.data.read_parquet(f"{plan.shards}/split={s}", columns=TRAIN_COLUMNS) for s in splits}
+    for ds in datasets.values():
+        ds.context.enable_progress_bars = False  # re-read every epoch / eval: bars would drown the step log
     s, t = cfg.scaling, cfg.train
     return TorchTrainer(
         train_loop,
@@ -149,7 +156,9 @@ def build_trainer(cfg: RunConfig, plan: RunPlan):
                                                resources_per_worker=s.ray_resources(),
                                                placement_strategy=s.placement_strategy),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),  # val: every worker scores its share by record order
+        # val is not split: every worker scores its share by record order. Rows keep the shards' order
+        # (then each worker's seeded shuffle buffer), so a rerun sees the same data order
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ordered_ingest(splits)),
         run_config=ray.train.RunConfig(
             name=plan.name, storage_path=plan.storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),

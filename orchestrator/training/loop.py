@@ -9,6 +9,7 @@ hands back the latest checkpoint, which restores the adapter, optimizer, schedul
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
 import warnings
@@ -20,7 +21,7 @@ import torch
 
 from ..backbones import get_backbone
 from ..config import RunConfig
-from ..moss import apply_moss, load_adapter, save_adapter, unwrap
+from ..moss import apply_moss, load_adapter, save_adapter, trainable_parameters, unwrap
 from ..tracking.mlflow import MetricsLogger
 from . import parallel
 from .checkpoint import ADAPTER_DIR, TrainState, load_train_state, save_train_state
@@ -113,6 +114,37 @@ def ensure_final_adapter(module, logger: MetricsLogger | None, rank: int) -> Non
             logger.log_dir(save_adapter(parallel.inner(module).model, Path(d), state_dict=adapter), FINAL_ADAPTER)
 
 
+def optimizer_step(module, batches, optimizer, scheduler, trainable, tc, device, autocast, state: TrainState,
+                   total: int):
+    """grad_accum micro-batches (gradient sync on the last only), clip, step; advances ``state``."""
+    sums = [0.0] * 5
+    for i in range(tc.grad_accum):
+        try:
+            epoch, index, batch = next(batches)
+        except StopIteration:  # max_epochs: the driver plans total_steps from the row count
+            raise RuntimeError(f"the train shard ran out at step {state.step} of {total} planned") from None
+        with parallel.no_sync(module, i < tc.grad_accum - 1):
+            with autocast():
+                out = module(to_device(batch, device))
+            (out.loss / tc.grad_accum).backward()
+        add_loss(sums, out, batch)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.step, state.epoch, state.batch_in_epoch = state.step + 1, epoch, index + 1
+    return sums, batch, float(grad_norm), lr
+
+
+def progress_line(step: int, total: int, metrics: dict) -> str:
+    shown = {"loss": "train/loss", "text": "train/text_loss", "image": "train/image_loss", "val": "val/loss",
+             "val_text": "val/text_loss", "val_image": "val/image_loss"}
+    parts = [f"{label} {metrics[k]:.4f}" for label, k in shown.items() if k in metrics]
+    return (f"step {step}/{total} " + " ".join(parts) + f" lr {metrics['train/lr']:.2e} "
+            f"{metrics['train/tokens_per_s']:.0f} tok/s")
+
+
 def train_loop(loop_config: dict) -> dict:
     """Ray Train entry point. loop_config: {"config": resolved RunConfig dump, "run": RunPlan fields}."""
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -129,6 +161,7 @@ def train_loop(loop_config: dict) -> dict:
     ckpt = ray.train.get_checkpoint()
     with ckpt.as_directory() if ckpt else contextlib.nullcontext(None) as ckpt_dir:
         model, restored = setup_model(cfg, spec, ckpt_dir, bf16)
+    n_trainable = trainable_parameters(model)  # before FSDP shards it
     weights = (tc.text_weight, tc.image_weight)
     module = parallel.wrap(spec.loss_module(model, weights), tc.strategy, spec.decoder_layers(unwrap(model)), device)
     optimizer, scheduler = build_optimizer(module, tc, run["total_steps"])
@@ -138,8 +171,10 @@ def train_loop(loop_config: dict) -> dict:
         parallel.load_optimizer_state(module, optimizer, optim_state)
         scheduler.load_state_dict({**sched_state, "lr_lambdas": [None] * len(optimizer.param_groups)})
     logger = MetricsLogger(run["tracking_uri"], run["mlflow_run_id"]) if rank == 0 else None
-    if logger is not None and restored is not None:
-        logger.log({"resumed_from_step": state.step}, state.step)
+    if logger is not None:
+        logger.log_params({"trainable_parameters": str(n_trainable), "world_size": str(ctx.get_world_size())})
+        if restored is not None:
+            logger.log({"resumed_from_step": state.step}, state.step)
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -149,29 +184,16 @@ def train_loop(loop_config: dict) -> dict:
     batches = train_batches(ray.train.get_dataset_shard("train"), spec, tc.micro_batch, tc.shuffle_buffer, tc.seed,
                             state.epoch, state.batch_in_epoch, tc.max_epochs)
     trainable = [p for p in module.parameters() if p.requires_grad]
+    start_step = state.step
     module.train()
-    last_batch = None
     while state.step < total:
         t0 = time.perf_counter()
         reset_peak_memory(device)
-        sums = [0.0] * 5
-        for i in range(tc.grad_accum):
-            epoch, index, batch = next(batches)
-            last_batch = batch
-            with parallel.no_sync(module, i < tc.grad_accum - 1):
-                with autocast():
-                    out = module(to_device(batch, device))
-                (out.loss / tc.grad_accum).backward()
-            add_loss(sums, out, batch)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step, state.epoch, state.batch_in_epoch = state.step + 1, epoch, index + 1
+        sums, last_batch, grad_norm, lr = optimizer_step(module, batches, optimizer, scheduler, trainable, tc, device,
+                                                         autocast, state, total)
         sums = reduce_sums(sums, device)
         seconds = time.perf_counter() - t0
-        metrics = {**loss_metrics(sums, "train", weights), "train/lr": lr, "train/grad_norm": float(grad_norm),
+        metrics = {**loss_metrics(sums, "train", weights), "train/lr": lr, "train/grad_norm": grad_norm,
                    "train/tokens_per_s": sums[4] / seconds, "train/step_time_s": seconds,
                    "train/peak_mem_mb": peak_memory_mb(device)}
         final = state.step == total
@@ -179,9 +201,13 @@ def train_loop(loop_config: dict) -> dict:
             metrics.update(evaluate(module, spec, val_ds, cfg, device, autocast, last_batch))
         if logger is not None:
             logger.log(metrics, state.step)
+            if final or state.step % max(1, total // 20) == 0 or "val/loss" in metrics:
+                # not print(): Ray Train patches it to write both to stdout and its logger (each line twice)
+                sys.stdout.write(progress_line(state.step, total, metrics) + "\n")
+                sys.stdout.flush()
         checkpoint = state.step % tc.ckpt_every == 0 or final
         if checkpoint or any(k.startswith("val/") for k in metrics):
             report(metrics, state, module, optimizer, scheduler, checkpoint, rank, logger, final)
-    if restored is not None and restored[2].step >= total:
+    if state.step == start_step:  # relaunch of a finished run: no step, no report
         ensure_final_adapter(module, logger, rank)
     return {**state.metrics, "step": state.step}

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from orchestrator.moss import MossConfig, apply_moss, set_layout
-from tests.conftest import ADAPTERS, draw, mixed_batch, randomize_adapter, spec_for, text_batch
+from tests.conftest import ADAPTERS, draw, mixed_batch, randomize_adapter, run_gloo_ranks, spec_for, text_batch
 
 
 def test_forward_with_input_ids_derives_the_same_layout_as_the_batch(spec):
@@ -82,16 +77,7 @@ def test_bf16_autocast_forward_backward(label):
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "lora_A" in n)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_rank(rank: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
+def _ddp_rank(rank: int) -> list[float]:
     spec = spec_for("chameleon")
     model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
     randomize_adapter(model)
@@ -100,21 +86,9 @@ def _ddp_rank(rank: int, port: int, queue) -> None:
         spec.loss(ddp, mixed_batch(spec))
     batch = mixed_batch(spec) if rank == 0 else text_batch(spec)  # different data per rank
     ddp(batch).loss.backward()
-    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None])
-    queue.put((rank, grads.tolist()))  # plain data: a shared tensor dies with its process
-    dist.barrier()
-    dist.destroy_process_group()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None]).tolist()
 
 
 def test_ddp_all_reduces_gradients_through_the_loss_module():
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_rank, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = run_gloo_ranks(_ddp_rank)
     assert got[0] == got[1] and any(g != 0 for g in got[0])

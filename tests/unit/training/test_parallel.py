@@ -1,23 +1,12 @@
 """DDP and FSDP2 (2 ranks, gloo on CPU) take the same optimizer step: parity of the gathered adapter."""
 
-import os
-import socket
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from orchestrator.config import load_config
 from orchestrator.moss import MossConfig, apply_moss
 from orchestrator.training import parallel
 from orchestrator.training.optim import build_optimizer
-from tests.conftest import mixed_batch, randomize_adapter, spec_for, text_batch
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import mixed_batch, randomize_adapter, run_gloo_ranks, spec_for, text_batch
 
 
 def _one_step(strategy: str, rank: int) -> tuple[dict, float]:
@@ -37,27 +26,12 @@ def _one_step(strategy: str, rank: int) -> tuple[dict, float]:
     return {k: v.tolist() for k, v in parallel.adapter_state(module).items()}, float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def _rank(rank: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    results = {s: _one_step(s, rank) for s in ("ddp", "fsdp")}
-    queue.put((rank, results))
-    dist.barrier()
-    dist.destroy_process_group()
+def _both_strategies(rank: int) -> dict:
+    return {s: _one_step(s, rank) for s in ("ddp", "fsdp")}
 
 
 def test_ddp_and_fsdp_take_the_same_step():
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_rank, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=180) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = run_gloo_ranks(_both_strategies)
     (ddp, ddp_norm), (fsdp, fsdp_norm) = got[0]["ddp"], got[0]["fsdp"]
     assert got[1]["ddp"][0] == got[1]["fsdp"][0] == {}  # gathered to rank 0 only
     assert got[1]["ddp"][1] == ddp_norm  # the replicas' gradients were all-reduced
