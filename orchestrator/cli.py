@@ -25,8 +25,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if cfg.data.source is not None:
         files = list_files(cfg.data.sources())
         print(f"# data.source: {len(files)} file(s)")
+    print(f"# train: {train_check(cfg)}")
     print(f"# valid; config hash {cfg.config_hash()}")
     return 0
+
+
+def train_check(cfg) -> str:
+    """What `moss train` would do with this config, when its shards exist (raises ConfigError otherwise)."""
+    from .data.pipeline import output_dir
+    from .training.driver import absolute, plan_run, read_json
+
+    if read_json(f"{absolute(output_dir(cfg))}/manifest.json") is None:
+        return f"no shards yet in {output_dir(cfg)} (moss preprocess builds them)"
+    plan = plan_run(cfg)
+    verb = "resumes" if plan.mlflow_run_id else "starts"
+    return f"{verb} run {plan.name!r}: {plan.total_steps} steps over {plan.train_rows} train rows, {plan.val_rows} val rows"
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:

@@ -105,21 +105,25 @@ def find_run(mlc, experiment_id: str, run_name: str):
 
 
 def open_run(cfg, run_name: str, uri: str, run_id: str | None = None) -> tuple[str, bool]:
-    """Create the run, or reopen ``run_id`` (a relaunch); log params, config and tags. -> (run_id, resumed)."""
+    """Create the run (tagged with its name), or reopen ``run_id`` (a relaunch). -> (run_id, resumed)."""
     mlc = client(uri)
+    if run_id is not None:
+        mlc.update_run(run_id, status="RUNNING")
+        return run_id, True
     tags = redact({RUN_NAME_TAG: run_name, "moss.backbone": cfg.backbone.name, "moss.variant": cfg.adapter.variant,
                    **cfg.tracking.tags})
-    if run_id is None:
-        exp_id = ensure_experiment(mlc, cfg.tracking.experiment, uri)
-        run_id = mlc.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
-        resumed = False
-    else:
-        mlc.update_run(run_id, status="RUNNING")
-        resumed = True
+    exp_id = ensure_experiment(mlc, cfg.tracking.experiment, uri)
+    return mlc.create_run(exp_id, run_name=run_name, tags=tags).info.run_id, False
+
+
+def log_run_inputs(cfg, uri: str, run_id: str, resumed: bool) -> None:
+    """Params (new ones; changes on a relaunch as tags) and the resolved config, all redacted."""
+    mlc = client(uri)
     log_params_once(mlc, run_id, run_params(cfg))
-    mlc.set_tag(run_id, "moss.relaunches", str(int(mlc.get_run(run_id).data.tags.get("moss.relaunches", "-1")) + 1))
-    mlc.log_text(run_id, yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False), "config.yaml")
-    return run_id, resumed
+    launches = int(mlc.get_run(run_id).data.tags.get("moss.relaunches", "-1")) + 1
+    mlc.set_tag(run_id, "moss.relaunches", str(launches))
+    text = yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
+    mlc.log_text(run_id, text, f"relaunch-{launches}/config.yaml" if resumed else "config.yaml")
 
 
 def log_params_once(mlc, run_id: str, params: dict[str, str]) -> None:
@@ -153,7 +157,7 @@ def run_summary(uri: str, run_id: str) -> dict:
 def ui_hint(uri: str) -> str:
     if urlparse(uri).scheme in ("http", "https"):
         return f"open {redact_text(uri)}"
-    return f"mlflow ui --backend-store-uri {uri}"
+    return f"mlflow ui --backend-store-uri {redact_text(uri)}"
 
 
 class MetricsLogger:

@@ -14,11 +14,13 @@ from typing import Any
 MASK = "***"
 SECRET_NAME = re.compile(
     r"(token(?!iz|s)|secret|passw(or)?d|_pwd$|api[_-]?key|access[_-]?key|private[_-]?key|credential|(^|_)auth$|"
-    r"authorization|signature|(^|_)sig$)",
+    r"authorization|signature|(^|_)sig$|key$)",
     re.IGNORECASE,
 )
 _URL_PASSWORD = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<pw>[^/\s@]+)(?P<post>@)")
-_QUERY_PARAM = re.compile(r"(?P<pre>[?&](?P<name>[^=&#\s]+)=)(?P<val>[^&#\s]*)")
+_URL_USER_ONLY = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]+)(?P<post>@)")  # a token as user
+#: name=value after ? & # or ; (query strings, fragments, connection strings such as AccountKey=...)
+_QUERY_PARAM = re.compile(r"(?P<pre>[?&#;](?P<name>[^=&#;\s]+)=)(?P<val>[^&#;\s]*)")
 MIN_SECRET_LEN = 6  # shorter env values (e.g. "1", "true") are not masked inside other strings
 
 
@@ -38,6 +40,7 @@ def redact_text(text: str, secrets: list[str] | None = None) -> str:
     for value in secret_env_values() if secrets is None else secrets:
         text = text.replace(value, MASK)
     text = _URL_PASSWORD.sub(lambda m: m["pre"] + MASK + m["post"], text)
+    text = _URL_USER_ONLY.sub(lambda m: m["pre"] + MASK + m["post"], text)
     return _QUERY_PARAM.sub(lambda m: m["pre"] + (MASK if is_secret_name(m["name"]) else m["val"]), text)
 
 

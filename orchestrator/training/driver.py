@@ -8,6 +8,7 @@ MLflow run tracks it). Relaunching a name resumes that run; a name that is new s
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import secrets
 from dataclasses import asdict, dataclass
@@ -22,7 +23,6 @@ from .data import TRAIN_COLUMNS
 
 MARKER = "moss_run.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
-IDENTITY = ("backbone", "adapter", "data")  # a relaunch must match these; train/scaling may change
 
 
 @dataclass
@@ -36,6 +36,7 @@ class RunPlan:
     tracking_uri: str
     config_hash: str
     identity: str
+    micro_per_epoch: int = 0  # micro-batches each worker reads per epoch
     mlflow_run_id: str | None = None  # known when relaunching
     manifest: dict | None = None
 
@@ -45,7 +46,8 @@ class RunPlan:
 
     def loop_args(self) -> dict:
         return {"total_steps": self.total_steps, "tracking_uri": self.tracking_uri, "mlflow_run_id": self.mlflow_run_id,
-                "config_hash": self.config_hash, "has_val": self.val_rows > 0}
+                "config_hash": self.config_hash, "has_val": self.val_rows > 0,
+                "micro_per_epoch": self.micro_per_epoch}
 
 
 def absolute(path: str) -> str:
@@ -67,11 +69,15 @@ def write_json(path: str, payload: dict) -> None:
         f.write(json.dumps(payload, indent=2).encode())
 
 
+def micro_batches_per_epoch(cfg: RunConfig, train_rows: int) -> int:
+    """Each worker gets an equal share of the rows and drops its last incomplete micro-batch."""
+    return (train_rows // cfg.scaling.num_workers) // cfg.train.micro_batch
+
+
 def planned_steps(cfg: RunConfig, train_rows: int) -> int:
-    """max_steps, or fewer when max_epochs ends first (each worker gets an equal share of the rows)."""
+    """max_steps, or fewer when max_epochs ends first."""
     t = cfg.train
-    per_worker = train_rows // cfg.scaling.num_workers
-    micro_per_epoch = per_worker // t.micro_batch
+    micro_per_epoch = micro_batches_per_epoch(cfg, train_rows)
     if micro_per_epoch == 0:
         raise ConfigError(f"{train_rows} train rows give {cfg.scaling.num_workers} workers fewer than "
                           f"train.micro_batch={t.micro_batch} rows each")
@@ -80,6 +86,31 @@ def planned_steps(cfg: RunConfig, train_rows: int) -> int:
     if steps == 0:
         raise ConfigError(f"max_epochs={t.max_epochs} is less than one step of grad_accum={t.grad_accum} micro-batches")
     return steps
+
+
+#: settings a resumed run must keep: they fix the data position's meaning (micro-batches per worker), the
+#: data order, the objective and the optimizer state restored from the checkpoint
+RESUME_FIXED = ("train.seed", "train.micro_batch", "train.grad_accum", "train.shuffle_buffer", "train.lr",
+                "train.weight_decay", "train.betas", "train.warmup_steps", "train.min_lr_ratio", "train.text_weight",
+                "train.image_weight", "scaling.num_workers")
+
+
+def fixed_settings(cfg: RunConfig) -> dict:
+    dump = cfg.model_dump(mode="json")
+    out = {}
+    for key in RESUME_FIXED:
+        section, name = key.split(".")
+        out[key] = dump[section][name]
+    return out
+
+
+def run_identity(cfg: RunConfig, manifest: dict) -> str:
+    """What a relaunch must keep: backbone, adapter and the shards (the manifest's data config hash).
+
+    train / scaling / tracking settings may change between launches (e.g. more max_steps).
+    """
+    parts = {"model": cfg.config_hash("backbone", "adapter"), "shards": manifest.get("config_hash")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def new_run_name(cfg: RunConfig) -> str:
@@ -101,8 +132,9 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     storage = absolute(cfg.storage.path or "ray_results")
     plan = RunPlan(name=cfg.train.run_name or new_run_name(cfg), storage=storage, shards=shards,
                    train_rows=train_rows, val_rows=val_rows, total_steps=planned_steps(cfg, train_rows),
+                   micro_per_epoch=micro_batches_per_epoch(cfg, train_rows),
                    tracking_uri=tracking.tracking_uri(cfg.tracking.tracking_uri), config_hash=cfg.config_hash(),
-                   identity=cfg.config_hash(*IDENTITY), manifest=manifest)
+                   identity=run_identity(cfg, manifest), manifest=manifest)
     check_relaunch(cfg, plan)
     return plan
 
@@ -123,7 +155,12 @@ def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
         return
     if marker["identity"] != plan.identity:
         raise ConfigError(f"run {plan.name!r} in {plan.storage} was started with a different backbone/adapter/data "
-                          f"config (hash {marker['identity']}, now {plan.identity}): choose a new train.run_name")
+                          f"(shards) config (hash {marker['identity']}, now {plan.identity}): choose a new train.run_name")
+    changed = {k: (v, marker["fixed"].get(k)) for k, v in fixed_settings(cfg).items() if marker["fixed"].get(k) != v}
+    if changed:
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in changed.items())
+        raise ConfigError(f"run {plan.name!r} cannot resume with changed {listed} (they fix its data position, "
+                          "objective or optimizer state): keep them, or choose a new train.run_name")
     if marker["tracking_uri"] != redact_text(plan.tracking_uri) or marker["experiment"] != cfg.tracking.experiment:
         raise ConfigError(f"run {plan.name!r} is tracked in experiment {marker['experiment']!r} at "
                           f"{marker['tracking_uri']}; relaunch it with the same tracking settings")
@@ -171,13 +208,16 @@ def run_training(cfg: RunConfig, plan: RunPlan) -> dict:
     """Open (or reopen) the MLflow run, fit, close the run; -> the summary. Ray must be initialised."""
     run_id, resumed = tracking.open_run(cfg, plan.name, plan.tracking_uri, plan.mlflow_run_id)
     plan.mlflow_run_id = run_id
-    if not resumed:
-        tracking.log_manifest(plan.tracking_uri, run_id, plan.manifest)
+    if not resumed:  # first thing after creating the run, so a relaunch always finds it
         write_json(f"{plan.run_dir}/{MARKER}", {
-            "identity": plan.identity, "mlflow_run_id": run_id, "experiment": cfg.tracking.experiment,
-            "tracking_uri": redact_text(plan.tracking_uri), "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "identity": plan.identity, "fixed": fixed_settings(cfg), "mlflow_run_id": run_id,
+            "experiment": cfg.tracking.experiment, "tracking_uri": redact_text(plan.tracking_uri),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         })
     try:
+        tracking.log_run_inputs(cfg, plan.tracking_uri, run_id, resumed)
+        if not resumed:
+            tracking.log_manifest(plan.tracking_uri, run_id, plan.manifest)
         result = build_trainer(cfg, plan).fit()
     except BaseException as err:
         tracking.finish_run(plan.tracking_uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")

@@ -20,6 +20,7 @@ import ray.train.torch
 import torch
 
 from ..backbones import get_backbone
+from ..backbones.base import IGNORE_INDEX
 from ..config import RunConfig
 from ..moss import apply_moss, load_adapter, save_adapter, trainable_parameters, unwrap
 from ..tracking.mlflow import MetricsLogger
@@ -59,7 +60,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def evaluate(module, spec, val_ds, cfg: RunConfig, device, autocast, pad_batch) -> dict:
-    """Per-modality loss and perplexity over the whole val split, each worker scoring a share of it."""
+    """Per-modality loss and perplexity over the whole val split, each worker scoring a share of it.
+
+    val/loss weights the modalities like train/loss; the per-modality losses and perplexities are plain.
+    """
     ctx = ray.train.get_context()
     fsdp = cfg.train.strategy == "fsdp" and parallel.distributed()
     model = module if fsdp else parallel.inner(module)  # FSDP gathers parameters inside forward: all ranks run it
@@ -79,7 +83,7 @@ def evaluate(module, spec, val_ds, cfg: RunConfig, device, autocast, pad_batch) 
             if batch is not None:
                 add_loss(sums, out, batch)
     model.train()
-    return loss_metrics(reduce_sums(sums, device), "val", ppl=True)
+    return loss_metrics(reduce_sums(sums, device), "val", (cfg.train.text_weight, cfg.train.image_weight), ppl=True)
 
 
 def save_checkpoint(module, optimizer, scheduler, state: TrainState, directory: Path, rank: int) -> None:
@@ -116,17 +120,26 @@ def ensure_final_adapter(module, logger: MetricsLogger | None, rank: int) -> Non
 
 def optimizer_step(module, batches, optimizer, scheduler, trainable, tc, device, autocast, state: TrainState,
                    total: int):
-    """grad_accum micro-batches (gradient sync on the last only), clip, step; advances ``state``."""
-    sums = [0.0] * 5
-    for i in range(tc.grad_accum):
+    """grad_accum micro-batches (gradient sync on the last only), clip, step; advances ``state``.
+
+    The gradient is that of the logged loss: the weighted CE summed over every target token of the
+    step on all workers, divided by their global count (each micro-batch's sum is scaled by
+    world / global count, since DDP and FSDP average gradients over workers).
+    """
+    micro = []
+    for _ in range(tc.grad_accum):
         try:
-            epoch, index, batch = next(batches)
+            micro.append(next(batches))
         except StopIteration:  # max_epochs: the driver plans total_steps from the row count
             raise RuntimeError(f"the train shard ran out at step {state.step} of {total} planned") from None
+    n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for _, _, b in micro)
+    scale = parallel.world_size() / max(parallel.all_reduce([n_local], device)[0], 1)
+    sums = [0.0] * 5
+    for i, (epoch, index, batch) in enumerate(micro):
         with parallel.no_sync(module, i < tc.grad_accum - 1):
             with autocast():
                 out = module(to_device(batch, device))
-            (out.loss / tc.grad_accum).backward()
+            (out.loss * ((out.n_text + out.n_image) * scale)).backward()
         add_loss(sums, out, batch)
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
     lr = scheduler.get_last_lr()[0]
@@ -181,8 +194,11 @@ def train_loop(loop_config: dict) -> dict:
 
     total = run["total_steps"]
     val_ds = ray.train.get_dataset_shard("val") if run["has_val"] else None
+    epoch, skip = state.epoch, state.batch_in_epoch
+    if skip >= run["micro_per_epoch"]:  # the checkpoint ended an epoch: start the next, no rows to skip
+        epoch, skip = epoch + 1, 0
     batches = train_batches(ray.train.get_dataset_shard("train"), spec, tc.micro_batch, tc.shuffle_buffer, tc.seed,
-                            state.epoch, state.batch_in_epoch, tc.max_epochs)
+                            epoch, skip, tc.max_epochs)
     trainable = [p for p in module.parameters() if p.requires_grad]
     start_step = state.step
     module.train()

@@ -24,16 +24,20 @@ def distributed() -> bool:
 
 def wrap(loss_module: nn.Module, strategy: str, decoder_layers: nn.ModuleList, device: torch.device) -> nn.Module:
     """DDP (each worker a full replica) or FSDP2 (each decoder layer sharded, then the rest)."""
-    loss_module.to(device)
     if not distributed():
-        return loss_module
+        return loss_module.to(device)
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        # shard on the host first, so no GPU ever holds the whole model; then move shards and buffers
         for layer in decoder_layers:
             fully_shard(layer)
         fully_shard(loss_module)
-        return loss_module
+        # a rank whose step saw no image gives the image branch no gradient: reduce zeros for it, or the
+        # ranks' reduce-scatters would not match
+        loss_module.set_reduce_scatter_unused_params(True)
+        return loss_module.to(device)
+    loss_module.to(device)
     device_ids = [device.index] if device.type == "cuda" else None
     # a micro-batch without images leaves the image branch unused on that worker
     return nn.parallel.DistributedDataParallel(loss_module, device_ids=device_ids, find_unused_parameters=True)
@@ -74,6 +78,10 @@ def optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict
 
 def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if distributed() else 1
 
 
 def all_reduce(values: list[float], device: torch.device, op=None) -> list[float]:

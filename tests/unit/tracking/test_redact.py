@@ -4,7 +4,7 @@ from orchestrator.tracking.redact import MASK, is_secret_name, redact, redact_te
 
 def test_secret_names():
     for name in ("HF_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY", "OPENAI_API_KEY", "api-key",
-                 "DB_PWD", "GOOGLE_APPLICATION_CREDENTIALS", "auth", "X-Amz-Signature"):
+                 "DB_PWD", "GOOGLE_APPLICATION_CREDENTIALS", "auth", "X-Amz-Signature", "key", "AccountKey"):
         assert is_secret_name(name), name
     for name in ("PWD", "OLDPWD", "RAY_AUTH_MODE", "tokenize_actors", "author", "n_tokens_max", "PATH"):
         assert not is_secret_name(name), name
@@ -22,6 +22,11 @@ def test_urls_lose_passwords_and_secret_query_parameters():
     assert redact_text(text, []) == (f"http://alice:{MASK}@mlflow.internal:5000/x?token={MASK}&page=2 "
                                      f"s3://b/k?X-Amz-Signature={MASK}&X-Amz-Date=1")
     assert redact_text("sqlite:////tmp/x/mlflow.db", []) == "sqlite:////tmp/x/mlflow.db"
+    assert redact_text("https://ghp_abc123@github.com/o/r.git", []) == f"https://{MASK}@github.com/o/r.git"
+    assert redact_text("https://maps.example/api?key=AIzaXYZ#access_token=t0k", []) == (
+        f"https://maps.example/api?key={MASK}#access_token={MASK}")
+    assert redact_text("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0;EndpointSuffix=x", []) == (
+        f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={MASK};EndpointSuffix=x")
 
 
 def test_tree_values_under_secret_keys_are_masked_and_others_kept():

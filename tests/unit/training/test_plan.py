@@ -5,7 +5,7 @@ import json
 import pytest
 
 from orchestrator.config import ConfigError, load_config
-from orchestrator.training.driver import MARKER, plan_run, planned_steps, write_json
+from orchestrator.training.driver import MARKER, fixed_settings, plan_run, planned_steps, write_json
 
 
 def cfg_for(tmp_path, *overrides):
@@ -47,9 +47,12 @@ def test_relaunch_must_match_the_marker(tmp_path):
     fake_manifest(tmp_path)
     cfg = cfg_for(tmp_path, "train.run_name=r1")
     plan = plan_run(cfg)
-    write_json(f"{plan.run_dir}/{MARKER}", {"identity": plan.identity, "mlflow_run_id": "abc", "experiment": "moss",
-                                            "tracking_uri": plan.tracking_uri})
-    assert plan_run(cfg_for(tmp_path, "train.run_name=r1", "train.max_steps=500")).mlflow_run_id == "abc"
+    write_json(f"{plan.run_dir}/{MARKER}", {"identity": plan.identity, "fixed": fixed_settings(cfg),
+                                            "mlflow_run_id": "abc", "experiment": "moss", "tracking_uri": plan.tracking_uri})
+    assert plan_run(cfg_for(tmp_path, "train.run_name=r1", "train.max_steps=500", "train.eval_every=7",
+                            "train.strategy=fsdp")).mlflow_run_id == "abc"
+    with pytest.raises(ConfigError, match=r"changed train.lr: 0.0002 -> 0.001, scaling.num_workers: 1 -> 4"):
+        plan_run(cfg_for(tmp_path, "train.run_name=r1", "train.lr=1e-3", "scaling.num_workers=4"))
     with pytest.raises(ConfigError, match="different backbone/adapter/data"):
         plan_run(cfg_for(tmp_path, "train.run_name=r1", "adapter.kernel_size=5"))
     with pytest.raises(ConfigError, match="same tracking settings"):
@@ -62,3 +65,17 @@ def test_foreign_ray_run_is_not_adopted(tmp_path):
     (tmp_path / "runs" / "r2" / "checkpoint_manager_snapshot.json").write_text("{}")
     with pytest.raises(ConfigError, match="did not create"):
         plan_run(cfg_for(tmp_path, "train.run_name=r2"))
+
+
+def test_validate_reports_what_train_would_do(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    base = ["--set", f"data.output={tmp_path / 'shards'}", "--set", f"storage.path={tmp_path / 'runs'}",
+            "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "--set", "train.run_name=r3"]
+    assert main(["validate", *base]) == 0
+    assert "# train: no shards yet" in capsys.readouterr().out
+    fake_manifest(tmp_path, train=40, val=8)
+    assert main(["validate", *base, "--set", "train.max_steps=7"]) == 0
+    assert "# train: starts run 'r3': 7 steps over 40 train rows, 8 val rows" in capsys.readouterr().out
+    assert main(["validate", *base, "--set", "train.micro_batch=50"]) == 2
+    assert "fewer than train.micro_batch=50" in capsys.readouterr().err
