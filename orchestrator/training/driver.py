@@ -156,7 +156,8 @@ def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
     if marker["identity"] != plan.identity:
         raise ConfigError(f"run {plan.name!r} in {plan.storage} was started with a different backbone/adapter/data "
                           f"(shards) config (hash {marker['identity']}, now {plan.identity}): choose a new train.run_name")
-    changed = {k: (v, marker["fixed"].get(k)) for k, v in fixed_settings(cfg).items() if marker["fixed"].get(k) != v}
+    fixed = marker.get("fixed", {})
+    changed = {k: (v, fixed.get(k)) for k, v in fixed_settings(cfg).items() if fixed.get(k) != v}
     if changed:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in changed.items())
         raise ConfigError(f"run {plan.name!r} cannot resume with changed {listed} (they fix its data position, "
