@@ -76,10 +76,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("config", nargs=None if required else "?", help="run config YAML")
+def _config_command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+    """A subcommand taking an optional run config YAML and repeatable --set overrides."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("config", nargs="?", help="run config YAML (default: every default of orchestrator/config.py)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted config key, e.g. --set data.max_seq_len=1024 (repeatable)")
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,16 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=30)
     demo.add_argument("--out", default="demo_out", help="folder for the sample set, its shards and demo.json")
     demo.set_defaults(func=cmd_demo)
-    validate = sub.add_parser("validate", help="check a config (and that its data source exists) without starting Ray")
-    _config_args(validate, required=False)
-    validate.set_defaults(func=cmd_validate)
-    pre = sub.add_parser("preprocess", help="LeafInstruct records -> tokenized shards with Ray Data")
-    _config_args(pre, required=False)
+    _config_command(sub, "validate", cmd_validate,
+                    "check a config (its data source, and what `moss train` would do) without starting Ray")
+    pre = _config_command(sub, "preprocess", cmd_preprocess, "LeafInstruct records -> tokenized shards with Ray Data")
     pre.add_argument("--local", action="store_true", help="run the same stages in one process, without Ray")
-    pre.set_defaults(func=cmd_preprocess)
-    train = sub.add_parser("train", help="fine-tune an adapter on the shards with Ray Train, tracked in MLflow")
-    _config_args(train, required=False)
-    train.set_defaults(func=cmd_train)
+    _config_command(sub, "train", cmd_train, "fine-tune an adapter on the shards with Ray Train, tracked in MLflow")
     sample = sub.add_parser("sample", help="write the bundled LeafInstruct-format sample set (PIL-drawn images)")
     sample.add_argument("out", help="folder to write into")
     sample.add_argument("--per-domain", type=int, default=60)

@@ -27,7 +27,7 @@ from ..tracking.mlflow import MetricsLogger
 from . import parallel
 from .checkpoint import ADAPTER_DIR, TrainState, load_train_state, save_train_state
 from .data import train_batches, val_batches
-from .metrics import add_loss, loss_metrics, peak_memory_mb, reduce_sums, reset_peak_memory
+from .metrics import add_loss, loss_metrics, peak_memory_mb, reset_peak_memory
 from .optim import build_optimizer
 
 FINAL_ADAPTER = "adapter"  # MLflow artifact path of the final adapter
@@ -83,7 +83,8 @@ def evaluate(module, spec, val_ds, cfg: RunConfig, device, autocast, pad_batch) 
             if batch is not None:
                 add_loss(sums, out, batch)
     model.train()
-    return loss_metrics(reduce_sums(sums, device), "val", (cfg.train.text_weight, cfg.train.image_weight), ppl=True)
+    weights = (cfg.train.text_weight, cfg.train.image_weight)
+    return loss_metrics(parallel.all_reduce(sums, device), "val", weights, ppl=True)
 
 
 def save_checkpoint(module, optimizer, scheduler, state: TrainState, directory: Path, rank: int) -> None:
@@ -207,7 +208,7 @@ def train_loop(loop_config: dict) -> dict:
         reset_peak_memory(device)
         sums, last_batch, grad_norm, lr = optimizer_step(module, batches, optimizer, scheduler, trainable, tc, device,
                                                          autocast, state, total)
-        sums = reduce_sums(sums, device)
+        sums = parallel.all_reduce(sums, device)
         seconds = time.perf_counter() - t0
         metrics = {**loss_metrics(sums, "train", weights), "train/lr": lr, "train/grad_norm": grad_norm,
                    "train/tokens_per_s": sums[4] / seconds, "train/step_time_s": seconds,

@@ -7,8 +7,6 @@ import resource
 
 import torch
 
-from .parallel import all_reduce
-
 # sums carried per step / eval: text CE sum, text targets, image CE sum, image targets, tokens seen
 TEXT_SUM, N_TEXT, IMAGE_SUM, N_IMAGE, TOKENS = range(5)
 
@@ -38,10 +36,6 @@ def loss_metrics(sums: list[float], prefix: str, weights: tuple[float, float] = 
     if ppl and n:
         out[f"{prefix}/ppl"] = math.exp(min((sums[TEXT_SUM] + sums[IMAGE_SUM]) / n, 50.0))
     return out
-
-
-def reduce_sums(sums: list[float], device: torch.device) -> list[float]:
-    return all_reduce(sums, device)
 
 
 def reset_peak_memory(device: torch.device) -> None:
