@@ -1,4 +1,4 @@
-"""`ray job submit ... -- python jobs/demo.py [--steps N]`: the tiny-backbone demo as a Ray job."""
+"""`ray job submit ... -- python jobs/demo.py [--out DIR]`: the demo (sample -> shards -> smoke sweep -> report)."""
 
 import sys
 

@@ -8,18 +8,19 @@ import warnings
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import SMOKE, run_demo
 
-    rows = run_demo(backbones=args.backbones, steps=args.steps, out_dir=args.out)
-    fell = [r for r in rows if r["after"]["loss"] < r["before"]["loss"]]
-    print(f"demo: {len(rows)} runs (backbone x adapter), training loss fell in {len(fell)}")
-    return 0 if len(fell) == len(rows) else 1
+    summary = run_demo(out_dir=args.out, space=args.space or SMOKE, per_domain=args.per_domain, extra=args.set)
+    return 0 if summary["errors"] == 0 else 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data.sources import list_files
+    from .sweeps.space import is_space_file
 
+    if args.config and is_space_file(args.config):
+        return validate_space(args)
     cfg = load_config(args.config, args.set)
     print(cfg.to_yaml(), end="")
     if cfg.data.source is not None:
@@ -27,6 +28,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"# data.source: {len(files)} file(s)")
     print(f"# train: {train_check(cfg)}")
     print(f"# valid; config hash {cfg.config_hash()}")
+    return 0
+
+
+def validate_space(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .sweeps.tuner import absolutize, describe_plan, plan_sweep
+    from .sweeps.space import load_space
+
+    space = load_space(args.config, args.set)
+    absolutize(space)
+    print(space.base_config().to_yaml(), end="")
+    print(space.describe())
+    try:
+        print(f"# {describe_plan(plan_sweep(args.config, args.set))}")
+    except ConfigError as e:
+        if "no shards" not in str(e):
+            raise
+        print(f"# shards missing, `moss sweep` would stop: {e}")
+    print(f"# valid search space; digest {space.digest}")
     return 0
 
 
@@ -38,7 +58,7 @@ def train_check(cfg) -> str:
     if read_json(f"{absolute(output_dir(cfg))}/manifest.json") is None:
         return f"no shards yet in {output_dir(cfg)} (moss preprocess builds them)"
     plan = plan_run(cfg)
-    verb = "resumes" if plan.mlflow_run_id else "starts"
+    verb = "resumes" if plan.relaunch else "starts"
     return f"{verb} run {plan.name!r}: {plan.total_steps} steps over {plan.train_rows} train rows, {plan.val_rows} val rows"
 
 
@@ -68,6 +88,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .runtime import init_ray
+    from .sweeps.tuner import describe_plan, format_summary, plan_sweep, run_sweep
+
+    plan = plan_sweep(args.space, args.set, name=args.name, resume=args.resume)
+    print(f"sweep: {describe_plan(plan)}; Tune state in {plan.sweep_dir}", flush=True)
+    init_ray()
+    summary = run_sweep(plan, report_dir=args.report_dir)
+    print(format_summary(summary))
+    return 0 if summary["errors"] == 0 else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .tracking.compare import build_report
+    from .tracking.mlflow import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    try:
+        report = build_report(uri, parent_run_id=args.parent_run, experiment=args.experiment, metric=args.metric,
+                              mode=args.mode, out_dir=args.out)
+    except LookupError as e:
+        raise ConfigError(str(e)) from None
+    c = report["comparison"]
+    print(f"compare: {len(c.rows)} runs of {c.source}, by {c.metric} ({c.mode})")
+    print(report["table_text"])
+    print(f"report: {report['markdown']}; plots: {', '.join(report['plots'])}")
+    if c.parent_run_id:
+        print(f"logged to MLflow run {c.parent_run_id} (artifacts: report/)")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .data.sample import write_sample
 
@@ -89,18 +141,36 @@ def _config_command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moss", description="MoSS experiments on Ray + MLflow")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
-        "demo", help="sample set -> Ray Data shards -> a few training steps of every adapter variant, per tiny backbone"
-    )
-    demo.add_argument("--backbones", nargs="+", default=["chameleon", "emu3", "janus"])
-    demo.add_argument("--steps", type=int, default=30)
-    demo.add_argument("--out", default="demo_out", help="folder for the sample set, its shards and demo.json")
+    demo = sub.add_parser("demo", help="sample set -> Ray Data shards -> the smoke sweep (Tune + Train + MLflow) -> report")
+    demo.add_argument("--out", default="demo_out", help="folder for everything it writes (sample, shards, runs, report)")
+    demo.add_argument("--space", help="search space (default: search_spaces/smoke.yaml)")
+    demo.add_argument("--per-domain", type=int, default=60, help="sample records per domain")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a dotted key of the space's base config (repeatable)")
     demo.set_defaults(func=cmd_demo)
     _config_command(sub, "validate", cmd_validate,
                     "check a config (its data source, and what `moss train` would do) without starting Ray")
     pre = _config_command(sub, "preprocess", cmd_preprocess, "LeafInstruct records -> tokenized shards with Ray Data")
     pre.add_argument("--local", action="store_true", help="run the same stages in one process, without Ray")
     _config_command(sub, "train", cmd_train, "fine-tune an adapter on the shards with Ray Train, tracked in MLflow")
+    sweep = sub.add_parser("sweep", help="a Ray Tune sweep over a search space; MLflow parent + child runs; report")
+    sweep.add_argument("space", help="search space YAML (search_spaces/*.yaml)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a dotted key of the space's base config (repeatable)")
+    sweep.add_argument("--name", help="sweep name (default: <space>-<time>-<hex>); names its Tune state and parent run")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue an interrupted sweep (--name, else the latest of this space)")
+    sweep.add_argument("--report-dir", help="where the report goes (default: report/<sweep name>)")
+    sweep.set_defaults(func=cmd_sweep)
+    compare = sub.add_parser("compare", help="compare runs in MLflow: tables, plots, markdown report")
+    which = compare.add_mutually_exclusive_group()
+    which.add_argument("--parent-run", help="a sweep's parent run id")
+    which.add_argument("--experiment", help="the latest sweep of this experiment, else all its training runs")
+    compare.add_argument("--metric", help="default: the sweep's metric, else val/loss")
+    compare.add_argument("--mode", choices=["min", "max"], help="default: the sweep's mode, else min")
+    compare.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    compare.add_argument("--out", default="report/compare", help="folder for report.md, results.json and plots")
+    compare.set_defaults(func=cmd_compare)
     sample = sub.add_parser("sample", help="write the bundled LeafInstruct-format sample set (PIL-drawn images)")
     sample.add_argument("out", help="folder to write into")
     sample.add_argument("--per-domain", type=int, default=60)

@@ -164,6 +164,9 @@ class ScalingSection(Section):
     #: extra Ray resources per worker, e.g. {"accelerator_type:H100": 0.001} or a custom node label
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    #: CPUs each Ray Data read task of the shards takes (reading parquet is light). Ray Data's listing
+    #: task still takes a whole CPU: keep one free beside the workers of all concurrent runs
+    ingest_cpus_per_task: float = Field(0.25, gt=0)
 
     def ray_resources(self) -> dict[str, float]:
         res = {"CPU": self.cpus_per_worker, **self.resources_per_worker}
@@ -210,38 +213,65 @@ def apply_override(tree: dict, assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
-    parts = key.strip().split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {assignment!r}: {p!r} is not a section")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw  # e.g. a glob such as *.jsonl (YAML reads * as an alias)
-    node[parts[-1]] = raw if isinstance(value, (dt.date, dt.datetime)) else value
+    set_dotted(tree, key.strip(), raw if isinstance(value, (dt.date, dt.datetime)) else value, f"--set {assignment!r}")
+
+
+def set_dotted(tree: dict, key: str, value: Any, where: str = "") -> None:
+    """tree["a"]["b"] = value for key "a.b"; a mapping value merges into a mapping already there."""
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where or key}: {p!r} is not a section")
+    old = node.get(parts[-1])
+    if isinstance(value, dict) and isinstance(old, dict):
+        for k, v in value.items():
+            set_dotted(old, k, v, where)
+    else:
+        node[parts[-1]] = value
+
+
+def get_dotted(tree: dict, key: str, default: Any = None) -> Any:
+    node: Any = tree
+    for p in key.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return default
+        node = node[p]
+    return node
+
+
+def validate_tree(tree: dict, where: str | Path | None = None) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping; ConfigError otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, got {type(tree).__name__}")
+    return tree
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """YAML file (or nothing: all defaults) + overrides -> a validated RunConfig; ConfigError otherwise."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(tree).__name__}")
+    tree: dict[str, Any] = read_yaml(path) if path is not None else {}
     for assignment in overrides:
         apply_override(tree, assignment)
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, path)) from None
+    return validate_tree(tree, path)
 
 
 def format_validation_error(error: ValidationError, path) -> str:

@@ -104,16 +104,19 @@ def find_run(mlc, experiment_id: str, run_name: str):
     return runs[0] if runs else None
 
 
-def open_run(cfg, run_name: str, uri: str, run_id: str | None = None) -> tuple[str, bool]:
-    """Create the run (tagged with its name), or reopen ``run_id`` (a relaunch). -> (run_id, resumed)."""
+def run_tags(cfg, run_name: str) -> dict[str, str]:
+    return redact({RUN_NAME_TAG: run_name, "moss.backbone": cfg.backbone.name, "moss.variant": cfg.adapter.variant,
+                   **cfg.tracking.tags})
+
+
+def open_run(cfg, run_name: str, uri: str, run_id: str | None = None, extra_tags: dict | None = None) -> str:
+    """Create the run (tagged with its name), or reopen ``run_id`` (a relaunch, or a sweep's child run)."""
     mlc = client(uri)
     if run_id is not None:
         mlc.update_run(run_id, status="RUNNING")
-        return run_id, True
-    tags = redact({RUN_NAME_TAG: run_name, "moss.backbone": cfg.backbone.name, "moss.variant": cfg.adapter.variant,
-                   **cfg.tracking.tags})
+        return run_id
     exp_id = ensure_experiment(mlc, cfg.tracking.experiment, uri)
-    return mlc.create_run(exp_id, run_name=run_name, tags=tags).info.run_id, False
+    return mlc.create_run(exp_id, run_name=run_name, tags={**run_tags(cfg, run_name), **(extra_tags or {})}).info.run_id
 
 
 def log_run_inputs(cfg, uri: str, run_id: str, resumed: bool) -> None:
@@ -143,8 +146,11 @@ def log_manifest(uri: str, run_id: str, manifest: dict) -> None:
     client(uri).log_text(run_id, json.dumps(redact(manifest), indent=2), "data/manifest.json")
 
 
-def finish_run(uri: str, run_id: str, status: str) -> None:
-    client(uri).set_terminated(run_id, status=status)
+def finish_run(uri: str, run_id: str, status: str, only_if_running: bool = False) -> None:
+    mlc = client(uri)
+    if only_if_running and mlc.get_run(run_id).info.status != "RUNNING":
+        return
+    mlc.set_terminated(run_id, status=status)
 
 
 def run_summary(uri: str, run_id: str) -> dict:

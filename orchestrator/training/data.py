@@ -40,18 +40,36 @@ def train_batches(shard, spec, micro_batch: int, shuffle_buffer: int, seed: int,
         epoch, skip = epoch + 1, 0
 
 
-def val_batches(dataset, spec, micro_batch: int, rank: int, world: int, max_batches: int | None) -> Iterator[dict]:
-    """This worker's part of the (unsplit) val split: rows whose record order is rank mod world."""
-    rows, n = [], 0
-    for table in dataset.iter_batches(batch_size=256, batch_format="pyarrow"):
-        for row in table.to_pylist():
-            if row["order"] % world != rank:
-                continue
-            rows.append(row)
-            if len(rows) == micro_batch:
-                yield collate_rows(spec, rows)
-                rows, n = [], n + 1
-                if max_batches is not None and n >= max_batches:
-                    return
-    if rows:
-        yield collate_rows(spec, rows)
+class ValRows:
+    """This worker's part of the (unsplit) val split: rows whose record order is rank mod world.
+
+    Read from Ray Data once and kept as Arrow (at most eval_max_batches x micro_batch rows when that is
+    set): every read starts a Ray Data execution, which cost seconds per eval on a small split.
+    """
+
+    def __init__(self, dataset, micro_batch: int, rank: int, world: int, max_batches: int | None):
+        self.dataset, self.micro_batch, self.rank, self.world = dataset, micro_batch, rank, world
+        self.limit = max_batches * micro_batch if max_batches is not None else None
+        self.table = None
+
+    def _read(self):
+        import pyarrow as pa
+
+        parts, n = [], 0
+        for table in self.dataset.iter_batches(batch_size=256, batch_format="pyarrow"):
+            mine = table.filter(pa.array(table["order"].to_numpy() % self.world == self.rank))
+            if self.limit is not None:
+                mine = mine.slice(0, self.limit - n)
+            parts.append(mine)
+            n += mine.num_rows
+            if self.limit is not None and n >= self.limit:
+                break
+        return pa.concat_tables(parts) if parts else None
+
+    def batches(self, spec) -> Iterator[dict]:
+        if self.table is None:
+            self.table = self._read()
+        if self.table is None:
+            return
+        for start in range(0, self.table.num_rows, self.micro_batch):
+            yield collate_rows(spec, self.table.slice(start, self.micro_batch).to_pylist())

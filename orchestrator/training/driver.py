@@ -37,7 +37,8 @@ class RunPlan:
     config_hash: str
     identity: str
     micro_per_epoch: int = 0  # micro-batches each worker reads per epoch
-    mlflow_run_id: str | None = None  # known when relaunching
+    mlflow_run_id: str | None = None  # known when relaunching (or given: a sweep's child run)
+    relaunch: bool = False  # the run name was launched before (its marker exists)
     manifest: dict | None = None
 
     @property
@@ -118,23 +119,34 @@ def new_run_name(cfg: RunConfig) -> str:
     return f"{cfg.backbone.name}-{cfg.adapter.variant}-{stamp}-{secrets.token_hex(2)}"
 
 
-def plan_run(cfg: RunConfig) -> RunPlan:
-    """Every check that needs no Ray: shards and manifest, run name vs what storage and MLflow hold."""
+def load_manifest(cfg: RunConfig) -> tuple[str, dict]:
+    """The config's shards (absolute) and their manifest; ConfigError when missing or for another backbone."""
     shards = absolute(output_dir(cfg))
     manifest = read_json(f"{shards}/manifest.json")
     if manifest is None:
-        raise ConfigError(f"no shards at {shards} (manifest.json missing): run `moss preprocess` with this config first")
+        raise ConfigError(f"no shards at {shards} (manifest.json missing): run `moss preprocess` with this config "
+                          f"(backbone {cfg.backbone.name}) first")
     made_for = manifest["backbone"]
     if (made_for["name"], made_for["checkpoint"]) != (cfg.backbone.name, cfg.backbone.checkpoint):
         raise ConfigError(f"the shards in {shards} were tokenized for {made_for['name']} ({made_for['checkpoint']}), "
                           f"not {cfg.backbone.name} ({cfg.backbone.checkpoint})")
+    return shards, manifest
+
+
+def plan_run(cfg: RunConfig, mlflow_run_id: str | None = None) -> RunPlan:
+    """Every check that needs no Ray: shards and manifest, run name vs what storage and MLflow hold.
+
+    ``mlflow_run_id``: the MLflow run this launch must log into (a sweep trial's child run, created
+    before the trial can fail); a relaunch must have been tracked by that same run.
+    """
+    shards, manifest = load_manifest(cfg)
     train_rows, val_rows = manifest["outputs"]["train"], manifest["outputs"]["val"]
     storage = absolute(cfg.storage.path or "ray_results")
     plan = RunPlan(name=cfg.train.run_name or new_run_name(cfg), storage=storage, shards=shards,
                    train_rows=train_rows, val_rows=val_rows, total_steps=planned_steps(cfg, train_rows),
                    micro_per_epoch=micro_batches_per_epoch(cfg, train_rows),
                    tracking_uri=tracking.tracking_uri(cfg.tracking.tracking_uri), config_hash=cfg.config_hash(),
-                   identity=run_identity(cfg, manifest), manifest=manifest)
+                   identity=run_identity(cfg, manifest), manifest=manifest, mlflow_run_id=mlflow_run_id)
     check_relaunch(cfg, plan)
     return plan
 
@@ -146,6 +158,8 @@ def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
         if read_json(f"{plan.run_dir}/{RAY_SNAPSHOT}") is not None:
             raise ConfigError(f"{plan.run_dir} holds a Ray Train run that `moss train` did not create: choose another "
                               "train.run_name or storage.path")
+        if plan.mlflow_run_id is not None:  # given by the caller, who created it for this name
+            return
         mlc = tracking.client(plan.tracking_uri)
         exp = mlc.get_experiment_by_name(cfg.tracking.experiment)
         if exp is not None and tracking.find_run(mlc, exp.experiment_id, plan.name) is not None:
@@ -165,7 +179,11 @@ def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
     if marker["tracking_uri"] != redact_text(plan.tracking_uri) or marker["experiment"] != cfg.tracking.experiment:
         raise ConfigError(f"run {plan.name!r} is tracked in experiment {marker['experiment']!r} at "
                           f"{marker['tracking_uri']}; relaunch it with the same tracking settings")
+    if plan.mlflow_run_id not in (None, marker["mlflow_run_id"]):
+        raise ConfigError(f"run {plan.name!r} is tracked by MLflow run {marker['mlflow_run_id']}, "
+                          f"not {plan.mlflow_run_id}")
     plan.mlflow_run_id = marker["mlflow_run_id"]
+    plan.relaunch = True
 
 
 def ordered_ingest(names: list[str]) -> dict:
@@ -174,7 +192,7 @@ def ordered_ingest(names: list[str]) -> dict:
     return {name: ExecutionOptions(preserve_order=True) for name in names}
 
 
-def build_trainer(cfg: RunConfig, plan: RunPlan):
+def build_trainer(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()):
     import ray.data
     import ray.train
     from ray.train import DataConfig
@@ -183,7 +201,8 @@ def build_trainer(cfg: RunConfig, plan: RunPlan):
     from .loop import train_loop
 
     splits = ["train", "val"] if plan.val_rows else ["train"]
-    datasets = {s: ray.data.read_parquet(f"{plan.shards}/split={s}", columns=TRAIN_COLUMNS) for s in splits}
+    datasets = {s: ray.data.read_parquet(f"{plan.shards}/split={s}", columns=TRAIN_COLUMNS,
+                                         num_cpus=cfg.scaling.ingest_cpus_per_task) for s in splits}
     for ds in datasets.values():
         ds.context.enable_progress_bars = False  # re-read every epoch / eval: bars would drown the step log
     s, t = cfg.scaling, cfg.train
@@ -201,14 +220,19 @@ def build_trainer(cfg: RunConfig, plan: RunPlan):
             name=plan.name, storage_path=plan.storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            callbacks=list(callbacks),
         ),
     )
 
 
-def run_training(cfg: RunConfig, plan: RunPlan) -> dict:
-    """Open (or reopen) the MLflow run, fit, close the run; -> the summary. Ray must be initialised."""
-    run_id, resumed = tracking.open_run(cfg, plan.name, plan.tracking_uri, plan.mlflow_run_id)
+def run_training(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()) -> dict:
+    """Open (or reopen) the MLflow run, fit, close the run; -> the summary. Ray must be initialised.
+
+    ``callbacks``: Ray Train callbacks (a sweep trial passes Tune's TuneReportCallback).
+    """
+    run_id = tracking.open_run(cfg, plan.name, plan.tracking_uri, plan.mlflow_run_id)
     plan.mlflow_run_id = run_id
+    resumed = plan.relaunch
     if not resumed:  # first thing after creating the run, so a relaunch always finds it
         write_json(f"{plan.run_dir}/{MARKER}", {
             "identity": plan.identity, "fixed": fixed_settings(cfg), "mlflow_run_id": run_id,
@@ -219,9 +243,11 @@ def run_training(cfg: RunConfig, plan: RunPlan) -> dict:
         tracking.log_run_inputs(cfg, plan.tracking_uri, run_id, resumed)
         if not resumed:
             tracking.log_manifest(plan.tracking_uri, run_id, plan.manifest)
-        result = build_trainer(cfg, plan).fit()
+        result = build_trainer(cfg, plan, callbacks).fit()
     except BaseException as err:
-        tracking.finish_run(plan.tracking_uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        # a run already ended from outside (a sweep marks trials it stopped early) keeps that status
+        tracking.finish_run(plan.tracking_uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
+                            only_if_running=True)
         raise
     tracking.finish_run(plan.tracking_uri, run_id, "FINISHED")
     summary = tracking.run_summary(plan.tracking_uri, run_id)

@@ -26,7 +26,7 @@ from ..moss import apply_moss, load_adapter, save_adapter, trainable_parameters,
 from ..tracking.mlflow import MetricsLogger
 from . import parallel
 from .checkpoint import ADAPTER_DIR, TrainState, load_train_state, save_train_state
-from .data import train_batches, val_batches
+from .data import ValRows, train_batches
 from .metrics import add_loss, loss_metrics, peak_memory_mb, reset_peak_memory
 from .optim import build_optimizer
 
@@ -59,16 +59,14 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def evaluate(module, spec, val_ds, cfg: RunConfig, device, autocast, pad_batch) -> dict:
+def evaluate(module, spec, val_rows: ValRows, cfg: RunConfig, device, autocast, pad_batch) -> dict:
     """Per-modality loss and perplexity over the whole val split, each worker scoring a share of it.
 
     val/loss weights the modalities like train/loss; the per-modality losses and perplexities are plain.
     """
-    ctx = ray.train.get_context()
     fsdp = cfg.train.strategy == "fsdp" and parallel.distributed()
     model = module if fsdp else parallel.inner(module)  # FSDP gathers parameters inside forward: all ranks run it
-    batches = val_batches(val_ds, spec, cfg.train.micro_batch, ctx.get_world_rank(), ctx.get_world_size(),
-                          cfg.train.eval_max_batches)
+    batches = val_rows.batches(spec)
     sums = [0.0] * 5
     model.eval()
     with torch.no_grad():
@@ -96,8 +94,8 @@ def save_checkpoint(module, optimizer, scheduler, state: TrainState, directory: 
         save_train_state(directory, optim, scheduler.state_dict(), state)
 
 
-def report(metrics: dict, state: TrainState, module, optimizer, scheduler, with_checkpoint: bool, rank: int,
-           logger: MetricsLogger | None, final: bool) -> None:
+def report(metrics: dict, state: TrainState, total: int, module, optimizer, scheduler, with_checkpoint: bool,
+           rank: int, logger: MetricsLogger | None, final: bool) -> None:
     """ray.train.report (all workers, same number of calls); with a checkpoint written by rank 0."""
     state.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     with tempfile.TemporaryDirectory() as d:
@@ -108,7 +106,8 @@ def report(metrics: dict, state: TrainState, module, optimizer, scheduler, with_
                 ckpt = ray.train.Checkpoint.from_directory(d)
         if final and logger is not None:
             logger.log_dir(Path(d, ADAPTER_DIR), FINAL_ADAPTER)
-        ray.train.report({**state.metrics, "step": state.step, "epoch": state.epoch}, checkpoint=ckpt)
+        ray.train.report({**state.metrics, "step": state.step, "epoch": state.epoch, "total_steps": total},
+                         checkpoint=ckpt)
 
 
 def ensure_final_adapter(module, logger: MetricsLogger | None, rank: int) -> None:
@@ -194,7 +193,8 @@ def train_loop(loop_config: dict) -> dict:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     total = run["total_steps"]
-    val_ds = ray.train.get_dataset_shard("val") if run["has_val"] else None
+    val_rows = (ValRows(ray.train.get_dataset_shard("val"), tc.micro_batch, rank, ctx.get_world_size(),
+                        tc.eval_max_batches) if run["has_val"] else None)
     epoch, skip = state.epoch, state.batch_in_epoch
     if skip >= run["micro_per_epoch"]:  # the checkpoint ended an epoch: start the next, no rows to skip
         epoch, skip = epoch + 1, 0
@@ -214,8 +214,8 @@ def train_loop(loop_config: dict) -> dict:
                    "train/tokens_per_s": sums[4] / seconds, "train/step_time_s": seconds,
                    "train/peak_mem_mb": peak_memory_mb(device)}
         final = state.step == total
-        if val_ds is not None and (state.step % tc.eval_every == 0 or final):
-            metrics.update(evaluate(module, spec, val_ds, cfg, device, autocast, last_batch))
+        if val_rows is not None and (state.step % tc.eval_every == 0 or final):
+            metrics.update(evaluate(module, spec, val_rows, cfg, device, autocast, last_batch))
         if logger is not None:
             logger.log(metrics, state.step)
             if final or state.step % max(1, total // 20) == 0 or "val/loss" in metrics:
@@ -224,7 +224,7 @@ def train_loop(loop_config: dict) -> dict:
                 sys.stdout.flush()
         checkpoint = state.step % tc.ckpt_every == 0 or final
         if checkpoint or any(k.startswith("val/") for k in metrics):
-            report(metrics, state, module, optimizer, scheduler, checkpoint, rank, logger, final)
+            report(metrics, state, total, module, optimizer, scheduler, checkpoint, rank, logger, final)
     if state.step == start_step:  # relaunch of a finished run: no step, no report
         ensure_final_adapter(module, logger, rank)
     return {**state.metrics, "step": state.step}

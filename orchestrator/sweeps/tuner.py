@@ -1,0 +1,199 @@
+"""A sweep: a Ray Tune Tuner whose trials each run the training driver, under one MLflow parent run.
+
+The sweep is named (``<space>-<time>-<hex>`` unless given); its Tune state lives in
+``<storage>/<name>/`` beside ``moss_sweep.json`` (which space, which parent run). ``resume`` restores
+that state: finished trials are not rerun, unfinished ones resume their Train runs from checkpoints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+
+import yaml
+
+from ..config import ConfigError, RunConfig, set_dotted
+from ..tracking import mlflow as tracking
+from ..tracking.redact import redact, redact_text
+from ..training.driver import absolute, load_manifest, planned_steps, read_json, write_json
+from .space import Space, derive_concurrency, load_space
+from .trial import SWEEP_TAG, trial_config
+
+MARKER = "moss_sweep.json"
+KIND_TAG = "moss.kind"
+
+
+@dataclass
+class SweepPlan:
+    name: str
+    space: Space
+    base: RunConfig
+    storage: str
+    tracking_uri: str
+    steps: dict[str, int]  # backbone -> planned steps of a trial
+    parent_run_id: str | None = None  # known when resuming
+
+    @property
+    def sweep_dir(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+
+def absolutize(space: Space) -> None:
+    """Paths in the base config made absolute: trials run in other working directories."""
+    base = space.base_config()
+    set_dotted(space.base_tree, "data.output", absolute(base.data.output))
+    set_dotted(space.base_tree, "storage.path", absolute(base.storage.path or "ray_results"))
+    set_dotted(space.base_tree, "tracking.tracking_uri", tracking.tracking_uri(base.tracking.tracking_uri))
+
+
+def latest_sweep(storage: str, space_name: str) -> str | None:
+    from ..data.manifest import arrow_fs
+
+    fs, root = arrow_fs(storage)
+    from pyarrow.fs import FileSelector
+
+    found = []
+    for info in fs.get_file_info(FileSelector(root, allow_not_found=True)):
+        marker = read_json(f"{storage.rstrip('/')}/{info.base_name}/{MARKER}") if info.type.name == "Directory" else None
+        if marker and marker.get("space") == space_name:
+            found.append((marker["created"], info.base_name))
+    return max(found)[1] if found else None
+
+
+def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: bool = False) -> SweepPlan:
+    """Every check that needs no Ray: the space, every trial's shards, the sweep name vs storage."""
+    space = load_space(space_path, overrides)
+    absolutize(space)
+    base = space.check()
+    storage = base.storage.path
+    if resume and name is None:
+        name = latest_sweep(storage, space.name)
+        if name is None:
+            raise ConfigError(f"no sweep of space {space.name!r} in {storage} to resume")
+    name = name or f"{space.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    plan = SweepPlan(name=name, space=space, base=base, storage=storage, tracking_uri=base.tracking.tracking_uri,
+                     steps=trial_steps(space))
+    marker = read_json(f"{plan.sweep_dir}/{MARKER}")
+    if resume:
+        if marker is None:
+            raise ConfigError(f"no sweep {name!r} in {storage} to resume (no {MARKER})")
+        if marker["digest"] != space.digest:
+            raise ConfigError(f"sweep {name!r} was started with another space or base config (hash {marker['digest']}, "
+                              f"now {space.digest}): resume it with the same file and --set overrides")
+        plan.parent_run_id = marker["parent_run_id"]
+    elif marker is not None or read_json(f"{plan.sweep_dir}/tuner.pkl") is not None:
+        raise ConfigError(f"sweep {name!r} already exists in {storage}: pass --resume to continue it, "
+                          "or choose another --name")
+    return plan
+
+
+def trial_steps(space: Space) -> dict[str, int]:
+    """Every distinct backbone/data config the trials use has shards; -> planned steps per backbone."""
+    points = space.grid_points() or [{}]
+    steps: dict[str, int] = {}
+    for point in points:
+        cfg, _ = trial_config(space, {"grid": point}, "validate")
+        _, manifest = load_manifest(cfg)
+        steps[cfg.backbone.name] = planned_steps(cfg, manifest["outputs"]["train"])
+    return steps
+
+
+def open_parent(plan: SweepPlan) -> str:
+    """Create the sweep's parent run (space, resolved base config, status) or reopen it on resume."""
+    mlc = tracking.client(plan.tracking_uri)
+    if plan.parent_run_id is not None:
+        mlc.update_run(plan.parent_run_id, status="RUNNING")
+        relaunches = int(mlc.get_run(plan.parent_run_id).data.tags.get("moss.resumes", "0")) + 1
+        mlc.set_tag(plan.parent_run_id, "moss.resumes", str(relaunches))
+        return plan.parent_run_id
+    m = plan.space.model
+    exp_id = tracking.ensure_experiment(mlc, plan.base.tracking.experiment, plan.tracking_uri)
+    tags = redact({KIND_TAG: "sweep", SWEEP_TAG: plan.name, "moss.space": m.name, "moss.metric": m.metric,
+                   "moss.mode": m.mode, tracking.RUN_NAME_TAG: plan.name, **plan.base.tracking.tags})
+    run_id = mlc.create_run(exp_id, run_name=plan.name, tags=tags).info.run_id
+    write_json(f"{plan.sweep_dir}/{MARKER}", {
+        "space": m.name, "digest": plan.space.digest, "parent_run_id": run_id,
+        "tracking_uri": redact_text(plan.tracking_uri), "experiment": plan.base.tracking.experiment,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat()})
+    params = {"space": m.name, "metric": m.metric, "mode": m.mode, "search": m.search.algorithm,
+              "scheduler": m.scheduler.type, "num_trials": str(plan.space.num_trials()),
+              "space_digest": plan.space.digest, **tracking.provenance()}
+    params.update({f"searched.{k}": f"{p.kind} {getattr(p, p.kind)}"[:500] for k, p in m.params.items()})
+    tracking.log_params_once(mlc, run_id, params)
+    mlc.log_text(run_id, redact_text(plan.space.text), f"space/{plan.space.path.name}")
+    mlc.log_text(run_id, yaml.safe_dump(redact(plan.base.model_dump(mode="json")), sort_keys=False),
+                 "space/base_config.yaml")
+    return run_id
+
+
+def build_tuner(plan: SweepPlan, parent_run_id: str):
+    import ray
+    from ray import tune
+
+    from .status import ChildRunStatus
+    from .trial import run_trial
+
+    space, m = plan.space, plan.space.model
+    missing = sorted(set(m.resources.driver) - set(ray.cluster_resources()))
+    if missing:
+        raise ConfigError(f"resources.driver asks for {missing}, which no node of this Ray cluster has: trials "
+                          "would wait forever (cluster.yaml gives the head node TRAIN_DRIVER)")
+    # what every trial needs besides its sampled params; kept out of the param space (Tune prints that)
+    constants = {"name": plan.name, "parent_run_id": parent_run_id, "tracking_uri": plan.tracking_uri,
+                 "space": space.to_state()}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=constants), m.resources.driver)
+    if plan.parent_run_id is not None and tune.Tuner.can_restore(plan.sweep_dir):
+        return tune.Tuner.restore(plan.sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    search_alg, max_concurrent = space.search_alg(derive_concurrency(space, plan.base, ray.cluster_resources()))
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=m.metric, mode=m.mode, num_samples=m.num_samples, search_alg=search_alg,
+            scheduler=space.scheduler(plan.base), max_concurrent_trials=max_concurrent),
+        run_config=tune.RunConfig(
+            name=plan.name, storage_path=plan.storage, failure_config=tune.FailureConfig(max_failures=m.max_failures),
+            callbacks=[ChildRunStatus(plan.name, parent_run_id, plan.tracking_uri, plan.base.tracking.experiment)],
+            verbose=1),
+    )
+
+
+def run_sweep(plan: SweepPlan, report_dir: str | None = None) -> dict:
+    """Open the parent run, fit the Tuner, close the parent, write the comparison report. Ray must be up."""
+    from ..tracking.compare import build_report
+
+    parent = open_parent(plan)
+    plan.parent_run_id = plan.parent_run_id or parent
+    mlc = tracking.client(plan.tracking_uri)
+    try:
+        results = build_tuner(plan, parent).fit()
+    except BaseException as err:
+        tracking.finish_run(plan.tracking_uri, parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    statuses = [r.metrics.get("step") is not None for r in results]
+    mlc.set_tag(parent, "moss.trials", str(len(results)))
+    mlc.set_tag(parent, "moss.failed_trials", str(results.num_errors))
+    report = build_report(plan.tracking_uri, parent_run_id=parent, out_dir=report_dir or f"report/{plan.name}")
+    tracking.finish_run(plan.tracking_uri, parent, "FINISHED" if results.num_errors == 0 else "FAILED")
+    return {"name": plan.name, "parent_run_id": parent, "trials": len(results), "errors": results.num_errors,
+            "reported": sum(statuses), "report": report, "sweep_dir": plan.sweep_dir,
+            "tracking_uri": plan.tracking_uri}
+
+
+def format_summary(summary: dict) -> str:
+    report = summary["report"]
+    lines = [f"sweep {summary['name']!r}: {summary['trials']} trial(s), {summary['errors']} failed",
+             report["table_text"],
+             f"report:      {report['markdown']} (plots beside it; also on the parent run's artifacts, report/)",
+             f"MLflow:      parent run {summary['parent_run_id']} at {redact_text(summary['tracking_uri'])}",
+             f"browse:      {tracking.ui_hint(summary['tracking_uri'])}",
+             f"Tune state:  {summary['sweep_dir']}",
+             f"resume:      moss sweep ... --name {summary['name']} --resume"]
+    return "\n".join(lines)
+
+
+def describe_plan(plan: SweepPlan) -> str:
+    steps = ", ".join(f"{b}: {n} steps" for b, n in plan.steps.items())
+    verb = "resumes" if plan.parent_run_id else "starts"
+    return f"{verb} sweep {plan.name!r}: {plan.space.num_trials()} trial(s); per trial {steps}"

@@ -1,0 +1,237 @@
+"""Compare trained adapters from MLflow: a sweep's child runs, or every training run of an experiment.
+
+Tables sorted by a metric, the best run per variant, each variant's gap to plain LoRA at the same
+rank (with trainable parameters beside every score, for parameter-controlled comparisons), plots
+(plots.py) and a markdown report, written to a folder and logged to the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import mlflow as tracking
+
+PARENT_TAG = "mlflow.parentRunId"
+REPORT_ARTIFACTS = "report"
+
+
+@dataclass
+class Row:
+    run_id: str
+    run_name: str
+    status: str
+    backbone: str
+    variant: str
+    label: str  # variant, with the conv space for moss (moss/full, moss/lowrank)
+    rank: int | None
+    kernel_size: int | None  # moss only
+    conv_space: str | None  # moss only
+    lr: float | None
+    trainable_parameters: int | None
+    value: float | None  # the metric's last logged value
+    step: int | None  # the step it was logged at
+    sampled: dict = field(default_factory=dict)
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _int(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def search_all(mlc, experiment_ids: list[str], filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = mlc.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def latest_sweep(mlc, experiment: str):
+    exp = mlc.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = mlc.search_runs([exp.experiment_id], filter_string="tags.`moss.kind` = 'sweep'",
+                           order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def to_row(mlc, run, metric: str) -> Row:
+    p, tags = run.data.params, run.data.tags
+    variant = p.get("adapter.variant", tags.get("moss.variant", "?"))
+    moss = variant == "moss"
+    history = sorted((m.step, m.value) for m in mlc.get_metric_history(run.info.run_id, metric))
+    status = tags.get("moss.status") or run.info.status.lower()
+    return Row(
+        run_id=run.info.run_id, run_name=tags.get("mlflow.runName", run.info.run_name), status=status,
+        backbone=p.get("backbone.name", tags.get("moss.backbone", "?")), variant=variant,
+        label=f"moss/{p.get('adapter.conv_space', 'full')}" if moss else variant,
+        rank=_int(p.get("adapter.rank")), kernel_size=_int(p.get("adapter.kernel_size")) if moss else None,
+        conv_space=p.get("adapter.conv_space") if moss else None, lr=_float(p.get("train.lr")),
+        trainable_parameters=_int(p.get("trainable_parameters")), value=run.data.metrics.get(metric),
+        step=history[-1][0] if history else None, sampled=json.loads(tags.get("moss.sampled", "{}")),
+        curve=history)
+
+
+def sort_key(mode: str):
+    sign = 1 if mode == "min" else -1
+    return lambda r: (r.value is None or math.isnan(r.value), sign * (r.value or 0.0))
+
+
+@dataclass
+class Comparison:
+    metric: str
+    mode: str
+    source: str  # what was compared (a sweep parent run, or an experiment)
+    rows: list[Row]
+    parent_run_id: str | None = None
+
+    def best_per_variant(self) -> list[Row]:
+        best: dict[tuple, Row] = {}
+        for r in self.rows:  # rows are sorted: the first of each group is its best
+            if r.value is not None:
+                best.setdefault((r.backbone, r.label), r)
+        return list(best.values())
+
+    def lora_gaps(self) -> list[dict]:
+        """Each non-LoRA run's metric minus the best LoRA run's at the same backbone and rank."""
+        lora: dict[tuple, Row] = {}
+        for r in self.rows:
+            if r.variant == "lora" and r.value is not None:
+                lora.setdefault((r.backbone, r.rank), r)
+        gaps = []
+        for r in self.rows:
+            base = lora.get((r.backbone, r.rank))
+            if r.variant == "lora" or base is None or r.value is None:
+                continue
+            gaps.append({"run_name": r.run_name, "backbone": r.backbone, "label": r.label, "rank": r.rank,
+                         "kernel_size": r.kernel_size, "value": r.value, "lora_value": base.value,
+                         "gap": r.value - base.value, "gap_pct": 100 * (r.value - base.value) / abs(base.value),
+                         "trainable_parameters": r.trainable_parameters,
+                         "lora_trainable_parameters": base.trainable_parameters,
+                         "params_ratio": (r.trainable_parameters / base.trainable_parameters
+                                          if r.trainable_parameters and base.trainable_parameters else None)})
+        return gaps
+
+    def to_json(self) -> dict:
+        return {"metric": self.metric, "mode": self.mode, "source": self.source, "parent_run_id": self.parent_run_id,
+                "rows": [{k: v for k, v in asdict(r).items() if k != "curve"} for r in self.rows],
+                "best_per_variant": [r.run_name for r in self.best_per_variant()], "lora_gaps": self.lora_gaps()}
+
+
+def collect(uri: str, parent_run_id: str | None = None, experiment: str | None = None, metric: str | None = None,
+            mode: str | None = None) -> Comparison:
+    """The runs to compare: a sweep's children (default: the latest sweep of ``experiment``), or, with
+    ``experiment`` and no sweep in it, every training run of the experiment."""
+    mlc = tracking.client(uri)
+    parent = mlc.get_run(parent_run_id) if parent_run_id else latest_sweep(mlc, experiment or "moss")
+    if parent is not None and (parent_run_id or experiment is None):
+        exp_ids = [parent.info.experiment_id]
+        runs = search_all(mlc, exp_ids, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+        source = f"sweep {parent.data.tags.get('moss.sweep', parent.info.run_name)!r} (parent run {parent.info.run_id})"
+        metric = metric or parent.data.tags.get("moss.metric", "val/loss")
+        mode = mode or parent.data.tags.get("moss.mode", "min")
+    else:
+        exp = mlc.get_experiment_by_name(experiment or "moss")
+        if exp is None:
+            raise LookupError(f"no MLflow experiment {experiment or 'moss'!r} at {tracking.redact_text(uri)}")
+        runs = [r for r in search_all(mlc, [exp.experiment_id], f"tags.`{tracking.RUN_NAME_TAG}` != ''")
+                if r.data.tags.get("moss.kind") != "sweep"]
+        source, parent = f"experiment {exp.name!r}", None
+        metric, mode = metric or "val/loss", mode or "min"
+    if not runs:
+        raise LookupError(f"no runs to compare in {source}")
+    rows = sorted((to_row(mlc, r, metric) for r in runs), key=sort_key(mode))
+    return Comparison(metric, mode, source, rows, parent.info.run_id if parent is not None else None)
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 else f"{v:.{digits}f}"
+    if isinstance(v, int) and abs(v) >= 10_000:
+        return f"{v:,}"
+    return str(v)
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def trials_table(c: Comparison) -> str:
+    headers = ["#", "run", "backbone", "variant", "rank", "kernel", "lr", "trainable params", c.metric, "at step",
+               "status"]
+    return md_table(headers, [[i + 1, r.run_name, r.backbone, r.label, r.rank, r.kernel_size, r.lr,
+                               r.trainable_parameters, r.value, r.step, r.status] for i, r in enumerate(c.rows)])
+
+
+def markdown(c: Comparison, plots: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for r in c.rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    better = "lower" if c.mode == "min" else "higher"
+    parts = [f"# MoSS comparison: {c.source}", "",
+             f"{len(c.rows)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}), ranked by "
+             f"**{c.metric}** ({better} is better). A run stopped early by the scheduler shows its last value, "
+             "at the step it reached.", "", "## All runs", "", trials_table(c), "",
+             "## Best per variant", "",
+             md_table(["backbone", "variant", "rank", "kernel", "trainable params", c.metric, "run"],
+                      [[r.backbone, r.label, r.rank, r.kernel_size, r.trainable_parameters, r.value, r.run_name]
+                       for r in c.best_per_variant()]), ""]
+    gaps = c.lora_gaps()
+    parts += ["## Gap to LoRA at equal rank", "",
+              f"Each run minus the best plain-LoRA run of the same backbone and rank ({'negative' if c.mode == 'min' else 'positive'} "
+              "= better than LoRA), with trainable parameters as a multiple of that LoRA's.", ""]
+    parts.append(md_table(["backbone", "variant", "rank", "kernel", c.metric, "LoRA", "gap", "gap %", "params × LoRA"],
+                          [[g["backbone"], g["label"], g["rank"], g["kernel_size"], g["value"], g["lora_value"],
+                            g["gap"], g["gap_pct"], g["params_ratio"]] for g in gaps])
+                 if gaps else "No LoRA run at a matching rank.")
+    parts += ["", "## Plots", ""]
+    parts += [f"![{title}]({name})" for title, name in plots.items()]
+    return "\n".join(parts) + "\n"
+
+
+def build_report(uri: str, parent_run_id: str | None = None, experiment: str | None = None, metric: str | None = None,
+                 mode: str | None = None, out_dir: str | Path = "report") -> dict:
+    """Collect, write report.md + results.json + PNG plots into ``out_dir``, log them to the parent run."""
+    from .plots import write_plots
+
+    c = collect(uri, parent_run_id=parent_run_id, experiment=experiment, metric=metric, mode=mode)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(c, out)
+    (out / "report.md").write_text(markdown(c, plots))
+    (out / "results.json").write_text(json.dumps(c.to_json(), indent=2, default=str))
+    if c.parent_run_id is not None:
+        tracking.client(uri).log_artifacts(c.parent_run_id, str(out), REPORT_ARTIFACTS)
+    best = c.rows[0] if c.rows and c.rows[0].value is not None else None
+    return {"dir": str(out), "markdown": str(out / "report.md"), "json": str(out / "results.json"),
+            "plots": [str(out / p) for p in plots.values()], "comparison": c, "best": best,
+            "table_text": terminal_table(c)}
+
+
+def terminal_table(c: Comparison, limit: int = 12) -> str:
+    lines = [f"{'run':<34} {'variant':<13} {'rank':>4} {'k':>2} {'params':>10} {c.metric:>14} {'step':>5} status"]
+    for r in c.rows[:limit]:
+        lines.append(f"{r.run_name[-34:]:<34} {r.label:<13} {_fmt(r.rank):>4} {_fmt(r.kernel_size):>2} "
+                     f"{_fmt(r.trainable_parameters):>10} {_fmt(r.value):>14} {_fmt(r.step):>5} {r.status}")
+    if len(c.rows) > limit:
+        lines.append(f"... {len(c.rows) - limit} more in the report")
+    return "\n".join(lines)
