@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-data bench-train clean
+.PHONY: install demo test test-fast bench bench-data bench-train bench-sweep clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +37,8 @@ bench-data: $(STAMP)
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 
+bench-sweep: $(STAMP)
+	$(BIN)/python benchmarks/sweep_efficiency.py
+
 clean:
-	rm -rf $(VENV) demo_out benchmarks/results .pytest_cache
+	rm -rf $(VENV) demo_out benchmarks/results report .pytest_cache

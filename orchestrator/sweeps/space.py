@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any, Literal
 
@@ -240,6 +241,10 @@ class Space:
         as_choice = m.search.algorithm != "grid"
         space: dict[str, Any] = {}
         points = self.grid_points()
+        if m.search.seed is not None:
+            # a seeded random order: ASHA lets the first trials at a rung through, so the grid's own order
+            # (e.g. every LoRA first) would decide who gets past the early rungs
+            random.Random(m.search.seed).shuffle(points)
         if points:
             space["grid"] = tune.grid_search(points)
         sample = {k: p.tune_domain(as_choice) for k, p in m.params.items() if p.grid is None or as_choice}

@@ -92,10 +92,13 @@ def trial_steps(space: Space) -> dict[str, int]:
     """Every distinct backbone/data config the trials use has shards; -> planned steps per backbone."""
     points = space.grid_points() or [{}]
     steps: dict[str, int] = {}
+    manifests: dict[tuple, dict] = {}
     for point in points:
         cfg, _ = trial_config(space, {"grid": point}, "validate")
-        _, manifest = load_manifest(cfg)
-        steps[cfg.backbone.name] = planned_steps(cfg, manifest["outputs"]["train"])
+        key = (cfg.backbone.name, cfg.backbone.checkpoint, cfg.data.output)
+        if key not in manifests:
+            manifests[key] = load_manifest(cfg)[1]
+        steps[cfg.backbone.name] = planned_steps(cfg, manifests[key]["outputs"]["train"])
     return steps
 
 
@@ -168,17 +171,15 @@ def run_sweep(plan: SweepPlan, report_dir: str | None = None) -> dict:
     mlc = tracking.client(plan.tracking_uri)
     try:
         results = build_tuner(plan, parent).fit()
+        mlc.set_tag(parent, "moss.trials", str(len(results)))
+        mlc.set_tag(parent, "moss.failed_trials", str(results.num_errors))
+        report = build_report(plan.tracking_uri, parent_run_id=parent, out_dir=report_dir or f"report/{plan.name}")
     except BaseException as err:
         tracking.finish_run(plan.tracking_uri, parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    statuses = [r.metrics.get("step") is not None for r in results]
-    mlc.set_tag(parent, "moss.trials", str(len(results)))
-    mlc.set_tag(parent, "moss.failed_trials", str(results.num_errors))
-    report = build_report(plan.tracking_uri, parent_run_id=parent, out_dir=report_dir or f"report/{plan.name}")
     tracking.finish_run(plan.tracking_uri, parent, "FINISHED" if results.num_errors == 0 else "FAILED")
     return {"name": plan.name, "parent_run_id": parent, "trials": len(results), "errors": results.num_errors,
-            "reported": sum(statuses), "report": report, "sweep_dir": plan.sweep_dir,
-            "tracking_uri": plan.tracking_uri}
+            "report": report, "sweep_dir": plan.sweep_dir, "tracking_uri": plan.tracking_uri}
 
 
 def format_summary(summary: dict) -> str:

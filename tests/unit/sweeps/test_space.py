@@ -1,0 +1,143 @@
+"""Search spaces: parsing, grid expansion with `when`, Tune objects, and bad spaces -> exit code 2."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.config import ConfigError
+from orchestrator.sweeps.space import Space, derive_concurrency, is_space_file, load_space
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def write(tmp_path: Path, **fields) -> Path:
+    space = {"name": "t", "params": {"adapter.rank": {"grid": [4, 8]}}, **fields}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+@pytest.mark.parametrize("name,trials", [("smoke", 12), ("paper_ablation", 64), ("backbones", 6)])
+def test_shipped_spaces_parse(name, trials):
+    space = load_space(REPO / "search_spaces" / f"{name}.yaml")
+    assert space.num_trials() == trials
+    assert is_space_file(REPO / "search_spaces" / f"{name}.yaml")
+    assert not is_space_file(REPO / "jobs" / "configs" / "sample.yaml")
+
+
+def test_when_drops_duplicate_trials():
+    space = load_space(REPO / "search_spaces" / "smoke.yaml")
+    points = space.grid_points()
+    assert sum(p["adapter.variant"] == "lora" for p in points) == 3  # kernel does not multiply lora
+    assert all(("adapter.kernel_size" in p) == (p["adapter.variant"] == "moss") for p in points)
+    tree, applied = space.trial_tree({"adapter.variant": "lora", "adapter.rank": 4, "adapter.kernel_size": 1})
+    assert applied == {"adapter.variant": "lora", "adapter.rank": 4}
+    assert tree["adapter"]["kernel_size"] == 3  # the base's value, untouched
+
+
+def test_section_valued_param_merges(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"backbone": {"name": "chameleon", "seed": 7}}))
+    space = load_space(write(tmp_path, base="base.yaml", params={
+        "backbone": {"grid": [{"name": "emu3", "checkpoint": "tiny"}, {"name": "janus"}]}}))
+    tree, _ = space.trial_tree(space.grid_points()[0])
+    assert tree["backbone"] == {"name": "emu3", "checkpoint": "tiny", "seed": 7}
+
+
+def test_param_space_and_search(tmp_path):
+    from ray import tune
+
+    space = load_space(write(tmp_path, params={"adapter.rank": {"grid": [4, 8, 16]},
+                                               "train.lr": {"loguniform": [1e-4, 1e-2]},
+                                               "adapter.kernel_size": {"randint": [1, 6]}}))
+    ps = space.param_space()
+    assert sorted(p["adapter.rank"] for p in ps["grid"]["grid_search"]) == [4, 8, 16]
+    assert isinstance(ps["sample"]["train.lr"], tune.search.sample.Float)
+    alg, limit = space.search_alg(2)
+    assert limit is None and alg.__class__.__name__ == "BasicVariantGenerator"
+    rand = load_space(write(tmp_path, params={"adapter.rank": {"grid": [4, 8]}}, search={"algorithm": "random"},
+                            num_samples=3))
+    assert "grid" not in rand.param_space() and rand.num_trials() == 3
+    optuna = load_space(write(tmp_path, search={"algorithm": "optuna", "seed": 1}))
+    alg, limit = optuna.search_alg(2)
+    assert limit == 2 and alg.__class__.__name__ == "OptunaSearch"
+
+
+def test_state_round_trip_and_digest(tmp_path):
+    space = load_space(write(tmp_path))
+    again = Space.from_state(space.to_state())
+    assert again.digest == space.digest and again.grid_points() == space.grid_points()
+    assert load_space(write(tmp_path), ["train.lr=1e-3"]).digest != space.digest
+
+
+def test_concurrency_from_cluster(tmp_path):
+    space = load_space(write(tmp_path, resources={"workers": 2, "gpus_per_worker": 1}))
+    base = space.base_config()
+    assert base.scaling.use_gpu and derive_concurrency(space, base, {"GPU": 8, "CPU": 64}) == 4
+    cpu = load_space(write(tmp_path, resources={"workers": 1, "cpus_per_worker": 0.5}))
+    assert derive_concurrency(cpu, cpu.base_config(), {"CPU": 2}) == 2
+
+
+BAD = {
+    "unknown key": ({"params": {"adapter.rnak": {"grid": [4]}}}, "rnak"),
+    "unknown section": ({"params": {"optimizer.lr": {"grid": [1]}}}, "optimizer"),
+    "bad value": ({"params": {"adapter.variant": {"grid": ["lora", "dora"]}}}, "variant"),
+    "empty grid": ({"params": {"adapter.rank": {"grid": []}}}, "empty grid"),
+    "two distributions": ({"params": {"adapter.rank": {"grid": [4], "choice": [8]}}}, "exactly one"),
+    "unknown distribution": ({"params": {"adapter.rank": {"normal": [4, 8]}}}, "normal"),
+    "loguniform at 0": ({"params": {"train.lr": {"loguniform": [0, 1e-2]}}}, "must be > 0"),
+    "low above high": ({"params": {"train.lr": {"uniform": [1e-2, 1e-4]}}}, "below high"),
+    "bound out of range": ({"params": {"train.lr": {"uniform": [-1e-2, 1e-2]}}}, "train.lr"),
+    "no params": ({"params": {}}, "params is empty"),
+    "unknown metric": ({"metric": "val/accuracy"}, "val/accuracy"),
+    "unknown field": ({"schedular": {"type": "asha"}}, "schedular"),
+    "bad scheduler": ({"scheduler": {"type": "pbt"}}, "scheduler.type"),
+    "grace beyond max_t": ({"scheduler": {"type": "asha", "grace_period": 500}}, "grace_period"),
+    "chained when": ({"params": {"adapter.rank": {"grid": [4], "when": {"adapter.variant": "moss"}},
+                                 "adapter.alpha": {"grid": [8.0], "when": {"adapter.rank": 4}}}}, "own"),
+    "ckpt not a multiple of eval": ({"set": {"train.eval_every": 3, "train.ckpt_every": 10}}, "multiple"),
+    "missing base": ({"base": "nowhere.yaml"}, "not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_spaces_are_config_errors_and_exit_2(tmp_path, capsys, case):
+    fields, message = BAD[case]
+    path = write(tmp_path, **fields)
+    with pytest.raises(ConfigError, match=message):
+        load_space(path)
+    assert main(["validate", str(path)]) == 2
+    assert main(["sweep", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_plan_checks_shards_names_and_resume(tmp_path, capsys):
+    from orchestrator.config import load_config
+    from orchestrator.data.pipeline import preprocess
+    from orchestrator.data.sample import write_sample
+    from orchestrator.sweeps.tuner import MARKER, plan_sweep
+
+    base = {"data": {"source": str(tmp_path / "sample"), "output": str(tmp_path / "shards")},
+            "storage": {"path": str(tmp_path / "runs")}, "train": {"max_steps": 4, "eval_every": 2, "ckpt_every": 2},
+            "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    path = write(tmp_path, base="base.yaml")
+    assert main(["sweep", str(path)]) == 2 and "run `moss preprocess`" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--resume"]) == 2 and "no sweep of space 't'" in capsys.readouterr().err
+
+    write_sample(tmp_path / "sample", per_domain=2)
+    preprocess(load_config(tmp_path / "base.yaml"), engine="local")
+    plan = plan_sweep(str(path))
+    assert plan.name.startswith("t-") and plan.steps == {"chameleon": 4} and plan.parent_run_id is None
+    (tmp_path / "runs" / "fixed").mkdir(parents=True)
+    (tmp_path / "runs" / "fixed" / MARKER).write_text(
+        '{"space": "t", "digest": "other", "parent_run_id": "p1", "created": "2026-01-01"}')
+    with pytest.raises(ConfigError, match="already exists"):
+        plan_sweep(str(path), name="fixed")
+    with pytest.raises(ConfigError, match="another space"):
+        plan_sweep(str(path), resume=True)  # the latest sweep of space t
+    (tmp_path / "runs" / "fixed" / MARKER).write_text(
+        f'{{"space": "t", "digest": "{plan.space.digest}", "parent_run_id": "p1", "created": "2026-01-01"}}')
+    assert plan_sweep(str(path), name="fixed", resume=True).parent_run_id == "p1"
