@@ -179,7 +179,8 @@ def run_sweep(plan: SweepPlan, report_dir: str | None = None) -> dict:
         raise
     tracking.finish_run(plan.tracking_uri, parent, "FINISHED" if results.num_errors == 0 else "FAILED")
     return {"name": plan.name, "parent_run_id": parent, "trials": len(results), "errors": results.num_errors,
-            "report": report, "sweep_dir": plan.sweep_dir, "tracking_uri": plan.tracking_uri}
+            "report": report, "sweep_dir": plan.sweep_dir, "tracking_uri": plan.tracking_uri,
+            "space": str(plan.space.path)}
 
 
 def format_summary(summary: dict) -> str:
@@ -190,7 +191,7 @@ def format_summary(summary: dict) -> str:
              f"MLflow:      parent run {summary['parent_run_id']} at {redact_text(summary['tracking_uri'])}",
              f"browse:      {tracking.ui_hint(summary['tracking_uri'])}",
              f"Tune state:  {summary['sweep_dir']}",
-             f"resume:      moss sweep ... --name {summary['name']} --resume"]
+             f"resume:      moss sweep {summary['space']} --name {summary['name']} --resume"]
     return "\n".join(lines)
 
 

@@ -87,6 +87,12 @@ def to_row(mlc, run, metric: str) -> Row:
         curve=history)
 
 
+def value_at(row: Row, step: int) -> float | None:
+    """The metric's value at ``step`` (or the last one logged before it)."""
+    before = [v for s, v in row.curve if s <= step]
+    return before[-1] if before else None
+
+
 def sort_key(mode: str):
     sign = 1 if mode == "min" else -1
     return lambda r: (r.value is None or math.isnan(r.value), sign * (r.value or 0.0))
@@ -108,7 +114,8 @@ class Comparison:
         return list(best.values())
 
     def lora_gaps(self) -> list[dict]:
-        """Each non-LoRA run's metric minus the best LoRA run's at the same backbone and rank."""
+        """Each non-LoRA run's metric minus the best LoRA run's at the same backbone and rank, both read
+        at the last step the two runs share (a run stopped early is compared at the step it reached)."""
         lora: dict[tuple, Row] = {}
         for r in self.rows:
             if r.variant == "lora" and r.value is not None:
@@ -118,9 +125,13 @@ class Comparison:
             base = lora.get((r.backbone, r.rank))
             if r.variant == "lora" or base is None or r.value is None:
                 continue
+            step = min(r.step, base.step)
+            mine, theirs = value_at(r, step), value_at(base, step)
+            if mine is None or theirs is None:
+                continue
             gaps.append({"run_name": r.run_name, "backbone": r.backbone, "label": r.label, "rank": r.rank,
-                         "kernel_size": r.kernel_size, "value": r.value, "lora_value": base.value,
-                         "gap": r.value - base.value, "gap_pct": 100 * (r.value - base.value) / abs(base.value),
+                         "kernel_size": r.kernel_size, "step": step, "value": mine, "lora_value": theirs,
+                         "gap": mine - theirs, "gap_pct": 100 * (mine - theirs) / abs(theirs),
                          "trainable_parameters": r.trainable_parameters,
                          "lora_trainable_parameters": base.trainable_parameters,
                          "params_ratio": (r.trainable_parameters / base.trainable_parameters
@@ -198,10 +209,12 @@ def markdown(c: Comparison, plots: dict[str, str]) -> str:
     gaps = c.lora_gaps()
     parts += ["## Gap to LoRA at equal rank", "",
               f"Each run minus the best plain-LoRA run of the same backbone and rank ({'negative' if c.mode == 'min' else 'positive'} "
-              "= better than LoRA), with trainable parameters as a multiple of that LoRA's.", ""]
-    parts.append(md_table(["backbone", "variant", "rank", "kernel", c.metric, "LoRA", "gap", "gap %", "params × LoRA"],
-                          [[g["backbone"], g["label"], g["rank"], g["kernel_size"], g["value"], g["lora_value"],
-                            g["gap"], g["gap_pct"], g["params_ratio"]] for g in gaps])
+              "= better than LoRA), both read at the last step the two runs share, with trainable parameters "
+              "as a multiple of that LoRA's.", ""]
+    parts.append(md_table(["backbone", "variant", "rank", "kernel", "at step", c.metric, "LoRA", "gap", "gap %",
+                           "params × LoRA"],
+                          [[g["backbone"], g["label"], g["rank"], g["kernel_size"], g["step"], g["value"],
+                            g["lora_value"], g["gap"], g["gap_pct"], g["params_ratio"]] for g in gaps])
                  if gaps else "No LoRA run at a matching rank.")
     parts += ["", "## Plots", ""]
     parts += [f"![{title}]({name})" for title, name in plots.items()]

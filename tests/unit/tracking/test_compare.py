@@ -53,6 +53,8 @@ def test_tables_best_and_lora_gaps(store):
     assert gaps[("moss/full", 8, 3)]["gap"] == pytest.approx(-0.2)
     assert gaps[("moss/full", 4, 3)]["params_ratio"] == 5.0
     assert gaps[("moe_lora", 4, None)]["gap_pct"] == pytest.approx(-5.0)
+    early = gaps[("moss/full", 4, 1)]  # stopped at step 2: compared with LoRA's value at step 2
+    assert early["step"] == 2 and early["lora_value"] == pytest.approx(2.2) and early["gap"] == pytest.approx(0.3)
     stopped = next(r for r in c.rows if r.status == "early_stopped")
     assert stopped.step == 2 and stopped.kernel_size == 1
     latest = collect(uri)  # default: the latest sweep of experiment "moss"
