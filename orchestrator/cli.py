@@ -11,7 +11,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import SMOKE, run_demo
 
     summary = run_demo(out_dir=args.out, space=args.space or SMOKE, per_domain=args.per_domain, extra=args.set)
-    return 0 if summary["errors"] == 0 else 1
+    return 0 if summary["errors"] == 0 and not summary["interrupted"] else 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -97,7 +97,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     init_ray()
     summary = run_sweep(plan, report_dir=args.report_dir)
     print(format_summary(summary))
-    return 0 if summary["errors"] == 0 else 1
+    return 0 if summary["errors"] == 0 and not summary["interrupted"] else 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -81,7 +81,9 @@ class Param(_Strict):
         if self.kind in ("grid", "choice"):
             return list(getattr(self, self.kind))
         low, high = getattr(self, self.kind)
-        return [low, high - 1] if self.kind == "randint" else [low, high]
+        if self.kind == "randint":
+            return [low, high - 1]
+        return [low, high, low + 0.37 * (high - low)]  # a non-integral value: int fields reject float ranges
 
     def tune_domain(self, as_choice: bool = False):
         from ray import tune
@@ -94,6 +96,11 @@ class Param(_Strict):
         return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*getattr(self, kind))
 
     def applies(self, tree: dict) -> bool:
+        """Whether ``tree`` (a config tree; its defaults count) matches every `when` condition."""
+        try:
+            tree = RunConfig.model_validate(tree).model_dump(mode="json")
+        except ValidationError:
+            pass
         for key, want in self.when.items():
             have = get_dotted(tree, key)
             if have not in (want if isinstance(want, list) else [want]):
@@ -264,9 +271,13 @@ class Space:
         for point in self.grid_points():
             tree, _ = self.trial_tree(point)
             validate_tree(tree, f"{self.path}: trial {point}")
+        dump = base.model_dump(mode="json")
         for key in (k for p in m.params.values() for k in p.when):
-            if get_dotted(self.base_tree, key, _MISSING) is _MISSING and key not in m.params:
+            if get_dotted(dump, key, _MISSING) is _MISSING and key not in m.params:
                 raise ConfigError(f"{self.path}: a `when` names {key!r}, which is neither a config key nor a param")
+            if m.search.algorithm == "grid" and key in m.params and m.params[key].grid is None:
+                raise ConfigError(f"{self.path}: a `when` on {key!r}, which is sampled, not a grid: a grid search "
+                                  "crosses grid params only; make it a grid or drop the `when`")
         t = base.train
         if m.metric.startswith("val/") and base.data.val_fraction == 0:
             raise ConfigError(f"{self.path}: metric {m.metric} needs a val split, but data.val_fraction is 0")

@@ -11,14 +11,16 @@ from pathlib import Path
 from ray.tune import Callback
 
 from ..tracking import mlflow as tracking
+from ..tracking.redact import redact_text
 from .trial import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, trial_run_name
 
 MLFLOW_STATUS = {"finished": "FINISHED", "early_stopped": "KILLED", "failed": "FAILED"}
 
 
 class ChildRunStatus(Callback):
-    def __init__(self, sweep: str, parent_run_id: str, tracking_uri: str, experiment: str):
+    def __init__(self, sweep: str, parent_run_id: str, tracking_uri: str, experiment: str, max_t: int | None = None):
         self.sweep, self.parent_run_id, self.uri, self.experiment = sweep, parent_run_id, tracking_uri, experiment
+        self.max_t = max_t  # ASHA stops every trial at max_t: reaching it is finishing
 
     def _child(self, trial) -> str:
         """The trial's child run id; created here (failed) when the trial died before creating it."""
@@ -37,12 +39,14 @@ class ChildRunStatus(Callback):
         run_id = self._child(trial)
         mlc.set_tag(run_id, STATUS_TAG, status)
         if error:
-            mlc.log_text(run_id, error, "error.txt")
+            mlc.log_text(run_id, redact_text(error), "error.txt")
         mlc.set_terminated(run_id, status=MLFLOW_STATUS[status])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         step, total = result.get("step"), result.get("total_steps")
+        if total and self.max_t:
+            total = min(total, self.max_t)
         if step is None:
             self._end(trial, "failed", "the trial ended without reporting a result")
         else:

@@ -67,10 +67,15 @@ def run_trial(config: dict, sweep: dict) -> None:
     cfg, applied = trial_config(space, config, run_name)
     run_id = ensure_child_run(cfg, run_name, sweep, trial_id, applied)  # first: a trial that fails has its run too
     plan = plan_run(cfg, mlflow_run_id=run_id)
-    child = tracking.client(sweep["tracking_uri"]).get_run(run_id)
+    mlc = tracking.client(sweep["tracking_uri"])
+    child = mlc.get_run(run_id)
+    final = {"step": plan.total_steps, "total_steps": plan.total_steps}
     if plan.relaunch and child.info.status == "FINISHED":
         # finished before the sweep driver died, but the sweep's state was saved before that: do not
         # train again, give Tune the final result it missed
-        ray.tune.report({**child.data.metrics, "step": plan.total_steps, "total_steps": plan.total_steps})
+        ray.tune.report({**child.data.metrics, **final})
         return
-    run_training(cfg, plan, callbacks=[TuneReportCallback()])
+    trained = max((m.step for m in mlc.get_metric_history(run_id, "train/loss")), default=0)
+    summary = run_training(cfg, plan, callbacks=[TuneReportCallback()])
+    if plan.relaunch and trained >= plan.total_steps:  # nothing left to train: Train reported nothing
+        ray.tune.report({**summary["metrics"], **final})

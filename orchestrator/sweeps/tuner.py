@@ -8,6 +8,7 @@ that state: finished trials are not rerun, unfinished ones resume their Train ru
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import secrets
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ class SweepPlan:
     storage: str
     tracking_uri: str
     steps: dict[str, int]  # backbone -> planned steps of a trial
+    overrides: tuple[str, ...] = ()
     parent_run_id: str | None = None  # known when resuming
 
     @property
@@ -73,32 +75,58 @@ def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: b
             raise ConfigError(f"no sweep of space {space.name!r} in {storage} to resume")
     name = name or f"{space.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     plan = SweepPlan(name=name, space=space, base=base, storage=storage, tracking_uri=base.tracking.tracking_uri,
-                     steps=trial_steps(space))
+                     steps=trial_steps(space), overrides=tuple(overrides))
     marker = read_json(f"{plan.sweep_dir}/{MARKER}")
     if resume:
         if marker is None:
             raise ConfigError(f"no sweep {name!r} in {storage} to resume (no {MARKER})")
         if marker["digest"] != space.digest:
             raise ConfigError(f"sweep {name!r} was started with another space or base config (hash {marker['digest']}, "
-                              f"now {space.digest}): resume it with the same file and --set overrides")
+                              f"now {space.digest}): resume it with the same file and --set overrides "
+                              f"({' '.join(marker.get('overrides', [])) or 'none'}), from the same working directory "
+                              "(relative paths and the default tracking URI resolve against it)")
         plan.parent_run_id = marker["parent_run_id"]
-    elif marker is not None or read_json(f"{plan.sweep_dir}/tuner.pkl") is not None:
+    elif marker is not None or exists(f"{plan.sweep_dir}/tuner.pkl"):
         raise ConfigError(f"sweep {name!r} already exists in {storage}: pass --resume to continue it, "
                           "or choose another --name")
     return plan
 
 
+def exists(path: str) -> bool:
+    from ..data.manifest import arrow_fs
+
+    fs, p = arrow_fs(path)
+    return fs.get_file_info(p).type.name != "NotFound"
+
+
+def enumerable_points(space: Space, cap: int = 2000) -> list[dict]:
+    """The grid, or (random / optuna search) the combinations of every grid and choice param's values."""
+    if space.model.search.algorithm == "grid":
+        return space.grid_points() or [{}]
+    lists = {k: (p.grid if p.grid is not None else p.choice) for k, p in space.model.params.items()
+             if p.grid is not None or p.choice is not None}
+    return [dict(zip(lists, combo)) for combo in itertools.islice(itertools.product(*lists.values()), cap)] or [{}]
+
+
 def trial_steps(space: Space) -> dict[str, int]:
-    """Every distinct backbone/data config the trials use has shards; -> planned steps per backbone."""
-    points = space.grid_points() or [{}]
+    """Every distinct backbone/data config the trials can use has shards (with a val split when the metric
+    needs one), and reports the metric on every result; -> planned steps per backbone."""
+    m = space.model
     steps: dict[str, int] = {}
     manifests: dict[tuple, dict] = {}
-    for point in points:
+    for point in enumerable_points(space):
         cfg, _ = trial_config(space, {"grid": point}, "validate")
         key = (cfg.backbone.name, cfg.backbone.checkpoint, cfg.data.output)
         if key not in manifests:
             manifests[key] = load_manifest(cfg)[1]
-        steps[cfg.backbone.name] = planned_steps(cfg, manifests[key]["outputs"]["train"])
+        outputs = manifests[key]["outputs"]
+        if m.metric.startswith("val/") and not outputs["val"]:
+            raise ConfigError(f"metric {m.metric} needs val rows, but the {cfg.backbone.name} shards have none "
+                              "(data.val_fraction when preprocessing)")
+        if m.metric.startswith("val/") and cfg.train.ckpt_every % cfg.train.eval_every:
+            raise ConfigError(f"trial {point}: train.ckpt_every={cfg.train.ckpt_every} is not a multiple of "
+                              f"train.eval_every={cfg.train.eval_every}")
+        steps[cfg.backbone.name] = planned_steps(cfg, outputs["train"])
     return steps
 
 
@@ -117,6 +145,7 @@ def open_parent(plan: SweepPlan) -> str:
     run_id = mlc.create_run(exp_id, run_name=plan.name, tags=tags).info.run_id
     write_json(f"{plan.sweep_dir}/{MARKER}", {
         "space": m.name, "digest": plan.space.digest, "parent_run_id": run_id,
+        "overrides": [redact_text(o) for o in plan.overrides],
         "tracking_uri": redact_text(plan.tracking_uri), "experiment": plan.base.tracking.experiment,
         "created": dt.datetime.now(dt.timezone.utc).isoformat()})
     params = {"space": m.name, "metric": m.metric, "mode": m.mode, "search": m.search.algorithm,
@@ -157,7 +186,8 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
             scheduler=space.scheduler(plan.base), max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(
             name=plan.name, storage_path=plan.storage, failure_config=tune.FailureConfig(max_failures=m.max_failures),
-            callbacks=[ChildRunStatus(plan.name, parent_run_id, plan.tracking_uri, plan.base.tracking.experiment)],
+            callbacks=[ChildRunStatus(plan.name, parent_run_id, plan.tracking_uri, plan.base.tracking.experiment,
+                                      space.max_t(plan.base) if m.scheduler.type == "asha" else None)],
             verbose=1),
     )
 
@@ -171,27 +201,44 @@ def run_sweep(plan: SweepPlan, report_dir: str | None = None) -> dict:
     mlc = tracking.client(plan.tracking_uri)
     try:
         results = build_tuner(plan, parent).fit()
+        # Ctrl-C: Tune saves its state and fit() returns; trials it stopped never reached the callback
+        interrupted = mark_interrupted(plan, parent)
         mlc.set_tag(parent, "moss.trials", str(len(results)))
         mlc.set_tag(parent, "moss.failed_trials", str(results.num_errors))
         report = build_report(plan.tracking_uri, parent_run_id=parent, out_dir=report_dir or f"report/{plan.name}")
     except BaseException as err:
         tracking.finish_run(plan.tracking_uri, parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    tracking.finish_run(plan.tracking_uri, parent, "FINISHED" if results.num_errors == 0 else "FAILED")
+    status = "KILLED" if interrupted else "FINISHED" if results.num_errors == 0 else "FAILED"
+    tracking.finish_run(plan.tracking_uri, parent, status)
     return {"name": plan.name, "parent_run_id": parent, "trials": len(results), "errors": results.num_errors,
+            "interrupted": interrupted, "overrides": plan.overrides,
             "report": report, "sweep_dir": plan.sweep_dir, "tracking_uri": plan.tracking_uri,
             "space": str(plan.space.path)}
 
 
+def mark_interrupted(plan: SweepPlan, parent: str) -> int:
+    """Child runs still running after fit() returned (an interrupted sweep): KILLED, tag interrupted."""
+    mlc = tracking.client(plan.tracking_uri)
+    exp_id = mlc.get_run(parent).info.experiment_id
+    running = mlc.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}' and tags.`moss.status` = 'running'")
+    for run in running:
+        mlc.set_tag(run.info.run_id, "moss.status", "interrupted")
+        mlc.set_terminated(run.info.run_id, "KILLED")
+    return len(running)
+
+
 def format_summary(summary: dict) -> str:
     report = summary["report"]
-    lines = [f"sweep {summary['name']!r}: {summary['trials']} trial(s), {summary['errors']} failed",
+    sets = "".join(f" --set {o}" for o in summary["overrides"])
+    lines = [f"sweep {summary['name']!r}: {summary['trials']} trial(s), {summary['errors']} failed"
+             + (f", interrupted ({summary['interrupted']} trial(s) unfinished)" if summary["interrupted"] else ""),
              report["table_text"],
              f"report:      {report['markdown']} (plots beside it; also on the parent run's artifacts, report/)",
              f"MLflow:      parent run {summary['parent_run_id']} at {redact_text(summary['tracking_uri'])}",
              f"browse:      {tracking.ui_hint(summary['tracking_uri'])}",
              f"Tune state:  {summary['sweep_dir']}",
-             f"resume:      moss sweep {summary['space']} --name {summary['name']} --resume"]
+             f"resume:      moss sweep {summary['space']}{sets} --name {summary['name']} --resume"]
     return "\n".join(lines)
 
 

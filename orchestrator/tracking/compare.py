@@ -74,7 +74,11 @@ def to_row(mlc, run, metric: str) -> Row:
     p, tags = run.data.params, run.data.tags
     variant = p.get("adapter.variant", tags.get("moss.variant", "?"))
     moss = variant == "moss"
-    history = sorted((m.step, m.value) for m in mlc.get_metric_history(run.info.run_id, metric))
+    latest: dict[int, tuple[int, float]] = {}  # a resumed run logs some steps twice: keep the later value
+    for m in mlc.get_metric_history(run.info.run_id, metric):
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    history = sorted((step, v) for step, (_, v) in latest.items())
     status = tags.get("moss.status") or run.info.status.lower()
     return Row(
         run_id=run.info.run_id, run_name=tags.get("mlflow.runName", run.info.run_name), status=status,
@@ -131,7 +135,7 @@ class Comparison:
                 continue
             gaps.append({"run_name": r.run_name, "backbone": r.backbone, "label": r.label, "rank": r.rank,
                          "kernel_size": r.kernel_size, "step": step, "value": mine, "lora_value": theirs,
-                         "gap": mine - theirs, "gap_pct": 100 * (mine - theirs) / abs(theirs),
+                         "gap": mine - theirs, "gap_pct": 100 * (mine - theirs) / abs(theirs) if theirs else None,
                          "trainable_parameters": r.trainable_parameters,
                          "lora_trainable_parameters": base.trainable_parameters,
                          "params_ratio": (r.trainable_parameters / base.trainable_parameters
@@ -150,7 +154,7 @@ def collect(uri: str, parent_run_id: str | None = None, experiment: str | None =
     ``experiment`` and no sweep in it, every training run of the experiment."""
     mlc = tracking.client(uri)
     parent = mlc.get_run(parent_run_id) if parent_run_id else latest_sweep(mlc, experiment or "moss")
-    if parent is not None and (parent_run_id or experiment is None):
+    if parent is not None:
         exp_ids = [parent.info.experiment_id]
         runs = search_all(mlc, exp_ids, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
         source = f"sweep {parent.data.tags.get('moss.sweep', parent.info.run_name)!r} (parent run {parent.info.run_id})"

@@ -86,7 +86,7 @@ def write_plots(c, out: Path) -> dict[str, str]:
     plots = {f"{c.metric} per run": "curves.png", f"{c.metric} vs trainable parameters": "metric_vs_params.png"}
     curves(c, out / "curves.png")
     metric_vs_params(c, out / "metric_vs_params.png")
-    for backbone, label in sorted({(r.backbone, r.label) for r in c.rows if r.value is not None}):
+    for backbone, label in sorted({(r.backbone, r.label) for r in c.rows if r.value is not None and r.rank}):
         name = f"heatmap_{_slug(backbone)}_{_slug(label)}.png"
         heatmap(c, backbone, label, out / name)
         plots[f"{backbone} {label}: rank x kernel"] = name

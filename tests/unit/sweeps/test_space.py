@@ -37,6 +37,12 @@ def test_when_drops_duplicate_trials():
     assert tree["adapter"]["kernel_size"] == 3  # the base's value, untouched
 
 
+def test_when_sees_config_defaults(tmp_path):
+    space = load_space(write(tmp_path, params={"adapter.rank": {"grid": [4, 8]},
+                                               "train.grad_accum": {"grid": [2], "when": {"train.strategy": "ddp"}}}))
+    assert all(p["train.grad_accum"] == 2 for p in space.grid_points())  # strategy is ddp by default
+
+
 def test_section_valued_param_merges(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({"backbone": {"name": "chameleon", "seed": 7}}))
@@ -99,6 +105,10 @@ BAD = {
                                  "adapter.alpha": {"grid": [8.0], "when": {"adapter.rank": 4}}}}, "own"),
     "ckpt not a multiple of eval": ({"set": {"train.eval_every": 3, "train.ckpt_every": 10}}, "multiple"),
     "missing base": ({"base": "nowhere.yaml"}, "not found"),
+    "float range on an int key": ({"params": {"adapter.rank": {"uniform": [4, 16]}}}, "adapter.rank"),
+    "grid when on a sampled key": ({"params": {"adapter.variant": {"choice": ["lora", "moss"]},
+                                               "adapter.kernel_size": {"grid": [1, 3], "when": {"adapter.variant": "moss"}}}},
+                                   "sampled"),
 }
 
 

@@ -57,8 +57,8 @@ def test_tables_best_and_lora_gaps(store):
     assert early["step"] == 2 and early["lora_value"] == pytest.approx(2.2) and early["gap"] == pytest.approx(0.3)
     stopped = next(r for r in c.rows if r.status == "early_stopped")
     assert stopped.step == 2 and stopped.kernel_size == 1
-    latest = collect(uri)  # default: the latest sweep of experiment "moss"
-    assert latest.parent_run_id == parent and len(latest.rows) == len(RUNS)
+    for latest in (collect(uri), collect(uri, experiment="moss")):  # the latest sweep of experiment "moss"
+        assert latest.parent_run_id == parent and len(latest.rows) == len(RUNS)
 
 
 def test_report_files_and_parent_artifacts(store, tmp_path):
