@@ -12,7 +12,7 @@ from ray.tune import Callback
 
 from ..tracking import mlflow as tracking
 from ..tracking.redact import redact_text
-from .trial import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, trial_run_name
+from .trial import STATUS_TAG, child_tags, find_child, trial_run_name
 
 MLFLOW_STATUS = {"finished": "FINISHED", "early_stopped": "KILLED", "failed": "FAILED"}
 
@@ -24,14 +24,11 @@ class ChildRunStatus(Callback):
 
     def _child(self, trial) -> str:
         """The trial's child run id; created here (failed) when the trial died before creating it."""
-        mlc = tracking.client(self.uri)
-        exp_id = tracking.ensure_experiment(mlc, self.experiment, self.uri)
-        name = trial_run_name(self.sweep, trial.trial_id)
-        run = tracking.find_run(mlc, exp_id, name)
+        mlc, exp_id, run = find_child(self.uri, self.experiment, self.sweep, trial.trial_id)
         if run is not None:
             return run.info.run_id
-        tags = {tracking.RUN_NAME_TAG: name, PARENT_TAG: self.parent_run_id, SWEEP_TAG: self.sweep,
-                TRIAL_TAG: trial.trial_id}
+        name = trial_run_name(self.sweep, trial.trial_id)
+        tags = {tracking.RUN_NAME_TAG: name, **child_tags(self.sweep, self.parent_run_id, trial.trial_id)}
         return mlc.create_run(exp_id, run_name=name, tags=tags).info.run_id
 
     def _end(self, trial, status: str, error: str | None = None) -> None:

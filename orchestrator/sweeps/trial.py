@@ -36,19 +36,28 @@ def trial_config(space: Space, config: dict, run_name: str):
     return validate_tree(tree, f"trial {run_name}"), applied
 
 
+def find_child(uri: str, experiment: str, sweep: str, trial_id: str):
+    """(client, experiment id, the trial's child run or None), found by the trial's run name."""
+    mlc = tracking.client(uri)
+    exp_id = tracking.ensure_experiment(mlc, experiment, uri)
+    return mlc, exp_id, tracking.find_run(mlc, exp_id, trial_run_name(sweep, trial_id))
+
+
+def child_tags(sweep: str, parent_run_id: str, trial_id: str) -> dict[str, str]:
+    return {PARENT_TAG: parent_run_id, SWEEP_TAG: sweep, TRIAL_TAG: trial_id}
+
+
 def ensure_child_run(cfg, run_name: str, sweep: dict, trial_id: str, applied: dict) -> str:
     """The trial's MLflow run under the sweep's parent: found by run name, else created."""
     uri = sweep["tracking_uri"]
-    mlc = tracking.client(uri)
-    exp_id = tracking.ensure_experiment(mlc, cfg.tracking.experiment, uri)
-    run = tracking.find_run(mlc, exp_id, run_name)
+    mlc, _, run = find_child(uri, cfg.tracking.experiment, sweep["name"], trial_id)
     if run is not None:
         if run.data.tags.get(PARENT_TAG) != sweep["parent_run_id"]:
             raise ConfigError(f"MLflow run {run.info.run_id} named {run_name!r} is not a child of sweep "
                               f"{sweep['name']!r} (parent {sweep['parent_run_id']})")
         mlc.set_tag(run.info.run_id, STATUS_TAG, "running")
         return run.info.run_id
-    tags = {PARENT_TAG: sweep["parent_run_id"], SWEEP_TAG: sweep["name"], TRIAL_TAG: trial_id,
+    tags = {**child_tags(sweep["name"], sweep["parent_run_id"], trial_id),
             SAMPLED_TAG: json.dumps(applied, default=str)[:5000], STATUS_TAG: "running"}
     return tracking.open_run(cfg, run_name, uri, extra_tags=tags)
 

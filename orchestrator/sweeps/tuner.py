@@ -66,8 +66,8 @@ def latest_sweep(storage: str, space_name: str) -> str | None:
 def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: bool = False) -> SweepPlan:
     """Every check that needs no Ray: the space, every trial's shards, the sweep name vs storage."""
     space = load_space(space_path, overrides)
-    absolutize(space)
-    base = space.check()
+    absolutize(space)  # load_space checked the space; this changes only paths
+    base = space.base_config()
     storage = base.storage.path
     if resume and name is None:
         name = latest_sweep(storage, space.name)
