@@ -128,6 +128,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_secrets(args: argparse.Namespace) -> int:
+    from .cluster.secrets import generate, write_env_file
+
+    path = write_env_file(args.out, generate(args.user), force=args.force)
+    print(f"cluster-secrets: wrote {path} (mode 0600): Ray token auth on, a Ray token, MLflow user {args.user!r} "
+          "and password. cluster.yaml copies it to every node. Before `ray job submit` / `moss compare`, load it:")
+    print(f"  set -a; . {path}; set +a")
+    return 0
+
+
+def cmd_mlflow_server(args: argparse.Namespace) -> int:
+    from .cluster.mlflow_server import serve
+
+    serve(args.root, args.host, args.port, args.backend_store_uri, args.artifacts_destination, args.workers)
+    return 0  # serve() replaces this process
+
+
 def _config_command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
     """A subcommand taking an optional run config YAML and repeatable --set overrides."""
     p = sub.add_parser(name, help=help)
@@ -176,6 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--per-domain", type=int, default=60)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=cmd_sample)
+    secrets = sub.add_parser("cluster-secrets", help="generate the cluster's Ray token and MLflow credentials "
+                                                     "into a private env file (never commit it)")
+    secrets.add_argument("--out", default="~/.moss/cluster.env", help="the file cluster.yaml copies to the nodes")
+    secrets.add_argument("--user", default="moss", help="MLflow user name")
+    secrets.add_argument("--force", action="store_true", help="replace an existing file (locks out a running cluster)")
+    secrets.set_defaults(func=cmd_cluster_secrets)
+    server = sub.add_parser("mlflow-server", help="`mlflow server` with basic auth; the admin user and password "
+                                                  "come from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
+    server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 on a cluster head (GPU workers log to it)")
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--root", default="~/mlflow", help="user store, default run store and artifacts")
+    server.add_argument("--backend-store-uri", help="default: sqlite:///<root>/mlflow.db")
+    server.add_argument("--artifacts-destination", help="default: <root>/artifacts; s3://bucket/prefix on AWS")
+    server.add_argument("--workers", type=int, default=2)
+    server.set_defaults(func=cmd_mlflow_server)
     return parser
 
 

@@ -151,7 +151,8 @@ class BackboneSpec(ABC):
             self.vq_module(model).load_state_dict(self.tiny_vq().state_dict())
             model = model.to(dtype) if dtype is not None else model
         else:
-            model = self.model_class.from_pretrained(checkpoint, dtype=dtype or "auto")
+            # safetensors only: a pickled .bin checkpoint can run code when loaded
+            model = self.model_class.from_pretrained(checkpoint, dtype=dtype or "auto", use_safetensors=True)
         return model.eval()
 
     @abstractmethod

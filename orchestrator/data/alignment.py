@@ -22,7 +22,7 @@ class AlignmentScore:
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = CLIPModel.from_pretrained(model_path).to(self.device).eval()
+        self.model = CLIPModel.from_pretrained(model_path, use_safetensors=True).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.processor = AutoImageProcessor.from_pretrained(model_path)
         self.min_score = min_score

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import secrets
 from dataclasses import dataclass
 
@@ -156,6 +157,7 @@ def open_parent(plan: SweepPlan) -> str:
     mlc.log_text(run_id, redact_text(plan.space.text), f"space/{plan.space.path.name}")
     mlc.log_text(run_id, yaml.safe_dump(redact(plan.base.model_dump(mode="json")), sort_keys=False),
                  "space/base_config.yaml")
+    mlc.log_text(run_id, json.dumps(tracking.environment(), indent=2), "environment.json")
     return run_id
 
 

@@ -17,11 +17,15 @@ from urllib.parse import urlparse
 
 import yaml
 
-from .redact import redact, redact_text
+from ..config import ConfigError
+from .redact import redact, redact_text, secret_env_values
 
 RUN_NAME_TAG = "moss.run_name"
 PACKAGES = ("torch", "transformers", "peft", "ray", "mlflow", "moss-orchestrator")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+#: environment variables recorded with each run (environment.json), secrets masked
+ENV_PREFIXES = ("RAY_", "MLFLOW_", "MOSS_", "CUDA_", "NCCL_", "HF_", "TORCH_", "PYTORCH_", "AWS_", "OMP_NUM_THREADS",
+                "TOKENIZERS_PARALLELISM")
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -31,6 +35,10 @@ def tracking_uri(configured: str | None = None) -> str:
         return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # Ray workers run in other directories
+    if urlparse(uri).scheme in ("http", "https") and not urlparse(uri).hostname:
+        raise ConfigError(f"tracking URI {redact_text(uri)!r} names no host: jobs/runtime_env.yaml builds it from "
+                          "MOSS_MLFLOW_ADDRESS, which cluster.yaml exports on every node; elsewhere set "
+                          "MLFLOW_TRACKING_URI or tracking.tracking_uri")
     return uri
 
 
@@ -81,6 +89,13 @@ def provenance() -> dict[str, str]:
     return out
 
 
+def environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The Ray / MLflow / CUDA / cloud variables this process runs with, secrets masked (tokens, passwords, keys)."""
+    env = dict(os.environ if environ is None else environ)
+    picked = {k: v for k, v in sorted(env.items()) if k.startswith(ENV_PREFIXES)}
+    return redact(picked, secret_env_values(env))
+
+
 def run_params(cfg) -> dict[str, str]:
     """Params of a run: the flattened, redacted resolved config + config hash + provenance."""
     params = flatten(redact(cfg.model_dump(mode="json")))
@@ -126,7 +141,9 @@ def log_run_inputs(cfg, uri: str, run_id: str, resumed: bool) -> None:
     launches = int(mlc.get_run(run_id).data.tags.get("moss.relaunches", "-1")) + 1
     mlc.set_tag(run_id, "moss.relaunches", str(launches))
     text = yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
-    mlc.log_text(run_id, text, f"relaunch-{launches}/config.yaml" if resumed else "config.yaml")
+    prefix = f"relaunch-{launches}/" if resumed else ""
+    mlc.log_text(run_id, text, f"{prefix}config.yaml")
+    mlc.log_text(run_id, json.dumps(environment(), indent=2), f"{prefix}environment.json")
 
 
 def log_params_once(mlc, run_id: str, params: dict[str, str]) -> None:

@@ -97,3 +97,13 @@ def test_local_checkpoint_uses_the_real_loading_path(spec, tmp_path):
     assert len(ex["image_layout"]) == 1 and ex["image_layout"][0].complete
     peft_model = apply_moss(model, MossConfig(rank=4), local)
     assert torch.isfinite(local.loss(peft_model, local.collate([ex])).loss)
+
+
+def test_local_checkpoint_loads_only_from_safetensors(tmp_path):
+    spec = get_backbone("chameleon")
+    spec.export_tiny(str(tmp_path), seed=0)
+    state = spec.build(seed=0).state_dict()
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(state, tmp_path / "pytorch_model.bin")  # a pickle: loading it could run code
+    with pytest.raises(OSError, match="model.safetensors"):
+        get_backbone("chameleon", checkpoint=str(tmp_path)).build()

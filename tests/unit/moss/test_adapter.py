@@ -231,3 +231,17 @@ def test_moss_with_1x1_kernel_equals_moe_lora(spec):
             elif ".lora_" in name:
                 p.copy_(src[name])
     assert torch.allclose(hidden(spec, moss, batch), hidden(spec, moe, batch), atol=1e-5)
+
+
+def test_pickled_adapter_weights_are_never_loaded(tmp_path):
+    """Only adapter_model.safetensors is read; a pickle (which can run code on load) is refused, not tried."""
+    from tests.conftest import spec_for
+
+    spec = spec_for("chameleon")
+    model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
+    save_adapter(model, tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    torch.save({"boom": torch.zeros(1)}, tmp_path / "adapter_model.bin")
+    weights.unlink()
+    with pytest.raises(AdapterLoadError, match="only from safetensors"):
+        load_adapter(spec.build(seed=0), tmp_path, spec)

@@ -47,3 +47,26 @@ def test_tracking_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri(None) == "http://127.0.0.1:5000"
     assert tracking_uri("sqlite:///rel.db") == f"sqlite:///{tmp_path.resolve()}/rel.db"  # absolute for Ray workers
+
+
+def test_environment_record_masks_secrets_and_keeps_the_rest():
+    from orchestrator.tracking.mlflow import environment
+
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "ab" * 32, "MLFLOW_TRACKING_USERNAME": "moss",
+           "MLFLOW_TRACKING_PASSWORD": "pw-0123456789", "MLFLOW_TRACKING_URI": "http://moss:pw-0123456789@10.0.0.5:5000",
+           "AWS_SECRET_ACCESS_KEY": "aws/secret+key", "MOSS_MLFLOW_ADDRESS": "10.0.0.5:5000", "HOME": "/root",
+           "CUDA_VISIBLE_DEVICES": "0,1"}
+    rec = environment(env)
+    assert rec == {"AWS_SECRET_ACCESS_KEY": MASK, "CUDA_VISIBLE_DEVICES": "0,1", "MLFLOW_TRACKING_PASSWORD": MASK,
+                   "MLFLOW_TRACKING_URI": f"http://moss:{MASK}@10.0.0.5:5000", "MLFLOW_TRACKING_USERNAME": "moss",
+                   "MOSS_MLFLOW_ADDRESS": "10.0.0.5:5000", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": MASK}
+
+
+def test_tracking_uri_without_a_host_is_a_config_error(monkeypatch):
+    import pytest
+
+    from orchestrator.config import ConfigError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://")  # runtime_env.yaml on a node without MOSS_MLFLOW_ADDRESS
+    with pytest.raises(ConfigError, match="MOSS_MLFLOW_ADDRESS"):
+        tracking_uri(None)

@@ -1,0 +1,1 @@
+"""Running on a cloud cluster: its secrets (Ray token, MLflow credentials) and the head's MLflow server."""

@@ -1,0 +1,68 @@
+"""The cluster's secrets, generated on the user's machine and never committed.
+
+One env file (default ``~/.moss/cluster.env``, mode 0600) holds the Ray auth token and the MLflow
+credentials. ``cluster.yaml`` copies it to every node (``file_mounts``) and sources it before ``ray
+start``, so Ray's processes (job drivers, Train workers) inherit the variables; the user sources it
+before ``ray job submit``. Values are hex / URL-safe, so the file is safe to source from sh.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+from ..config import ConfigError
+
+DEFAULT_ENV_FILE = "~/.moss/cluster.env"
+MLFLOW_USER = "moss"
+_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+def generate(username: str = MLFLOW_USER) -> dict[str, str]:
+    """Fresh secrets: Ray token auth on, a 256-bit Ray token, an MLflow user and password."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", username):
+        raise ConfigError(f"MLflow user name {username!r}: use letters, digits, '_', '.', '-'")
+    return {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),  # the format `ray get-auth-token --generate` writes
+        "MLFLOW_TRACKING_USERNAME": username,
+        "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(24),
+    }
+
+
+def write_env_file(path: str | Path, values: dict[str, str], force: bool = False) -> Path:
+    """Write ``values`` as KEY=VALUE lines readable only by the owner; refuse to replace a file unless forced.
+
+    Replacing the secrets of a running cluster locks its jobs out (the MLflow server keeps the old
+    password in its user store), so it takes ``force``.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; it may hold a running cluster's secrets (--force replaces them)")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lines = ["# moss cluster secrets: copied to every node by cluster.yaml; never commit this file"]
+    lines += [f"{k}={v}" for k, v in values.items()]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to an existing file
+    return path
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """KEY=VALUE lines (``export`` and comments allowed) -> dict; a malformed line is an error."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path} not found (`moss cluster-secrets` writes it)")
+    out = {}
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if not m:
+            raise ConfigError(f"{path}:{n}: expected KEY=VALUE")
+        out[m[1]] = m[2].strip().strip("'\"")
+    return out
