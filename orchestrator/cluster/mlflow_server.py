@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError
+from .secrets import write_private
 
 AUTH_INI = "basic_auth.ini"
 AUTH_DB = "basic_auth.db"
@@ -32,20 +33,13 @@ def credentials(environ: dict[str, str] | None = None) -> tuple[str, str]:
     return user, password
 
 
-def _private_file(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-
-
 def _secret_key(root: Path, env: dict[str, str]) -> str:
     """Flask's CSRF key: from the environment, else one generated once and kept in ``root`` (0600)."""
     if env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
         return env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
     path = root / SECRET_KEY_FILE
     if not path.exists():
-        _private_file(path, secrets.token_hex(32))
+        write_private(path, secrets.token_hex(32))
     return path.read_text().strip()
 
 
@@ -72,9 +66,10 @@ def prepare(root: str | Path, environ: dict[str, str] | None = None) -> dict[str
     env = dict(os.environ if environ is None else environ)
     user, password = credentials(env)
     root = Path(root).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)  # the user store (password hashes) and the CSRF key live here
     check_user_store(root, user, password)
-    _private_file(root / AUTH_INI, "\n".join([
+    write_private(root / AUTH_INI, "\n".join([
         "[mlflow]",
         "default_permission = READ",  # for users an admin adds later; requests without credentials get 401
         f"database_uri = sqlite:///{root / AUTH_DB}",
@@ -83,6 +78,7 @@ def prepare(root: str | Path, environ: dict[str, str] | None = None) -> dict[str
     ]) + "\n")
     # MLflow's GenAI job runner (a supervisor + 7 huey consumers, ~250 MB each) is not used by training runs
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    env.pop("RAY_AUTH_TOKEN", None)  # sourced with the MLflow credentials; the server has no use for it
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(root / AUTH_INI), MLFLOW_AUTH_ADMIN_USERNAME=user,
                MLFLOW_AUTH_ADMIN_PASSWORD=password, MLFLOW_FLASK_SERVER_SECRET_KEY=_secret_key(root, env))
     return env

@@ -32,6 +32,20 @@ def generate(username: str = MLFLOW_USER) -> dict[str, str]:
     }
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by the owner only: a fresh 0600 file (never an existing one or a symlink's
+    target, so no moment with the new text under old permissions) renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_env_file(path: str | Path, values: dict[str, str], force: bool = False) -> Path:
     """Write ``values`` as KEY=VALUE lines readable only by the owner; refuse to replace a file unless forced.
 
@@ -44,10 +58,7 @@ def write_env_file(path: str | Path, values: dict[str, str], force: bool = False
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     lines = ["# moss cluster secrets: copied to every node by cluster.yaml; never commit this file"]
     lines += [f"{k}={v}" for k, v in values.items()]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to an existing file
+    write_private(path, "\n".join(lines) + "\n")
     return path
 
 

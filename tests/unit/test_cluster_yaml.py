@@ -36,7 +36,7 @@ def test_every_ray_start_uses_token_auth_and_the_secrets_file(config):
     for cmd in starts:
         before_start = cmd.split("ray start")[0]
         assert ". ~/.moss/cluster.env" in before_start and "export RAY_AUTH_MODE=token" in before_start
-    assert config["file_mounts"]["~/.moss/cluster.env"] == "~/.moss/cluster.env"
+    assert config["file_mounts"]["~/.moss"] == "~/.moss"  # a folder: a single-file bind mount goes stale
 
 
 def test_dashboard_listens_on_localhost_only(config):
@@ -85,7 +85,8 @@ def test_setup_installs_the_package_and_sync_leaves_data_and_results(config):
     setups = config["head_setup_commands"] + config["worker_setup_commands"]
     assert sum("moss-orchestrator[cloud]" in c for c in setups) == 2
     excluded = set(config["rsync_exclude"])
-    assert {".git", ".venv", "data", "shards", "ray_results", "mlruns", "mlflow.db", "demo_out"} <= excluded
+    assert {".git", ".venv", "/data", "/shards", "/ray_results", "/mlruns", "/mlflow.db", "/demo_out"} <= excluded
+    assert not [p for p in excluded if p.strip("/") in ("data", "runs", "report") and not p.startswith("/")]
 
 
 def test_search_space_driver_resource_exists_on_the_cluster(config):

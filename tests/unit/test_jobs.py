@@ -47,20 +47,23 @@ def test_a_bad_config_exits_2_before_ray_starts(tmp_path):
     assert "moss train:" in out.stderr and "adapter.rank" in out.stderr
 
 
-def copy_tracked_tree(dest: Path) -> None:
-    """The repository as a fresh clone has it (tracked files, plus .git)."""
+def copy_tracked_tree(dest: Path) -> list[str]:
+    """The repository as a fresh clone has it -> the tracked files copied."""
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    copied = []
     for rel in files:
         if (REPO / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dest / rel)
+            copied.append(rel)
+    return copied
 
 
 def test_upload_leaves_out_data_results_and_environments(tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
     tree = tmp_path / "repo"
-    copy_tracked_tree(tree)
+    tracked = copy_tracked_tree(tree)
     junk = {".git/objects/pack/big.pack", ".venv/lib/torch.so", "data/leafinstruct/part-0.jsonl", "shards/x.parquet",
             "demo_out/ray_results/ck/optimizer.safetensors", "ray_results/sweep/trial/state.pkl", "mlruns/1/m.json",
             "mlflow.db", "runs/r/adapter_model.safetensors", "benchmarks/results/x.json", "report/compare/a.png",
@@ -72,6 +75,8 @@ def test_upload_leaves_out_data_results_and_environments(tmp_path):
     # include_gitignore=False: the excludes alone must do it, whatever .gitignore says
     create_package(str(tree), pkg, include_gitignore=False, excludes=runtime_env()["excludes"])
     names = set(zipfile.ZipFile(pkg).namelist())
-    assert {"orchestrator/cli.py", "jobs/train.py", "jobs/configs/sample.yaml", "search_spaces/smoke.yaml"} <= names
+    code = {f for f in tracked if f.startswith(("orchestrator/", "jobs/", "search_spaces/"))}
+    assert {"orchestrator/data/pipeline.py", "orchestrator/cli.py", "jobs/train.py", "jobs/runtime_env.yaml"} <= code
+    assert not code - names, sorted(code - names)  # every file of the package, the jobs and the spaces
     assert not junk & names, junk & names
     assert pkg.stat().st_size < 2 * 2**20, pkg.stat().st_size

@@ -13,8 +13,11 @@ CREDS = {"MLFLOW_TRACKING_USERNAME": "moss", "MLFLOW_TRACKING_PASSWORD": "pw-012
 
 
 def test_prepare_writes_an_auth_config_without_the_password(tmp_path):
-    env = prepare(tmp_path / "srv", {"PATH": "/bin", **CREDS})
+    (tmp_path / "srv").mkdir(mode=0o755)  # as `mkdir -p ~/mlflow` leaves it
+    env = prepare(tmp_path / "srv", {"PATH": "/bin", "RAY_AUTH_TOKEN": "ab" * 32, **CREDS})
     ini = tmp_path / "srv" / AUTH_INI
+    assert stat.S_IMODE((tmp_path / "srv").stat().st_mode) == 0o700
+    assert "RAY_AUTH_TOKEN" not in env
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600
     parsed = configparser.ConfigParser()
     parsed.read(ini)

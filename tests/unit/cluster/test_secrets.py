@@ -58,3 +58,16 @@ def test_cli_writes_the_file_and_never_prints_a_secret(tmp_path, capsys):
     assert str(out) in printed and values["RAY_AUTH_TOKEN"] not in printed
     assert values["MLFLOW_TRACKING_PASSWORD"] not in printed
     assert main(["cluster-secrets", "--out", str(out)]) == 2  # refuses to replace
+
+
+def test_private_write_never_follows_a_symlink_or_widens_a_mode(tmp_path):
+    from orchestrator.cluster.secrets import write_private
+
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("untouched")
+    link = tmp_path / "cluster.env"
+    link.symlink_to(target)
+    write_private(link, "SECRET=1\n")
+    assert target.read_text() == "untouched" and not link.is_symlink()
+    assert link.read_text() == "SECRET=1\n" and stat.S_IMODE(link.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
