@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ..config import ConfigError
 
-DEFAULT_ENV_FILE = "~/.moss/cluster.env"
 MLFLOW_USER = "moss"
 _LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
