@@ -38,29 +38,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_tree(proc: subprocess.Popen, grace: float = 45) -> list[str]:
-    """SIGTERM ``proc`` (it stops what it started), then SIGKILL whatever of its process tree is left.
-
-    -> command lines of the processes that had to be killed.
-    """
+def stop_tree(proc: subprocess.Popen, grace: float = 45) -> None:
+    """SIGTERM the process group ``proc`` leads (started with start_new_session), then SIGKILL whatever
+    of its process tree is left (Ray's job drivers and workers may sit in groups of their own)."""
     try:
         tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
     except psutil.NoSuchProcess:
-        return []
-    proc.send_signal(signal.SIGTERM)
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         pass
-    killed = []
     for pid in tree:
         try:
-            p = psutil.Process(pid)
-            killed.append(" ".join(p.cmdline())[:120])
-            p.kill()
+            psutil.Process(pid).kill()
         except psutil.NoSuchProcess:
             continue
-    return killed
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +71,7 @@ def cluster_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mlflow_server(cluster_env, tmp_path_factory):
+    """`moss mlflow-server` with basic auth; not waited for here (it boots while the Ray head does)."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(root / "server.log", "w")
@@ -81,21 +79,22 @@ def mlflow_server(cluster_env, tmp_path_factory):
     proc = subprocess.Popen([str(BIN / "moss"), "mlflow-server", "--host", "127.0.0.1", "--port", str(port),
                              "--root", str(root), "--workers", "1"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "root": root, "proc": proc}
+    stop_tree(proc, grace=20)
+    log.close()
+
+
+def wait_for(server: dict) -> dict:
     deadline = time.time() + 120
     while time.time() < deadline:
-        assert proc.poll() is None, (root / "server.log").read_text()
+        assert server["proc"].poll() is None, (server["root"] / "server.log").read_text()
         try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                break
+            if requests.get(f"{server['url']}/health", timeout=2).status_code == 200:
+                return server
         except requests.ConnectionError:
             pass
         time.sleep(1)
-    else:
-        pytest.fail("mlflow server did not come up:\n" + (root / "server.log").read_text()[-3000:])
-    yield {"url": url, "port": port, "root": root}
-    stop_tree(proc, grace=20)
-    log.close()
+    pytest.fail("mlflow server did not come up:\n" + (server["root"] / "server.log").read_text()[-3000:])
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +104,8 @@ def ray_head(cluster_env, mlflow_server):
     dash = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env.update(cluster_env, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # the job's `python` is this venv's
-               MOSS_MLFLOW_ADDRESS=f"127.0.0.1:{mlflow_server['port']}")
+               MOSS_MLFLOW_ADDRESS=f"127.0.0.1:{mlflow_server['port']}",
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # stop at once (the 30 s drain is for Ray Serve)
     log = open(Path(temp_dir) / "head.log", "w")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port()),
@@ -180,8 +180,9 @@ def config_args(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(ray_head, workdir):
+def trained(ray_head, mlflow_server, workdir):
     """Two jobs, as on a cluster: preprocess the sample set, then fine-tune (1 worker, 6 steps)."""
+    wait_for(mlflow_server)
     pre = submit(ray_head, "moss-preprocess", "python", "jobs/preprocess.py", *config_args(workdir))
     logs = {"moss-preprocess": job_logs(ray_head, "moss-preprocess")}
     assert pre == "SUCCEEDED", logs["moss-preprocess"][-3000:]
@@ -250,6 +251,7 @@ def test_ray_refuses_clients_without_the_token(ray_head, cluster_env):
 
 
 def test_mlflow_server_refuses_requests_without_the_password(mlflow_server, cluster_env):
+    wait_for(mlflow_server)
     api = f"{mlflow_server['url']}/api/2.0/mlflow/experiments/search?max_results=5"
     user = cluster_env["MLFLOW_TRACKING_USERNAME"]
     assert requests.get(api, timeout=10).status_code == 401
