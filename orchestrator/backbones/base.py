@@ -100,6 +100,34 @@ def split_ce(
     return LossOutput(loss, means[0], means[1], counts[0], counts[1])
 
 
+@dataclass(frozen=True)
+class ImageFrame:
+    """The tokens around one generated h x w image: the token that opens it, a header after it, the
+    tokens ending each row, and the tokens closing it. Cells follow the header in raster order."""
+
+    open_id: int
+    header: tuple[int, ...]
+    row_end: tuple[int, ...]
+    close: tuple[int, ...]
+    height: int
+    width: int
+
+    @property
+    def row_stride(self) -> int:
+        return self.width + len(self.row_end)
+
+    def segment(self, open_position: int) -> ImageSegment:
+        """The layout segment of this image when its open token sits at ``open_position``."""
+        n = self.height * self.width
+        return ImageSegment(open_position + 1 + len(self.header), self.height, self.width, self.row_stride, n)
+
+    def tokens(self, cell_ids: list[int]) -> list[int]:
+        if len(cell_ids) != self.height * self.width:
+            raise ValueError(f"{len(cell_ids)} cells for a {self.height}x{self.width} image")
+        rows = [cell_ids[i * self.width : (i + 1) * self.width] + list(self.row_end) for i in range(self.height)]
+        return [self.open_id, *self.header, *(t for r in rows for t in r), *self.close]
+
+
 class BackboneSpec(ABC):
     """One VLG family. Subclasses fill the abstract parts; see chameleon.py, emu3.py, janus.py."""
 
@@ -369,6 +397,59 @@ class BackboneSpec(ABC):
         """(module that receives input_ids, module that runs the decoder layers)."""
         return model.model, model.model
 
+    # ---- generation -------------------------------------------------------------------------------
+    def forward_hidden(self, model: nn.Module, input_ids: torch.Tensor, cache=None):
+        """(B, T) new ids after ``cache`` -> ((B, T, D) hidden states, the grown KV cache)."""
+        out = unwrap(model).model(input_ids=input_ids, cache=cache, use_cache=True)
+        return out.last_hidden_state, out.cache
+
+    def text_logits(self, model: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """(..., D) hidden -> (..., vocab) next-token logits over the text vocabulary (image ids masked later)."""
+        return unwrap(model).lm_head(h)
+
+    @cached_property
+    def image_candidates(self) -> torch.Tensor:
+        """The ids an image cell may take, in the order of ``image_logits``' last dimension."""
+        return self.image_token_ids
+
+    def image_logits(self, model: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """(..., D) hidden -> (..., n_codes) logits over ``image_candidates`` only."""
+        head = unwrap(model).lm_head
+        if getattr(self, "_image_rows_of", None) is not head.weight:  # the rows of the code ids, sliced once
+            self._image_rows, self._image_rows_of = head.weight[self.image_candidates.to(head.weight.device)], head.weight
+        return h @ self._image_rows.t()
+
+    def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Image-cell ids -> VQ codebook indices."""
+        bpe2img = self.vocab_mapping.bpe2img
+        return torch.tensor([bpe2img[int(t)] for t in ids.flatten()], dtype=torch.long).view(ids.shape)
+
+    @abstractmethod
+    def image_frame(self, height: int, width: int) -> ImageFrame:
+        """The tokens around a generated height x width image."""
+
+    def generation_grid(self, size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(h, w) in codes of a generated image; fixed-grid backbones refuse another size."""
+        grid = tuple(self.grid)
+        if size is not None and tuple(size) != grid:
+            raise ValueError(f"{self.name} ({self.checkpoint}) generates {grid[0]}x{grid[1]} code grids only, not {size}")
+        return grid
+
+    def text_banned_ids(self) -> list[int]:
+        """Ids never sampled as text: padding, image codes, and the tokens only an image frame places."""
+        frame = self.image_frame(*self.generation_grid())
+        banned = {self.tokenizer.pad_token_id, *frame.close, *frame.row_end}
+        banned.update(set(frame.header) - set(self.text_ids("0123456789*")))  # Emu3's <|image token|>
+        mapping = self.vocab_mapping if self.vocab_mapping_class is not None else None
+        if mapping is not None and mapping.image_token_id is not None:
+            banned.add(mapping.image_token_id)  # the processor's placeholder
+        banned.discard(None)
+        return sorted(banned) + self.image_token_ids.tolist()
+
+    def decode_image(self, codes: torch.Tensor) -> Image.Image | None:
+        """(h, w) codes -> a PIL image through the VQ decoder; None when the backbone has none."""
+        return None
+
 
 class LossModule(nn.Module):
     """``module(batch) -> LossOutput``: the loss as a module forward, for DDP / FSDP wrappers."""
@@ -379,6 +460,12 @@ class LossModule(nn.Module):
 
     def forward(self, batch: dict) -> LossOutput:
         return self.spec.loss(self.model, batch, self.weights)
+
+
+def pixels_to_image(pixels: torch.Tensor) -> Image.Image:
+    """(3, H, W) VQ decoder output in [-1, 1] -> an RGB PIL image."""
+    arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr, "RGB")
 
 
 def runs_after(ids: torch.Tensor, start_ids: set[int], is_code: torch.Tensor) -> list[tuple[int, int]]:

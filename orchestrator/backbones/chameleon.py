@@ -17,6 +17,7 @@ from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocab
 from .base import (
     TINY_TEXT_VOCAB,
     BackboneSpec,
+    ImageFrame,
     decoder_regex,
     fixed_grid_layout,
     unwrap,
@@ -94,6 +95,10 @@ class ChameleonSpec(BackboneSpec):
     def image_tokens(self, codes) -> list[int]:
         bpe = self.vocab_mapping.convert_img2bpe(codes.flatten()).tolist()
         return [self.token_id(self.boi), *bpe, self.token_id(self.eoi)]
+
+    def image_frame(self, height: int, width: int) -> ImageFrame:
+        # no pixel decoder in transformers (ChameleonVQVAE has no decode): decode_image stays None
+        return ImageFrame(self.token_id(self.boi), (), (), (self.token_id(self.eoi),), height, width)
 
     def image_layout(self, input_ids, labels=None):
         # the processor path holds "<image>" placeholders (swapped for codes inside the model) instead

@@ -17,7 +17,7 @@ from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3TextConfi
 from transformers.models.emu3.modeling_emu3 import Emu3ImageVocabularyMapping
 
 from ..moss.layout import ImageLayout, ImageSegment
-from .base import TINY_TEXT_VOCAB, BackboneSpec, decoder_regex, is_input_image, unwrap
+from .base import TINY_TEXT_VOCAB, BackboneSpec, ImageFrame, decoder_regex, is_input_image, pixels_to_image, unwrap
 
 TINY_CODEBOOK = 256
 
@@ -107,6 +107,28 @@ class Emu3Spec(BackboneSpec):
             self.token_id(self.image_start), *self.text_ids(f"{h}*{w}"), self.token_id(self.image_token),
             *rows, self.token_id(self.eof), self.token_id(self.image_end),
         ]
+
+    def image_frame(self, height: int, width: int) -> ImageFrame:
+        header = (*self.text_ids(f"{height}*{width}"), self.token_id(self.image_token))
+        close = (self.token_id(self.eof), self.token_id(self.image_end))
+        return ImageFrame(self.token_id(self.image_start), header, (self.token_id(self.eol),), close, height, width)
+
+    #: Emu3-Gen's default image_area 518400 px = 720 x 720 px at spatial factor 8: 90 x 90 codes
+    HUB_GENERATION_GRID = (90, 90)
+
+    def generation_grid(self, size=None) -> tuple[int, int]:
+        """Any h x w (Emu3 writes the size into the image header); default square."""
+        if size is not None:
+            h, w = (int(v) for v in size)
+            if h < 1 or w < 1:
+                raise ValueError(f"image size {size}: both sides must be >= 1 code")
+            return h, w
+        return (self.preset["grid"],) * 2 if self.is_random else self.HUB_GENERATION_GRID
+
+    @torch.no_grad()
+    def decode_image(self, codes):
+        vq = self.vq
+        return pixels_to_image(vq.decode(codes[None].to(next(vq.parameters()).device))[0])
 
     def image_layout(self, input_ids, labels=None):
         input_ids = input_ids.cpu()

@@ -15,7 +15,16 @@ import torch
 from PIL import Image
 from transformers import JanusConfig, JanusForConditionalGeneration
 
-from .base import TINY_TEXT_VOCAB, BackboneSpec, decoder_regex, fixed_grid_layout, set_layout, unwrap
+from .base import (
+    TINY_TEXT_VOCAB,
+    BackboneSpec,
+    ImageFrame,
+    decoder_regex,
+    fixed_grid_layout,
+    pixels_to_image,
+    set_layout,
+    unwrap,
+)
 
 
 class JanusSpec(BackboneSpec):
@@ -120,3 +129,31 @@ class JanusSpec(BackboneSpec):
 
     def is_image_target(self, targets):
         return targets >= self.text_vocab
+
+    # ---- generation: codes come from generation_head, embeddings from the generation aligner ----------
+    def forward_hidden(self, model, input_ids, cache=None):
+        lm = unwrap(model).model.language_model
+        out = lm(inputs_embeds=self.embed(model, input_ids), cache=cache, use_cache=True)
+        return out.last_hidden_state, out.cache
+
+    @cached_property
+    def image_candidates(self) -> torch.Tensor:
+        return self.text_vocab + torch.arange(self.vq.config.num_embeddings)
+
+    def image_logits(self, model, h):
+        return unwrap(model).model.generation_head(h)
+
+    def ids_to_codes(self, ids):
+        return ids - self.text_vocab
+
+    def image_frame(self, height: int, width: int) -> ImageFrame:
+        return ImageFrame(self.token_id(self.boi), (), (), (self.token_id(self.eoi),), height, width)
+
+    def text_banned_ids(self) -> list[int]:
+        specials = (self.tokenizer.pad_token_id, self.token_id(self.eoi), self.token_id("<image_placeholder>"))
+        return sorted(specials)  # codes are not in lm_head's vocabulary
+
+    @torch.no_grad()
+    def decode_image(self, codes):
+        vq = self.vq
+        return pixels_to_image(vq.decode(codes.reshape(1, -1).to(next(vq.parameters()).device))[0])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
+from .cache import ConvCache, Step
 from .config import MossConfig
 from .layout import RoutingPlan
 
@@ -26,7 +27,9 @@ class MossContext:
     """Per-model state every MossLinear reads: the routing plan of the current forward.
 
     It is set before the decoder runs and kept until the next forward, so activation checkpointing
-    (which recomputes layers during backward) sees the same plan.
+    (which recomputes layers during backward) sees the same plan. Incremental (KV-cache) decoding
+    sets ``step`` instead: the one new token's route, with ``conv_cache`` holding what the image
+    branch needs of the image being decoded (see cache.py).
     """
 
     def __init__(self, config: MossConfig):
@@ -34,6 +37,8 @@ class MossContext:
         self.plan: RoutingPlan | None = None
         self.pending_layout = None  # an explicit layout for the next forward (set_layout)
         self.text_step = False  # a KV-cache step whose new ids were checked to be text
+        self.step: Step | None = None  # the route of a one-token incremental forward
+        self.conv_cache = ConvCache()
 
 
 def causal_conv2d(rows: torch.Tensor, weight: torch.Tensor, plan: RoutingPlan, method: str = "auto") -> torch.Tensor:
@@ -148,6 +153,23 @@ class MossLinear(nn.Module, LoraLayer):
         c = causal_conv2d(z.index_select(0, plan.image_pos), conv, plan)  # (n_img, r)
         return z.index_add(0, plan.image_pos, c.to(z.dtype))
 
+    def _step_rank_space(self, name: str, x: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, W) for the one token of an incremental forward: one branch, the conv through the conv cache."""
+        flat = self.lora_dropout[name](x).reshape(-1, x.shape[-1])
+        if flat.shape[0] != 1:
+            raise RuntimeError(f"an incremental MoSS step takes one token of one sequence, got {tuple(x.shape[:-1])}")
+        if not step.is_image:
+            return self.lora_A[name](flat), self.lora_B[name].weight
+        m, cache = self.moss, self.moss_context.conv_cache
+        if m.variant == "moe_lora":
+            z = self.lora_img_A[name](flat)
+        elif m.conv_space == "full":
+            z = cache.conv((id(self), name), flat[0], self.lora_img_conv[name].weight, *step.cell)[None]
+        else:
+            z = self.lora_img_A[name](flat)
+            z = z + cache.conv((id(self), name), z[0], self.lora_img_conv[name].weight, *step.cell)[None]
+        return z, self.lora_img_B[name].weight
+
     def _rank_space(self, name: str, x: torch.Tensor, plan: RoutingPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, W) with adapter output = z @ W.T: z (N, r | 2r) per token, W (d_out, r | 2r).
 
@@ -174,11 +196,12 @@ class MossLinear(nn.Module, LoraLayer):
         result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters:
             return result
-        plan = self.moss_context.plan
+        plan, step = self.moss_context.plan, self.moss_context.step
         for name in self.active_adapters:
             if name not in self.lora_A:
                 continue
-            z, w = self._rank_space(name, self._cast_input_dtype(x, self.lora_A[name].weight.dtype), plan)
+            xa = self._cast_input_dtype(x, self.lora_A[name].weight.dtype)
+            z, w = self._step_rank_space(name, xa, step) if step is not None else self._rank_space(name, xa, plan)
             flat = result.reshape(-1, result.shape[-1])
             if z.dtype == flat.dtype:  # result + scaling * z @ W.T in one fused op
                 flat = torch.addmm(flat, z, w.t(), alpha=self.scaling[name])

@@ -8,6 +8,7 @@ go to ``moss_config.json`` and ``load_adapter`` re-registers the class and check
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 from torch import nn
 
+from .cache import Step
 from .config import MossConfig, trainable_params_per_layer
 from .layers import MossContext, MossLinear
 from .layout import ImageLayout, build_routing_plan
@@ -57,6 +59,21 @@ def set_layout(model: nn.Module, layout: ImageLayout) -> None:
         ctx.pending_layout = layout
 
 
+@contextlib.contextmanager
+def routed_step(model: nn.Module, step: Step):
+    """Route the one-token forwards inside this block by ``step`` (text, or cell (i, j) of the image
+    ``conv_cache`` has open) instead of deriving a layout from ids. No-op for plain LoRA."""
+    ctx = moss_context(model)
+    if ctx is None:
+        yield None
+        return
+    ctx.step = step
+    try:
+        yield ctx
+    finally:
+        ctx.step = None
+
+
 def _cache_is_warm(kwargs) -> bool:
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     return cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
@@ -80,14 +97,15 @@ def _install_layout_hooks(base: nn.Module, spec, ctx: MossContext) -> None:
     def check_text_step(ids: torch.Tensor) -> None:
         if bool(spec.is_image_target(ids).any()):
             raise RuntimeError(
-                "incremental (KV-cache) decoding of image tokens needs the conv cache, which this "
-                "version does not have: generate with use_cache=False"
+                "incremental (KV-cache) decoding of image tokens needs the conv cache, which only a routed "
+                "step has: decode with orchestrator.evaluation.decoding.IncrementalDecoder (moss generate), "
+                "or generate with use_cache=False"
             )
         ctx.text_step = True
 
     def stash(module, args, kwargs):  # sees input_ids: derive the layout unless one was set explicitly
         ids = ids_of(args, kwargs)
-        if ids is None or ctx.pending_layout is not None:
+        if ids is None or ctx.pending_layout is not None or ctx.step is not None:
             return
         if _cache_is_warm(kwargs):
             check_text_step(ids)
@@ -99,6 +117,13 @@ def _install_layout_hooks(base: nn.Module, spec, ctx: MossContext) -> None:
         text_step, ctx.text_step = ctx.text_step, False
         ids = ids_of(args, kwargs)
         ref = ids if ids is not None else kwargs.get("inputs_embeds")
+        if ctx.step is not None:  # a routed incremental step (set_step): the layers use the conv cache
+            if layout is not None:
+                raise RuntimeError("set_layout and set_step were both given for one forward")
+            if ref is not None and tuple(ref.shape[:2]) != (1, 1):
+                raise RuntimeError(f"a routed MoSS step takes one token of one sequence, got {tuple(ref.shape[:2])}")
+            ctx.plan = None
+            return
         if layout is None and _cache_is_warm(kwargs):
             if ids is not None:
                 check_text_step(ids)

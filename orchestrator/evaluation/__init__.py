@@ -1,0 +1,1 @@
+"""Using a trained adapter: cached interleaved generation, held-out / MagicBrush / InterleavedBench scoring."""

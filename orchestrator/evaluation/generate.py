@@ -1,0 +1,190 @@
+"""Interleaved generation: sampled text, grid-constrained images, through the KV + conv caches.
+
+Text tokens are sampled (temperature, top-p) from the text vocabulary minus the ids only an image
+frame may place (codes, end-of-line, end-of-image...). When the model samples the token that opens
+an image (Chameleon/Janus ``<begin_of_image>``-like, Emu3 ``<|image start|>``), the backbone's image
+frame takes over: its header (Emu3: "H*W<|image token|>") is forced, each cell is sampled from the
+image codes only, every row gets its end tokens (Emu3's EOL), and after exactly H x W cells the
+closing tokens are forced; then text sampling resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .decoding import IncrementalDecoder
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """max_new_tokens: text tokens of the answer (images come on top, bounded by max_images).
+    temperature 0 means greedy. open_image: the answer starts with an image (editing, text-to-image)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 0.9
+    image_temperature: float = 1.0
+    image_top_p: float = 1.0
+    max_images: int = 2
+    image_size: tuple[int, int] | None = None  # codes; Emu3 only (other backbones have a fixed grid)
+    open_image: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("temperature", "image_temperature"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("top_p", "image_top_p"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1]")
+        if self.max_new_tokens < 0 or self.max_images < 0:
+            raise ValueError("max_new_tokens and max_images must be >= 0")
+        if self.open_image and self.max_images < 1:
+            raise ValueError("open_image needs max_images >= 1")
+
+
+@dataclass
+class GeneratedImage:
+    codes: torch.Tensor  # (h, w) VQ codebook indices
+    image: Image.Image | None  # decoded pixels; None when the backbone has no pixel decoder here
+
+
+@dataclass
+class Answer:
+    """The generated part: ``parts`` are str and GeneratedImage in order; ``ids`` the full sequence."""
+
+    parts: list = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    prompt_length: int = 0
+    stop: str = ""  # eos | max_new_tokens | max_length
+    seconds: float = 0.0
+    image_token_seconds: list[float] = field(default_factory=list)  # per generated image cell
+    #: (position, logits) of each token chosen by the sampler or forced open, before banning (record_logits)
+    step_logits: list[tuple[int, torch.Tensor]] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(p if isinstance(p, str) else "<image>" for p in self.parts)
+
+    @property
+    def images(self) -> list[GeneratedImage]:
+        return [p for p in self.parts if isinstance(p, GeneratedImage)]
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One index from (n,) logits: greedy at temperature 0, else nucleus sampling."""
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1:
+        p, idx = probs.sort(descending=True)
+        keep = p.cumsum(0) - p < top_p  # the smallest prefix whose mass reaches top_p (at least one)
+        probs = torch.zeros_like(probs).index_copy_(0, idx[keep], p[keep])
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+class Generator:
+    """Generates interleaved answers for one model + backbone; reusable across prompts."""
+
+    def __init__(self, model: nn.Module, spec, max_length: int | None = None):
+        self.model, self.spec = model, spec
+        self.decoder = IncrementalDecoder(model, spec)
+        cfg = spec.model_config
+        text_cfg = getattr(cfg, "text_config", cfg)
+        self.max_length = max_length or getattr(text_cfg, "max_position_embeddings", 4096)
+        self.eos = spec.tokenizer.eos_token_id
+        self.banned = torch.tensor(spec.text_banned_ids(), dtype=torch.long)
+
+    def encode_prompt(self, segments: list) -> dict:
+        """Prompt segments (str | PIL.Image) -> ids + layout, prompt images marked as inputs."""
+        return self.spec.assemble(self.spec.encode_pieces(segments), [False] * len(segments), add_eos=False)
+
+    @torch.no_grad()
+    def generate(self, segments: list, cfg: SamplingConfig = SamplingConfig(), record_logits: bool = False) -> Answer:
+        spec, dec = self.spec, self.decoder
+        enc = self.encode_prompt(segments)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        t0 = time.perf_counter()
+        dec.reset()
+        h = dec.prefill(enc["input_ids"], enc["image_layout"])[-1]
+        answer = Answer(ids=enc["input_ids"].tolist(), prompt_length=len(enc["input_ids"]))
+        answer.step_logits = [] if record_logits else None
+        frame = spec.image_frame(*spec.generation_grid(cfg.image_size))
+        image_len = len(frame.tokens([0] * frame.height * frame.width))
+        text_ids: list[int] = []
+        n_text = 0
+
+        def feed(token: int) -> torch.Tensor:
+            answer.ids.append(token)
+            return dec.step(token)
+
+        def flush_text() -> None:
+            if text_ids:
+                answer.parts.append(spec.tokenizer.decode(text_ids, skip_special_tokens=True))
+                text_ids.clear()
+
+        while True:
+            if dec.length + 1 >= self.max_length:
+                answer.stop = "max_length"
+                break
+            logits = spec.text_logits(self.model, h).float()
+            raw = logits.clone() if record_logits else None
+            logits[self.banned.to(logits.device)] = float("-inf")
+            can_open = len(answer.images) < cfg.max_images and dec.length + image_len < self.max_length
+            if not can_open:
+                logits[frame.open_id] = float("-inf")
+            if cfg.open_image and not answer.parts and not text_ids:
+                token = frame.open_id
+            else:
+                if n_text >= cfg.max_new_tokens:
+                    answer.stop = "max_new_tokens"
+                    break
+                token = sample(logits, cfg.temperature, cfg.top_p, gen)
+            if record_logits:
+                answer.step_logits.append((dec.length, raw))
+            if token == frame.open_id:
+                flush_text()
+                h = self._image(frame, feed, cfg, gen, answer, record_logits)
+                continue
+            if token == self.eos:
+                answer.ids.append(token)
+                answer.stop = "eos"
+                break
+            text_ids.append(token)
+            n_text += 1
+            h = feed(token)
+        flush_text()
+        answer.seconds = time.perf_counter() - t0
+        return answer
+
+    def _image(self, frame, feed, cfg: SamplingConfig, gen, answer: Answer, record_logits: bool) -> torch.Tensor:
+        """Open an image at the next position, sample its H x W cells, close it; -> the last hidden state."""
+        spec, dec = self.spec, self.decoder
+        dec.add_segment(frame.segment(dec.length))
+        h = feed(frame.open_id)
+        for t in frame.header:
+            h = feed(t)
+        candidates = spec.image_candidates
+        cells = []
+        for _ in range(frame.height):
+            for _ in range(frame.width):
+                t0 = time.perf_counter()
+                logits = spec.image_logits(self.model, h).float()
+                if record_logits:
+                    answer.step_logits.append((dec.length, logits))
+                token = int(candidates[sample(logits, cfg.image_temperature, cfg.image_top_p, gen)])
+                cells.append(token)
+                h = feed(token)
+                answer.image_token_seconds.append(time.perf_counter() - t0)
+            for t in frame.row_end:
+                h = feed(t)
+        for t in frame.close:
+            h = feed(t)
+        codes = spec.ids_to_codes(torch.tensor(cells)).view(frame.height, frame.width)
+        answer.parts.append(GeneratedImage(codes, spec.decode_image(codes)))
+        return h

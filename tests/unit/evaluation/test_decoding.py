@@ -1,0 +1,162 @@
+"""Cached incremental decoding (KV cache + conv cache) against one full forward, and the generator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from orchestrator.evaluation.decoding import IncrementalDecoder
+from orchestrator.evaluation.generate import Generator, SamplingConfig, sample
+from orchestrator.moss import TEXT_STEP, ConvCache, ImageLayout, MossConfig, apply_moss
+from orchestrator.moss.layers import reference_causal_conv2d
+from tests.conftest import ADAPTERS, BACKBONE_NAMES, draw, randomize_adapter, spec_for
+
+TOL = 1e-5  # max |logit difference|, float32
+
+
+def interleaved(spec):
+    """Prompt text + prompt image, then an answer with two images of different shapes and text between."""
+    ex = spec.encode(["Draw a red square.", draw("red"), "Now a blue circle:", draw("blue", (40, 24), "circle"),
+                      "and a green one", draw("green", (24, 40)), "Done."],
+                     targets=[False, False, True, True, True, True, True])
+    return ex["input_ids"], list(ex["image_layout"])
+
+
+def model_for(spec, cfg: MossConfig):
+    model = apply_moss(spec.build(seed=0), cfg, spec)
+    randomize_adapter(model)
+    return model.eval()
+
+
+def full_logits(spec, model, ids, segs):
+    with torch.no_grad():
+        h = spec.hidden_states(model, {"input_ids": ids[None], "image_layout": ImageLayout(((*segs,),), len(ids))})[0]
+        return spec.text_logits(model, h), spec.image_logits(model, h)
+
+
+def cached_logits(spec, model, ids, segs, start, decoder_cls=IncrementalDecoder):
+    dec = decoder_cls(model, spec)
+    hs = [dec.prefill(ids[:start], segs)] + [dec.step(t)[None] for t in ids[start:].tolist()]
+    h = torch.cat(hs)
+    with torch.no_grad():
+        return spec.text_logits(model, h), spec.image_logits(model, h)
+
+
+class TextOnlyDecoder(IncrementalDecoder):
+    """Routes every step to the text branch: what decoding without a conv cache would compute."""
+
+    def route(self, position):
+        return TEXT_STEP
+
+
+CASES = dict(ADAPTERS, **{"moss-full-no-image-inputs": MossConfig(rank=4, alpha=8, image_inputs=False)})
+
+
+@pytest.mark.parametrize("label", list(CASES))
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_cached_logits_equal_a_full_forward(name, label):
+    """Prefill ends inside the prompt image, just before the first answer image, and inside the second."""
+    spec = spec_for(name)
+    model = model_for(spec, CASES[label])
+    ids, segs = interleaved(spec)
+    assert len(segs) == 3 and segs[1].height != segs[2].height or name != "emu3"
+    ref_text, ref_img = full_logits(spec, model, ids, segs)
+    for start in (segs[0].offset + 5, segs[1].offset - 1, segs[2].offset + segs[2].row_stride + 2):
+        text, img = cached_logits(spec, model, ids, segs, start)
+        assert (text - ref_text).abs().max() <= TOL, (start, (text - ref_text).abs().max())
+        assert (img - ref_img).abs().max() <= TOL, (start, (img - ref_img).abs().max())
+    if CASES[label].variant != "lora":  # the check has teeth: without the image branch the logits move
+        text, _ = cached_logits(spec, model, ids, segs, segs[1].offset - 1, TextOnlyDecoder)
+        answer_cells = torch.cat([s.positions() for s in segs[1:]])
+        assert (text[answer_cells] - ref_text[answer_cells]).abs().max() > 100 * TOL
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_conv_cache_is_the_causal_conv(k):
+    torch.manual_seed(k)
+    h, w, c_in, c_out = 5, 7, 6, 3
+    grid, weight = torch.randn(1, c_in, h, w), torch.randn(c_out, c_in, k, k)
+    ref = reference_causal_conv2d(grid, weight)[0]
+    cache = ConvCache()
+    cache.open("image", w)
+    for i in range(h):
+        for j in range(w):
+            out = cache.conv("layer", grid[0, :, i, j], weight, i, j)
+            assert torch.allclose(out, ref[:, i, j], atol=1e-5), (i, j)
+    cache.open("next image", w)  # a new image starts from zero padding again
+    assert torch.allclose(cache.conv("layer", grid[0, :, 0, 0], weight, 0, 0), ref[:, 0, 0], atol=1e-5)
+
+
+def test_a_step_takes_one_token_of_one_sequence():
+    spec = spec_for("chameleon")
+    model = model_for(spec, ADAPTERS["moss-full"])
+    ids, segs = interleaved(spec)
+    dec = IncrementalDecoder(model, spec)
+    dec.prefill(ids[:10], segs)
+    from orchestrator.moss import routed_step
+
+    with routed_step(model, TEXT_STEP), pytest.raises(RuntimeError, match="one token of one sequence"):
+        spec.forward_hidden(model, ids[None, 10:12], dec.cache)
+    with pytest.raises(RuntimeError, match="reset"):
+        dec.prefill(ids[:5])
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_generated_images_follow_the_grid_and_the_sampled_logits_are_exact(name):
+    spec = spec_for(name)
+    model = model_for(spec, ADAPTERS["moss-lowrank"])
+    size = (3, 5) if name == "emu3" else None
+    cfg = SamplingConfig(max_new_tokens=6, open_image=True, max_images=1, image_size=size, seed=3)
+    answer = Generator(model, spec).generate(["Edit this:", draw("red"), "make it blue"], cfg, record_logits=True)
+    h, w = spec.generation_grid(size)
+    frame = spec.image_frame(h, w)
+    image = answer.images[0]
+    assert image.codes.shape == (h, w) and answer.parts[0] is image
+    gen = answer.ids[answer.prompt_length:]
+    n_image = len(frame.tokens([0] * h * w))
+    assert gen[: 1 + len(frame.header)] == [frame.open_id, *frame.header]
+    assert gen[n_image - len(frame.close) : n_image] == list(frame.close)
+    cells = gen[1 + len(frame.header) : n_image - len(frame.close)]
+    codes = [t for i, t in enumerate(cells) if i % frame.row_stride < w]
+    assert len(codes) == h * w and torch.isin(torch.tensor(codes), spec.image_candidates).all()
+    if name == "emu3":  # EOL after every row
+        assert [cells[i * frame.row_stride + w] for i in range(h)] == list(frame.row_end) * h
+    layout = spec.image_layout(torch.tensor([answer.ids]))
+    assert layout.segments[0][-1].n_cells == h * w and layout.segments[0][-1].height == h
+    assert (image.image is None) == (name == "chameleon")
+    if image.image is not None:
+        assert image.image.size[0] > w and image.image.mode == "RGB"
+    # every chosen token's logits are those a full forward gives at its position
+    ids = torch.tensor(answer.ids)
+    labels = torch.tensor([-100] * answer.prompt_length + gen)
+    segs = list(spec.image_layout(ids[None], labels[None]).segments[0])
+    ref_text, ref_img = full_logits(spec, model, ids, segs)
+    n_text = len(gen) - n_image
+    assert len(answer.step_logits) == 1 + h * w + n_text
+    for pos, logits in answer.step_logits:
+        ref = ref_img[pos - 1] if logits.shape[-1] == ref_img.shape[-1] else ref_text[pos - 1]
+        assert (logits - ref).abs().max() <= TOL, pos
+
+
+def test_text_sampling_avoids_frame_tokens_and_is_seeded():
+    spec = spec_for("emu3")
+    model = model_for(spec, ADAPTERS["moss-full"])
+    gen = Generator(model, spec)
+    cfg = SamplingConfig(max_new_tokens=40, temperature=5.0, top_p=1.0, max_images=0, seed=1)
+    a, b = gen.generate(["Say something:"], cfg), gen.generate(["Say something:"], cfg)
+    assert a.ids == b.ids and a.stop in ("eos", "max_new_tokens") and not a.images
+    new = set(a.ids[a.prompt_length:]) - {spec.tokenizer.eos_token_id}
+    assert new and not new & set(spec.text_banned_ids()) and spec.token_id(spec.image_start) not in new
+    c = gen.generate(["Say something:"], SamplingConfig(max_new_tokens=40, temperature=5.0, top_p=1.0, max_images=0,
+                                                        seed=2))
+    assert c.ids != a.ids
+
+
+def test_sample_greedy_and_nucleus():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
+    assert sample(logits, 0.0, 1.0, g) == 1
+    assert {sample(logits, 1.0, 0.3, g) for _ in range(50)} == {1}  # top 30% of the mass is token 1 alone
+    assert {sample(logits, 1.0, 0.9, g) for _ in range(200)} == {1, 2}
+    with pytest.raises(ValueError):
+        SamplingConfig(top_p=0)
