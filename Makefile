@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-data bench-train bench-sweep clean
+.PHONY: install demo test test-fast bench bench-data bench-train bench-sweep bench-generation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,8 @@ bench-train: $(STAMP)
 bench-sweep: $(STAMP)
 	$(BIN)/python benchmarks/sweep_efficiency.py
 
+bench-generation: $(STAMP)
+	$(BIN)/python benchmarks/generation.py
+
 clean:
-	rm -rf $(VENV) demo_out benchmarks/results report .pytest_cache
+	rm -rf $(VENV) demo_out benchmarks/results report generated eval .pytest_cache

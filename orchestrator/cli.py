@@ -145,6 +145,122 @@ def cmd_mlflow_server(args: argparse.Namespace) -> int:
     return 0  # serve() replaces this process
 
 
+def _out_dir(args, cfg, source, default_root: str):
+    from pathlib import Path
+
+    return Path(args.out) if args.out else Path(default_root) / source.label
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from .config import ConfigError
+    from .evaluation.generate import Generator, SamplingConfig
+    from .evaluation.inference import load_model, resolve
+
+    prompt = parse_prompt(args.prompt, args.image)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, source = resolve(args.config, args.set, args.adapter, args.run, Path(tmp))
+        model, spec = load_model(cfg, source)
+    g = cfg.generate
+    try:
+        sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                                  image_temperature=g.image_temperature, image_top_p=g.image_top_p,
+                                  max_images=g.max_images, image_size=g.image_size, open_image=args.image_first,
+                                  seed=g.seed)
+        spec.generation_grid(g.image_size)
+    except ValueError as e:
+        raise ConfigError(f"generate: {e}") from None
+    answer = Generator(model, spec).generate(prompt, sampling)
+    out = _out_dir(args, cfg, source, "generated")
+    out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for p in answer.parts:
+        if isinstance(p, str):
+            parts.append({"type": "text", "text": p})
+            continue
+        k = sum(x["type"] == "image" for x in parts)
+        entry = {"type": "image", "height": int(p.codes.shape[0]), "width": int(p.codes.shape[1]),
+                 "codes": f"image_{k}.codes.json"}
+        (out / entry["codes"]).write_text(json.dumps(p.codes.tolist()))
+        if p.image is not None:
+            p.image.save(out / f"image_{k}.png")
+            entry["image"] = f"image_{k}.png"
+        else:
+            entry["note"] = f"{spec.name}: no pixel decoder in transformers; decode the codes with the VQGAN decoder"
+        parts.append(entry)
+    n_img = len(answer.image_token_seconds)
+    summary = {"prompt": args.prompt, "images_in": args.image, "adapter": source.path, "run_id": source.run_id,
+               "parts": parts, "text": answer.text, "stop": answer.stop, "seconds": round(answer.seconds, 3),
+               "image_tokens_per_s": round(n_img / sum(answer.image_token_seconds), 1) if n_img else None}
+    (out / "answer.json").write_text(json.dumps(summary, indent=2))
+    print(f"generate: {answer.text!r} (stopped: {answer.stop}, {answer.seconds:.1f}s)")
+    for p in parts:
+        if p["type"] == "image":
+            print(f"  image {p['height']}x{p['width']} codes: {out / p.get('image', p['codes'])}")
+    print(f"answer: {out / 'answer.json'}")
+    return 0
+
+
+def parse_prompt(text: str, images: list[str]) -> list:
+    """--prompt with <image> placeholders + --image paths -> interleaved segments (images appended if no placeholder)."""
+    from .config import ConfigError
+    from .data.images import ImageError
+    from .evaluation.editing import load_image
+
+    try:
+        loaded = [load_image(p) for p in images]
+    except ImageError as e:
+        raise ConfigError(f"--image: {e}") from None
+    pieces = text.split("<image>")
+    if len(pieces) - 1 > len(loaded):
+        raise ConfigError(f"--prompt has {len(pieces) - 1} <image> placeholder(s) but only {len(loaded)} --image")
+    segments: list = []
+    for i, piece in enumerate(pieces):
+        if piece.strip():
+            segments.append(piece.strip())
+        if i < len(pieces) - 1:
+            segments.append(loaded[i])
+    segments += loaded[len(pieces) - 1 :]
+    if not segments:
+        raise ConfigError("an empty prompt: give --prompt and/or --image")
+    return segments
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from .evaluation.evaluate import evaluate, log_to_mlflow
+    from .evaluation.inference import resolve
+
+    overrides = list(args.set) + ([f"interleavedbench.path={args.interleavedbench}"] if args.interleavedbench else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, source = resolve(args.config, overrides, args.adapter, args.run, Path(tmp))
+        out = Path(args.out) if args.out else Path(cfg.evaluate.output) / source.label
+        results = evaluate(cfg, source, out, judge=args.judge)
+    run_id = log_to_mlflow(cfg, source, results, out, into_training_run=args.into_run)
+    for key, value in sorted(results["metrics"].items()):
+        print(f"  {key:32s} {value:.6g}")
+    for section in ("editing", "interleavedbench"):
+        for note in results.get(section, {}).get("notes", []):
+            print(f"  note ({section}): {note}")
+    where = "the training run" if args.into_run else "a new run linked to it" if source.run_id else "a new run"
+    print(f"evaluate: results in {out / 'results.json'}; logged to MLflow run {run_id} ({where})")
+    return 0
+
+
+def _adapter_args(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--adapter", help="adapter folder (what training saves), or an MLflow artifact URI "
+                                         "(runs:/<id>/adapter); neither: the base model")
+    which.add_argument("--run", help="MLflow run id of a training run: its final adapter and (without CONFIG) "
+                                     "its logged config")
+    p.add_argument("--out", help="output folder")
+
+
 def _config_command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
     """A subcommand taking an optional run config YAML and repeatable --set overrides."""
     p = sub.add_parser(name, help=help)
@@ -188,6 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     compare.add_argument("--out", default="report/compare", help="folder for report.md, results.json and plots")
     compare.set_defaults(func=cmd_compare)
+    gen = _config_command(sub, "generate", cmd_generate,
+                          "interleaved text + image answer to a prompt (KV cache + MoSS conv cache)")
+    _adapter_args(gen)
+    gen.add_argument("--prompt", default="", help="prompt text; <image> marks where each --image goes")
+    gen.add_argument("--image", action="append", default=[], help="prompt image file (repeatable)")
+    gen.add_argument("--image-first", action="store_true", help="start the answer with an image (editing, text-to-image)")
+    ev = _config_command(sub, "evaluate", cmd_evaluate,
+                         "held-out loss/ppl, MagicBrush-style editing metrics, InterleavedBench answers -> JSON + MLflow")
+    _adapter_args(ev)
+    ev.add_argument("--interleavedbench", help="interleaved_bench.json to answer (sets interleavedbench.path)")
+    ev.add_argument("--judge", action="store_true", help="score InterleavedBench answers with the OpenAI-compatible "
+                                                        "judge in MOSS_JUDGE_BASE_URL / MOSS_JUDGE_MODEL / MOSS_JUDGE_API_KEY")
+    ev.add_argument("--into-run", action="store_true", help="log into the training run (--run) instead of a new run")
     sample = sub.add_parser("sample", help="write the bundled LeafInstruct-format sample set (PIL-drawn images)")
     sample.add_argument("out", help="folder to write into")
     sample.add_argument("--per-domain", type=int, default=60)

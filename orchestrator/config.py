@@ -188,6 +188,50 @@ class StorageSection(Section):
     path: str | None = None
 
 
+class GenerateSection(Section):
+    """Sampling for `moss generate` and for the answers `moss evaluate` generates."""
+
+    max_new_tokens: int = Field(128, ge=0)  # text tokens of an answer; images come on top (max_images)
+    temperature: float = Field(1.0, ge=0)  # 0: greedy
+    top_p: float = Field(0.9, gt=0, le=1)
+    image_temperature: float = Field(1.0, ge=0)
+    image_top_p: float = Field(1.0, gt=0, le=1)
+    max_images: int = Field(2, ge=0)  # images per answer
+    image_size: tuple[int, int] | None = None  # (rows, cols) of codes; Emu3 only, the others have a fixed grid
+    seed: int = 0
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None and min(v) < 1:
+            raise ValueError("image_size sides must be >= 1 code")
+        return v
+
+
+class EditingSection(Section):
+    """MagicBrush-style editing metrics: input image + instruction -> generated vs target image."""
+
+    source: str | list[str] | None = None  # LeafInstruct records; null: data.source
+    domain: str = "editing"  # records of this domain (task_name) with one input and one output image
+    split: Literal["train", "val", "all"] = "val"  # by the same id hash as preprocessing (data.val_fraction)
+    max_records: int | None = Field(16, ge=1)
+    clip_model: str | None = None  # local CLIP checkpoint (transformers CLIPModel) for CLIP-I; null: skipped
+    dino_model: str | None = None  # local DINO ViT checkpoint (transformers AutoModel) for DINO; null: skipped
+
+
+class InterleavedBenchSection(Section):
+    path: str | None = None  # interleaved_bench.json (or .jsonl); images relative to its folder
+    max_records: int | None = Field(None, ge=1)
+    judge: bool = False  # score the answers with an OpenAI-compatible judge (MOSS_JUDGE_* environment)
+
+
+class EvaluateSection(Section):
+    heldout: bool = True  # per-modality loss / perplexity on a shard split
+    split: Literal["train", "val"] = "val"
+    editing: bool = True  # MagicBrush-style metrics (see the editing section)
+    output: str = "eval"  # results.json, generated images and answers go to <output>/<run or adapter name>/
+
+
 class RunConfig(Section):
     backbone: BackboneSection = Field(default_factory=BackboneSection)
     adapter: AdapterSection = Field(default_factory=AdapterSection)
@@ -196,6 +240,10 @@ class RunConfig(Section):
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     storage: StorageSection = Field(default_factory=StorageSection)
+    generate: GenerateSection = Field(default_factory=GenerateSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    editing: EditingSection = Field(default_factory=EditingSection)
+    interleavedbench: InterleavedBenchSection = Field(default_factory=InterleavedBenchSection)
 
     def config_hash(self, *sections: str) -> str:
         """sha256 (16 hex) of the resolved config, or of the named sections only."""

@@ -114,6 +114,31 @@ def test_saved_adapter_reproduces_logged_eval_loss(workdir, finished):
     assert total / n == pytest.approx(logged, rel=1e-4)
 
 
+def test_evaluate_scores_what_training_logged(workdir, finished, capsys):
+    """`moss evaluate --run`: the run's own config and final adapter; held-out numbers equal the logged ones."""
+    from orchestrator.cli import main
+
+    mlc, run = mlflow_run(workdir, "two-workers")
+    uri = ["--set", f"tracking.tracking_uri=sqlite:///{workdir / 'mlflow.db'}"]
+    assert main(["evaluate", "--run", run.info.run_id, "--out", str(workdir / "eval"), *uri]) == 0
+    results = json.loads((workdir / "eval" / "results.json").read_text())
+    assert results["source_run_id"] == run.info.run_id and results["adapter_config"]["moss"]["variant"] == "moss"
+    for key in ("loss", "text_loss", "image_loss", "text_ppl", "image_ppl"):
+        logged = history(mlc, run.info.run_id, f"val/{key}")[-1][1]
+        assert results["metrics"][f"heldout/val/{key}"] == pytest.approx(logged, rel=1e-5), key
+    assert results["editing"]["records"] >= 1 and "editing/code_match" in results["metrics"]
+    evals = mlc.search_runs([run.info.experiment_id], filter_string=f"tags.`moss.source_run_id` = '{run.info.run_id}'")
+    assert len(evals) == 1 and evals[0].data.tags["moss.kind"] == "evaluation"
+    assert evals[0].data.metrics["heldout/val/loss"] == pytest.approx(results["metrics"]["heldout/val/loss"])
+    assert main(["evaluate", "--run", run.info.run_id, "--into-run", "--out", str(workdir / "eval2"),
+                 "--set", "evaluate.editing=false", *uri]) == 0
+    after = mlc.get_run(run.info.run_id)
+    assert after.data.metrics["heldout/val/loss"] == pytest.approx(results["metrics"]["heldout/val/loss"])
+    assert any(f.path.startswith("evaluation/") for f in mlc.list_artifacts(run.info.run_id, "evaluation"))
+    assert main(["evaluate", "--run", "0" * 32, *uri]) == 2  # an unknown run: a clear error, exit 2
+    assert "cannot read config.yaml" in capsys.readouterr().err
+
+
 def test_relaunching_a_finished_run_repeats_no_work(workdir, finished):
     cfg, _ = finished
     mlc, before = mlflow_run(workdir, "two-workers")

@@ -15,7 +15,8 @@ from ray.runtime_env import RuntimeEnv
 from orchestrator.tracking.redact import is_secret_name
 
 REPO = Path(__file__).parents[2]
-ENTRYPOINTS = {"demo.py": "demo", "preprocess.py": "preprocess", "train.py": "train", "sweep.py": "sweep"}
+ENTRYPOINTS = {"demo.py": "demo", "preprocess.py": "preprocess", "train.py": "train", "sweep.py": "sweep",
+               "evaluate.py": "evaluate", "generate.py": "generate"}
 
 
 def runtime_env() -> dict:

@@ -1,0 +1,154 @@
+"""MagicBrush-style editing metrics: (input image + instruction) -> generated image vs the target image.
+
+As MagicBrush's evaluation/image_eval.py computes them: the generated image is resized to the
+target's size, both as RGB in [0, 1]; L1 = mean |gen - target|, L2 = mean (gen - target)^2 (MSE, no
+root); CLIP-I and DINO = cosine similarity of the two images' embeddings (MagicBrush uses CLIP
+ViT-B/32 and DINO ViT-S/16). Those two need local checkpoints (editing.clip_model / dino_model);
+without them they are skipped with a note. code_match (the share of cells whose VQ code equals the
+target's, on the same grid) needs no pixels, so backbones without a pixel decoder (Chameleon/Anole)
+still get a score.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import ConfigError, RunConfig
+from ..data.filters import Reject, parse
+from ..data.images import decode_image, read_image_bytes
+from ..data.shards import split_of
+from ..data.sources import list_files, plan_chunks, read_chunk
+from .generate import Generator, SamplingConfig
+
+MAX_BYTES = 64 * 2**20
+
+
+def file_stem(record_id: str) -> str:
+    """A record id as a file name (ids may hold '/', spaces...)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", record_id)[:200] or "_"
+
+
+def load_image(ref) -> Image.Image:
+    return decode_image(read_image_bytes(ref, MAX_BYTES), 10**8).convert("RGB")
+
+
+def editing_records(cfg: RunConfig) -> tuple[list, dict]:
+    """Records of the editing domain and split, with exactly one output image; -> (records, skipped counts)."""
+    e = cfg.editing
+    sources = ([e.source] if isinstance(e.source, str) else list(e.source)) if e.source else cfg.data.sources()
+    records, skipped = [], {"other_domain": 0, "other_split": 0, "unreadable": 0, "not_an_edit": 0}
+    for chunk in plan_chunks(list_files(sources), cfg.data.chunk_bytes):
+        for _, raw in read_chunk(chunk):
+            try:
+                rec = parse(raw, chunk.base)
+            except Reject:
+                skipped["unreadable"] += 1
+                continue
+            if rec.domain != e.domain:
+                skipped["other_domain"] += 1
+            elif e.split != "all" and split_of(rec.id, cfg.data.val_fraction) != e.split:
+                skipped["other_split"] += 1
+            elif sum(s.is_image for s in rec.output) != 1 or not any(s.is_image for s in rec.input):
+                skipped["not_an_edit"] += 1
+            else:
+                records.append(rec)
+            if e.max_records is not None and len(records) >= e.max_records:
+                return records, skipped
+    return records, skipped
+
+
+def pixel_distances(generated: Image.Image, target: Image.Image) -> dict[str, float]:
+    gen = np.asarray(generated.convert("RGB").resize(target.size), dtype=np.float64) / 255.0
+    tgt = np.asarray(target.convert("RGB"), dtype=np.float64) / 255.0
+    return {"l1": float(np.abs(gen - tgt).mean()), "l2": float(((gen - tgt) ** 2).mean())}
+
+
+class ImageEmbedder:
+    """Image embeddings from a local checkpoint: CLIP (projected image features) or a DINO ViT (CLS token)."""
+
+    def __init__(self, path: str, kind: str):
+        from transformers import AutoImageProcessor, AutoModel, CLIPModel
+
+        if not Path(path).is_dir():
+            raise ConfigError(f"editing.{kind}_model {path!r} is not a local checkpoint folder")
+        self.kind = kind
+        self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        cls = CLIPModel if kind == "clip" else AutoModel
+        self.model = cls.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
+
+    @torch.no_grad()
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        px = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        if self.kind == "clip":
+            return self.model.get_image_features(pixel_values=px).pooler_output[0]
+        return self.model(pixel_values=px).last_hidden_state[0, 0]
+
+    def similarity(self, a: Image.Image, b: Image.Image) -> float:
+        return float(torch.nn.functional.cosine_similarity(self(a), self(b), dim=0))
+
+
+def target_codes(spec, image: Image.Image) -> torch.Tensor:
+    px, size = spec.preprocess(image)
+    with torch.no_grad():
+        return spec.image_codes(px.to(next(spec.vq.parameters()).dtype), size)
+
+
+def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
+    """Generate an edit for each record; -> {"records": n, "metrics": {...}, "per_record": [...], "notes": [...]}."""
+    records, skipped = editing_records(cfg)
+    notes = []
+    if not records:
+        return {"records": 0, "skipped": skipped, "metrics": {}, "per_record": [],
+                "notes": [f"no {cfg.editing.domain!r} records in split {cfg.editing.split!r}"]}
+    embedders = {}
+    for kind, path in (("clip", cfg.editing.clip_model), ("dino", cfg.editing.dino_model)):
+        if path:
+            embedders[kind] = ImageEmbedder(path, kind)
+        else:
+            notes.append(f"{'CLIP-I' if kind == 'clip' else 'DINO'} skipped: set editing.{kind}_model to a local "
+                         f"{'CLIP (e.g. openai/clip-vit-base-patch32)' if kind == 'clip' else 'DINO (e.g. facebook/dino-vits16)'} "
+                         "checkpoint folder")
+    if spec.decode_image(torch.zeros(spec.generation_grid(), dtype=torch.long)) is None:
+        notes.append(f"{spec.name}: transformers has no pixel decoder for its VQ, so L1/L2/CLIP-I/DINO need an "
+                     "external VQGAN decoder; only code_match is scored (codes saved as JSON)")
+    g = cfg.generate
+    base = SamplingConfig(max_new_tokens=0, temperature=g.temperature, top_p=g.top_p,
+                          image_temperature=g.image_temperature, image_top_p=g.image_top_p, max_images=1,
+                          open_image=True, seed=g.seed)
+    generator = Generator(model, spec)
+    images_dir = out_dir / "editing"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for rec in records:
+        prompt = ([rec.instruction] if rec.instruction else []) + [
+            load_image(s.image) if s.is_image else s.text for s in rec.input]
+        target = load_image(next(s.image for s in rec.output if s.is_image))
+        tcodes = target_codes(spec, target)
+        grid = tuple(tcodes.shape)
+        sampling = replace(base, image_size=grid if grid != tuple(spec.generation_grid()) else None)
+        answer = generator.generate(prompt, sampling)
+        gen = answer.images[0]
+        row = {"id": rec.id, "code_match": float((gen.codes == tcodes).float().mean()) if gen.codes.shape == tcodes.shape
+               else None, "seconds": round(answer.seconds, 3)}
+        stem = file_stem(rec.id)
+        if gen.image is not None:
+            gen.image.save(images_dir / f"{stem}.png")
+            row["image"] = f"editing/{stem}.png"
+            row.update(pixel_distances(gen.image, target))
+            for kind, emb in embedders.items():
+                row["clip_i" if kind == "clip" else "dino"] = emb.similarity(gen.image, target)
+        (images_dir / f"{stem}.codes.json").write_text(json.dumps(gen.codes.tolist()))
+        rows.append(row)
+    metrics = {}
+    for key in ("l1", "l2", "clip_i", "dino", "code_match"):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        if vals:
+            metrics[key] = float(np.mean(vals))
+    return {"records": len(rows), "skipped": skipped, "metrics": metrics, "per_record": rows, "notes": notes}

@@ -1,0 +1,150 @@
+"""`moss evaluate`: held-out losses, editing metrics and InterleavedBench answers -> JSON + MLflow.
+
+Results go to <evaluate.output>/<label>/results.json (with generated images and predictions beside
+it) and to MLflow: a new run in the config's experiment, tagged ``moss.source_run_id`` with the
+training run it scores (the link), or, with ``into_training_run``, into the training run itself.
+Metric keys: heldout/<split>/{loss,text_loss,image_loss,ppl,text_ppl,image_ppl},
+editing/{l1,l2,clip_i,dino,code_match}, interleavedbench/{<aspect>,average}.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+from ..config import ConfigError, RunConfig
+from .inference import AdapterSource
+
+KIND_TAG, SOURCE_TAG = "moss.kind", "moss.source_run_id"
+
+
+def flat_metrics(results: dict) -> dict[str, float]:
+    out = {}
+    if "heldout" in results:
+        out.update({f"heldout/{k}": v for k, v in results["heldout"]["metrics"].items()})
+    if "editing" in results:
+        out.update({f"editing/{k}": v for k, v in results["editing"]["metrics"].items()})
+    if "interleavedbench" in results:
+        out.update({f"interleavedbench/{k}": v for k, v in results["interleavedbench"].get("judge", {}).items()
+                    if isinstance(v, (int, float))})
+    return out
+
+
+def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool) -> dict:
+    from dataclasses import replace
+
+    from .generate import Generator, SamplingConfig
+    from .interleavedbench import answer_fields, prediction_images, read_bench, write_predictions
+    from .judge import ASPECTS, JudgeClient
+
+    client = JudgeClient.from_env() if judge else None  # a missing endpoint fails before any generation
+    items, rejects = read_bench(cfg.interleavedbench.path, cfg.interleavedbench.max_records)
+    g = cfg.generate
+    sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                              image_temperature=g.image_temperature, image_top_p=g.image_top_p,
+                              max_images=g.max_images, image_size=g.image_size, seed=g.seed)
+    generator = Generator(model, spec)
+    bench_dir = out_dir / "interleavedbench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    outputs, failures = [], []
+    for i, item in enumerate(items):
+        try:
+            answer = generator.generate(item.prompt(), replace(sampling, seed=g.seed + i))
+            outputs.append(answer_fields(answer, item, bench_dir))
+        except Exception as e:  # noqa: BLE001 - one bad record (unreadable image...) must not end the run
+            failures.append({"id": item.id, "reason": f"{type(e).__name__}: {e}"[:300]})
+            outputs.append({"output": "", "output_image": [], "error": failures[-1]["reason"]})
+    path = write_predictions(items, outputs, bench_dir)
+    result = {"records": len(items), "rejected": rejects, "generation_failures": failures,
+              "predictions": str(path.relative_to(out_dir))}
+    if client is not None:
+        from .editing import load_image
+
+        scored, judge_failures = [], []
+        for item, out in zip(items, outputs):
+            if out.get("error"):
+                continue
+            try:
+                s = client.score(item.task_name, item.instruction, item.context,
+                                 [load_image(p) for p in item.images], out["output"],
+                                 prediction_images(out, bench_dir))
+                scored.append({"id": item.id, "task_name": item.task_name, **s})
+            except (RuntimeError, ValueError) as e:
+                judge_failures.append({"id": item.id, "reason": str(e)[:300]})
+        (bench_dir / "judge_scores.json").write_text(json.dumps(scored, indent=2))
+        summary = {a: sum(s[a] for s in scored) / len(scored) for a in (*ASPECTS, "average")} if scored else {}
+        summary.update({"scored": len(scored), "failed": len(judge_failures)})
+        result["judge"] = summary
+        result["judge_failures"] = judge_failures
+    return result
+
+
+def evaluate(cfg: RunConfig, source: AdapterSource, out_dir: Path, judge: bool = False) -> dict:
+    """Everything the config turns on; -> results (also written to out_dir/results.json)."""
+    from .heldout import heldout_metrics
+    from .inference import load_model
+
+    if not (cfg.evaluate.heldout or cfg.evaluate.editing or cfg.interleavedbench.path):
+        raise ConfigError("nothing to evaluate: evaluate.heldout, evaluate.editing and interleavedbench.path are all off")
+    if judge and not cfg.interleavedbench.path:
+        raise ConfigError("--judge scores InterleavedBench answers: set interleavedbench.path")
+    model, spec = load_model(cfg, source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {"adapter": source.path, "source_run_id": source.run_id, "backbone": cfg.backbone.model_dump(),
+                     "adapter_config": cfg.adapter.model_dump() if source.path is None else
+                     json.loads((Path(source.path) / "moss_config.json").read_text()),
+                     "started": dt.datetime.now().isoformat(timespec="seconds")}
+    t0 = time.perf_counter()
+    if cfg.evaluate.heldout:
+        results["heldout"] = heldout_metrics(model, spec, cfg, cfg.evaluate.split)
+        if cfg.train.eval_max_batches is not None:
+            results["heldout"]["note"] = ("training scored only train.eval_max_batches batches per worker; "
+                                          "this is the whole split")
+    if cfg.evaluate.editing:
+        from .editing import evaluate_editing
+
+        results["editing"] = evaluate_editing(model, spec, cfg, out_dir)
+    if cfg.interleavedbench.path:
+        results["interleavedbench"] = run_interleavedbench(model, spec, cfg, out_dir, judge or cfg.interleavedbench.judge)
+    results["seconds"] = round(time.perf_counter() - t0, 2)
+    results["metrics"] = flat_metrics(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def log_to_mlflow(cfg: RunConfig, source: AdapterSource, results: dict, out_dir: Path,
+                  into_training_run: bool = False) -> str:
+    """-> the MLflow run id holding the results (the training run, or a new linked run)."""
+    from mlflow.entities import Metric, Param
+
+    from ..tracking.mlflow import client, ensure_experiment, flatten, tracking_uri
+
+    uri = tracking_uri(cfg.tracking.tracking_uri)
+    mlc = client(uri)
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in results["metrics"].items()]
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if into_training_run:
+        if source.run_id is None:
+            raise ConfigError("--into-run needs --run (the training run to write into)")
+        mlc.log_batch(source.run_id, metrics=metrics)
+        mlc.log_artifacts(source.run_id, str(out_dir), f"evaluation/{stamp}")
+        return source.run_id
+    experiment_id = ensure_experiment(mlc, cfg.tracking.experiment, uri)
+    tags = {KIND_TAG: "evaluation", "mlflow.runName": f"eval-{source.label}-{stamp}"}
+    if source.run_id:
+        tags[SOURCE_TAG] = source.run_id
+        tags["mlflow.note.content"] = f"Evaluation of training run {source.run_id} ({source.label})"
+    elif source.path:
+        tags["moss.adapter_path"] = str(source.path)
+    run = mlc.create_run(experiment_id, tags=tags)
+    run_id = run.info.run_id
+    sections = {k: cfg.model_dump(mode="json")[k] for k in ("backbone", "generate", "evaluate", "editing",
+                                                            "interleavedbench")}
+    params = [Param(k, v) for k, v in flatten(sections).items()]
+    mlc.log_batch(run_id, metrics=metrics, params=params)
+    mlc.log_artifacts(run_id, str(out_dir), "evaluation")
+    mlc.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -1,0 +1,47 @@
+"""Held-out scoring: per-modality loss and perplexity of a model on one shard split.
+
+The same sums and formulas as the training loop's eval (training/metrics.py), over every row of
+the split, so an adapter scores here what its training run logged at the end (unless that run set
+train.eval_max_batches, which scores a prefix of the split).
+"""
+
+from __future__ import annotations
+
+import pyarrow.dataset as pads
+import torch
+
+from ..config import ConfigError, RunConfig
+from ..data.pipeline import output_dir
+from ..training.data import TRAIN_COLUMNS, collate_rows
+from ..training.metrics import add_loss, loss_metrics
+
+
+def split_rows(cfg: RunConfig, split: str) -> list[dict]:
+    from ..training.driver import absolute
+
+    path = f"{absolute(output_dir(cfg))}/split={split}"
+    try:
+        table = pads.dataset(path, format="parquet").to_table(columns=TRAIN_COLUMNS)
+    except (FileNotFoundError, OSError) as e:
+        raise ConfigError(f"no {split} shards at {path}: run `moss preprocess` with this config first ({e})"[:400]) from None
+    return sorted(table.to_pylist(), key=lambda r: r["order"])
+
+
+@torch.no_grad()
+def heldout_metrics(model, spec, cfg: RunConfig, split: str = "val") -> dict:
+    """{"rows": n, "metrics": {"<split>/loss", "<split>/text_loss", "<split>/text_ppl", ...}}."""
+    rows = split_rows(cfg, split)
+    if not rows:
+        raise ConfigError(f"the {split} split of {output_dir(cfg)} is empty (data.val_fraction=0?)")
+    device = next(model.parameters()).device
+    bf16 = device.type == "cuda" and cfg.train.precision != "fp32"
+    weights = (cfg.train.text_weight, cfg.train.image_weight)
+    sums = [0.0] * 5
+    step = cfg.train.micro_batch
+    for start in range(0, len(rows), step):
+        batch = collate_rows(spec, rows[start : start + step])
+        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = spec.loss(model, batch, weights)
+        add_loss(sums, out, batch)
+    return {"split": split, "rows": len(rows), "metrics": loss_metrics(sums, split, weights, ppl=True)}

@@ -1,0 +1,144 @@
+"""InterleavedBench (Liu et al., EMNLP 2024): read its records, generate answers, write predictions.
+
+Records (interleaved_bench.json, a JSON list; JSON lines are accepted too)::
+
+    {"id": "wikihow_next_step_0_489157", "task_name": "wikihow_next_step",
+     "instruction": "...", "context": "text <image> text <image>", "image": ["wiki_images_test/a.png", ...]}
+
+``context`` holds one ``<image>`` placeholder per entry of ``image`` (paths relative to the file's
+folder); a LLaVA-style ``conversations[0].value`` stands in for instruction + context when those are
+absent. Predictions keep each record's fields and add ``output`` (the answer's text, an ``<image>``
+placeholder where each generated image sits) and ``output_image`` (their paths, relative to the
+predictions file), mirroring ``context`` / ``image``. The benchmark's own judge script was not
+available when this was written (see the README): check its expected field names before submitting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..config import ConfigError
+from ..data.images import ImageError
+from .editing import file_stem, load_image
+
+PLACEHOLDER = "<image>"
+PREDICTIONS = "predictions.json"
+
+
+@dataclass
+class BenchItem:
+    id: str
+    task_name: str
+    instruction: str
+    context: str
+    images: list[str]  # resolved paths, in placeholder order
+    raw: dict = field(repr=False, default_factory=dict)
+
+    def prompt(self) -> list:
+        """Instruction, then the context with its images in place: str | PIL.Image segments."""
+        segments: list = [self.instruction] if self.instruction.strip() else []
+        pieces = self.context.split(PLACEHOLDER)
+        for i, piece in enumerate(pieces):
+            if piece.strip():
+                segments.append(piece.strip())
+            if i < len(pieces) - 1:
+                segments.append(load_image(self.images[i]))
+        return segments
+
+
+def _records(path: Path) -> list:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+        return data if isinstance(data, list) else [data]
+    except json.JSONDecodeError:
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: neither a JSON list nor JSON lines ({e})") from None
+
+
+def parse_item(obj, base: Path) -> BenchItem:
+    """One record -> BenchItem; ValueError(reason) when it cannot be used."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"a record must be an object, got {type(obj).__name__}")
+    rid, task = obj.get("id"), obj.get("task_name")
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) == "":
+        raise ValueError(f"'id' must be a non-empty string, got {rid!r}"[:200])
+    if not isinstance(task, str) or not task:
+        raise ValueError(f"'task_name' must be a non-empty string, got {task!r}"[:200])
+    instruction, context = obj.get("instruction", ""), obj.get("context")
+    if context is None:
+        conv = obj.get("conversations")
+        if isinstance(conv, list) and conv and isinstance(conv[0], dict) and isinstance(conv[0].get("value"), str):
+            context = conv[0]["value"]
+        else:
+            raise ValueError("no 'context' (nor conversations[0].value)")
+    if not isinstance(instruction, str) or not isinstance(context, str):
+        raise ValueError("'instruction' and 'context' must be strings")
+    images = obj.get("image", obj.get("images", []))
+    images = [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+        raise ValueError("'image' must be a list of paths")
+    n = context.count(PLACEHOLDER)
+    if n != len(images):
+        raise ValueError(f"{n} {PLACEHOLDER} placeholder(s) in 'context' but {len(images)} image(s)")
+    resolved = [p if Path(p).is_absolute() else str(base / p) for p in images]
+    return BenchItem(str(rid), task, instruction, context, resolved, obj)
+
+
+def read_bench(path: str | Path, max_records: int | None = None) -> tuple[list[BenchItem], list[dict]]:
+    """-> (items, rejects [{"index", "id", "reason"}]); a bad record is rejected, never fatal."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"interleavedbench.path {str(path)!r} is not a file")
+    items, rejects, seen = [], [], set()
+    for i, obj in enumerate(_records(path)):
+        try:
+            item = parse_item(obj, path.parent)
+            if file_stem(item.id) in seen:
+                raise ValueError(f"id {item.id!r} repeats an earlier record's (as a file name)")
+            seen.add(file_stem(item.id))
+            items.append(item)
+        except ValueError as e:
+            rejects.append({"index": i, "id": obj.get("id") if isinstance(obj, dict) else None, "reason": str(e)})
+        if max_records is not None and len(items) >= max_records:
+            break
+    return items, rejects
+
+
+def answer_fields(answer, item: BenchItem, out_dir: Path) -> dict:
+    """Save the answer's images (PNG, or codes JSON without a pixel decoder); -> output / output_image."""
+    paths = []
+    for k, im in enumerate(answer.images):
+        stem = f"images/{file_stem(item.id)}_{k}"
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        if im.image is not None:
+            im.image.save(out_dir / f"{stem}.png")
+            paths.append(f"{stem}.png")
+        else:
+            (out_dir / f"{stem}.codes.json").write_text(json.dumps(im.codes.tolist()))
+            paths.append(f"{stem}.codes.json")
+    return {"output": answer.text, "output_image": paths}
+
+
+def write_predictions(items: list[BenchItem], outputs: list[dict], out_dir: Path) -> Path:
+    preds = [{**item.raw, **out} for item, out in zip(items, outputs)]
+    path = out_dir / PREDICTIONS
+    path.write_text(json.dumps(preds, indent=2, ensure_ascii=False))
+    return path
+
+
+def prediction_images(pred: dict, out_dir: Path) -> list[Image.Image]:
+    images = []
+    for p in pred.get("output_image", []):
+        if p.endswith(".png"):
+            try:
+                images.append(load_image(str(out_dir / p)))
+            except ImageError:
+                pass
+    return images
