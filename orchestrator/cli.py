@@ -145,10 +145,19 @@ def cmd_mlflow_server(args: argparse.Namespace) -> int:
     return 0  # serve() replaces this process
 
 
-def _out_dir(args, cfg, source, default_root: str):
+def _out_dir(args, source, default_root: str):
+    """--out (which must be empty: its files are logged as this run's), else <root>/<label>-<time>."""
+    import datetime as dt
     from pathlib import Path
 
-    return Path(args.out) if args.out else Path(default_root) / source.label
+    from .config import ConfigError
+
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"--out {out} is not empty: choose a new folder (its files would mix with these)")
+        return out
+    return Path(default_root) / f"{source.label}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -163,6 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt = parse_prompt(args.prompt, args.image)
     with tempfile.TemporaryDirectory() as tmp:
         cfg, source = resolve(args.config, args.set, args.adapter, args.run, Path(tmp))
+        out = _out_dir(args, source, "generated")
         model, spec = load_model(cfg, source)
     g = cfg.generate
     try:
@@ -173,8 +183,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         spec.generation_grid(g.image_size)
     except ValueError as e:
         raise ConfigError(f"generate: {e}") from None
-    answer = Generator(model, spec).generate(prompt, sampling)
-    out = _out_dir(args, cfg, source, "generated")
+    try:
+        answer = Generator(model, spec).generate(prompt, sampling)
+    except ValueError as e:  # a prompt longer than the model's context
+        raise ConfigError(f"generate: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     parts = []
     for p in answer.parts:
@@ -192,7 +204,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             entry["note"] = f"{spec.name}: no pixel decoder in transformers; decode the codes with the VQGAN decoder"
         parts.append(entry)
     n_img = len(answer.image_token_seconds)
-    summary = {"prompt": args.prompt, "images_in": args.image, "adapter": source.path, "run_id": source.run_id,
+    summary = {"prompt": args.prompt, "images_in": args.image, "adapter": source.origin, "run_id": source.run_id,
                "parts": parts, "text": answer.text, "stop": answer.stop, "seconds": round(answer.seconds, 3),
                "image_tokens_per_s": round(n_img / sum(answer.image_token_seconds), 1) if n_img else None}
     (out / "answer.json").write_text(json.dumps(summary, indent=2))
@@ -236,10 +248,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate, log_to_mlflow
     from .evaluation.inference import resolve
 
-    overrides = list(args.set) + ([f"interleavedbench.path={args.interleavedbench}"] if args.interleavedbench else [])
+    from .config import ConfigError
+
+    if args.into_run and not args.run:
+        raise ConfigError("--into-run writes into a training run: give it with --run")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, source = resolve(args.config, overrides, args.adapter, args.run, Path(tmp))
-        out = Path(args.out) if args.out else Path(cfg.evaluate.output) / source.label
+        cfg, source = resolve(args.config, args.set, args.adapter, args.run, Path(tmp))
+        if args.interleavedbench:  # set directly: a path is not YAML
+            cfg.interleavedbench.path = args.interleavedbench
+        out = _out_dir(args, source, cfg.evaluate.output)
         results = evaluate(cfg, source, out, judge=args.judge)
     run_id = log_to_mlflow(cfg, source, results, out, into_training_run=args.into_run)
     for key, value in sorted(results["metrics"].items()):

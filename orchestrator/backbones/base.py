@@ -446,9 +446,16 @@ class BackboneSpec(ABC):
         banned.discard(None)
         return sorted(banned) + self.image_token_ids.tolist()
 
-    def decode_image(self, codes: torch.Tensor) -> Image.Image | None:
-        """(h, w) codes -> a PIL image through the VQ decoder; None when the backbone has none."""
+    #: whether transformers has a pixel decoder for this backbone's VQ codes (decode_image)
+    has_pixel_decoder = False
+
+    def decode_image(self, codes: torch.Tensor, model: nn.Module | None = None) -> Image.Image | None:
+        """(h, w) codes -> a PIL image through the VQ decoder (the model's own when given, e.g. on GPU);
+        None when the backbone has none."""
         return None
+
+    def pixel_vq(self, model: nn.Module | None) -> nn.Module:
+        return self.vq_module(unwrap(model)) if model is not None else self.vq
 
 
 class LossModule(nn.Module):

@@ -125,9 +125,11 @@ class Emu3Spec(BackboneSpec):
             return h, w
         return (self.preset["grid"],) * 2 if self.is_random else self.HUB_GENERATION_GRID
 
+    has_pixel_decoder = True
+
     @torch.no_grad()
-    def decode_image(self, codes):
-        vq = self.vq
+    def decode_image(self, codes, model=None):
+        vq = self.pixel_vq(model)
         return pixels_to_image(vq.decode(codes[None].to(next(vq.parameters()).device))[0])
 
     def image_layout(self, input_ids, labels=None):

@@ -151,9 +151,11 @@ class JanusSpec(BackboneSpec):
 
     def text_banned_ids(self) -> list[int]:
         specials = (self.tokenizer.pad_token_id, self.token_id(self.eoi), self.token_id("<image_placeholder>"))
-        return sorted(specials)  # codes are not in lm_head's vocabulary
+        return sorted(t for t in specials if t is not None)  # codes are not in lm_head's vocabulary
+
+    has_pixel_decoder = True
 
     @torch.no_grad()
-    def decode_image(self, codes):
-        vq = self.vq
+    def decode_image(self, codes, model=None):
+        vq = self.pixel_vq(model)
         return pixels_to_image(vq.decode(codes.reshape(1, -1).to(next(vq.parameters()).device))[0])

@@ -9,6 +9,8 @@ equal those of one full forward over the same tokens (tests/unit/evaluation/test
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -69,6 +71,8 @@ class IncrementalDecoder:
         if self.length:
             raise RuntimeError("prefill starts a sequence: call reset() first")
         for seg in segments:
+            if not seg.complete and self._next_cell(seg) >= len(ids):  # cut with the prompt: still open
+                seg = replace(seg, n_cells=seg.height * seg.width)
             self.add_segment(seg)
         cut, closed = len(ids), []
         for seg in self.segments:
@@ -85,6 +89,11 @@ class IncrementalDecoder:
             parts.append(self._forward(ids[:cut]))
         parts += [self.step(t)[None] for t in ids[cut:]]
         return torch.cat(parts)
+
+    @staticmethod
+    def _next_cell(seg: ImageSegment) -> int:
+        i, j = divmod(seg.n_cells, seg.width)
+        return seg.offset + i * seg.row_stride + j
 
     def step(self, token_id: int) -> torch.Tensor:
         """Feed one token; -> (D,) its hidden state."""

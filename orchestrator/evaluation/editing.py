@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..config import ConfigError, RunConfig
 from ..data.filters import Reject, parse
-from ..data.images import decode_image, read_image_bytes
+from ..data.images import ImageError, decode_image, read_image_bytes
 from ..data.shards import split_of
 from ..data.sources import list_files, plan_chunks, read_chunk
 from .generate import Generator, SamplingConfig
@@ -115,7 +115,7 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
             notes.append(f"{'CLIP-I' if kind == 'clip' else 'DINO'} skipped: set editing.{kind}_model to a local "
                          f"{'CLIP (e.g. openai/clip-vit-base-patch32)' if kind == 'clip' else 'DINO (e.g. facebook/dino-vits16)'} "
                          "checkpoint folder")
-    if spec.decode_image(torch.zeros(spec.generation_grid(), dtype=torch.long)) is None:
+    if not spec.has_pixel_decoder:
         notes.append(f"{spec.name}: transformers has no pixel decoder for its VQ, so L1/L2/CLIP-I/DINO need an "
                      "external VQGAN decoder; only code_match is scored (codes saved as JSON)")
     g = cfg.generate
@@ -125,15 +125,21 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
     generator = Generator(model, spec)
     images_dir = out_dir / "editing"
     images_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, failures = [], []
     for rec in records:
-        prompt = ([rec.instruction] if rec.instruction else []) + [
-            load_image(s.image) if s.is_image else s.text for s in rec.input]
-        target = load_image(next(s.image for s in rec.output if s.is_image))
-        tcodes = target_codes(spec, target)
-        grid = tuple(tcodes.shape)
-        sampling = replace(base, image_size=grid if grid != tuple(spec.generation_grid()) else None)
-        answer = generator.generate(prompt, sampling)
+        try:  # one unreadable image or over-long prompt is a counted failure, not the end of the evaluation
+            prompt = ([rec.instruction] if rec.instruction else []) + [
+                load_image(s.image) if s.is_image else s.text for s in rec.input]
+            target = load_image(next(s.image for s in rec.output if s.is_image))
+            tcodes = target_codes(spec, target)
+            grid = tuple(tcodes.shape)
+            sampling = replace(base, image_size=grid if grid != tuple(spec.generation_grid()) else None)
+            answer = generator.generate(prompt, sampling)
+            if not answer.images:
+                raise ValueError(f"no image generated (stopped: {answer.stop})")
+        except (ImageError, ValueError) as e:
+            failures.append({"id": rec.id, "reason": f"{type(e).__name__}: {e}"[:300]})
+            continue
         gen = answer.images[0]
         row = {"id": rec.id, "code_match": float((gen.codes == tcodes).float().mean()) if gen.codes.shape == tcodes.shape
                else None, "seconds": round(answer.seconds, 3)}
@@ -151,4 +157,5 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
         vals = [r[key] for r in rows if r.get(key) is not None]
         if vals:
             metrics[key] = float(np.mean(vals))
-    return {"records": len(rows), "skipped": skipped, "metrics": metrics, "per_record": rows, "notes": notes}
+    return {"records": len(rows), "skipped": skipped, "failures": failures, "metrics": metrics, "per_record": rows,
+            "notes": notes}

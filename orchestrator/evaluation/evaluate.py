@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig
+from ..data.images import ImageError
 from .inference import AdapterSource
 
 KIND_TAG, SOURCE_TAG = "moss.kind", "moss.source_run_id"
@@ -32,15 +33,29 @@ def flat_metrics(results: dict) -> dict[str, float]:
     return out
 
 
-def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool) -> dict:
+def aspect_means(scored: list[dict]) -> dict:
+    """Per-aspect means over the records each aspect applies to (text aspects skip editing/subject tasks)."""
+    from .judge import ASPECTS, TEXT_ASPECTS, skips_text_aspects
+
+    out = {}
+    for a in (*ASPECTS, "average"):
+        vals = [s[a] for s in scored if not (a in TEXT_ASPECTS and skips_text_aspects(s["task_name"]))]
+        if vals:
+            out[a] = sum(vals) / len(vals)
+    return out
+
+
+def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool, bench=None, client=None) -> dict:
+    """Answer every record (and score the answers); ``bench`` / ``client``: already read / configured."""
     from dataclasses import replace
 
     from .generate import Generator, SamplingConfig
     from .interleavedbench import answer_fields, prediction_images, read_bench, write_predictions
-    from .judge import ASPECTS, JudgeClient
+    from .judge import JudgeClient
 
-    client = JudgeClient.from_env() if judge else None  # a missing endpoint fails before any generation
-    items, rejects = read_bench(cfg.interleavedbench.path, cfg.interleavedbench.max_records)
+    if judge and client is None:
+        client = JudgeClient.from_env()  # a missing endpoint fails before any generation
+    items, rejects = bench or read_bench(cfg.interleavedbench.path, cfg.interleavedbench.max_records)
     g = cfg.generate
     sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                               image_temperature=g.image_temperature, image_top_p=g.image_top_p,
@@ -53,7 +68,7 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
         try:
             answer = generator.generate(item.prompt(), replace(sampling, seed=g.seed + i))
             outputs.append(answer_fields(answer, item, bench_dir))
-        except Exception as e:  # noqa: BLE001 - one bad record (unreadable image...) must not end the run
+        except (ImageError, ValueError, RuntimeError) as e:  # an unreadable image, a prompt too long...
             failures.append({"id": item.id, "reason": f"{type(e).__name__}: {e}"[:300]})
             outputs.append({"output": "", "output_image": [], "error": failures[-1]["reason"]})
     path = write_predictions(items, outputs, bench_dir)
@@ -74,11 +89,29 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
             except (RuntimeError, ValueError) as e:
                 judge_failures.append({"id": item.id, "reason": str(e)[:300]})
         (bench_dir / "judge_scores.json").write_text(json.dumps(scored, indent=2))
-        summary = {a: sum(s[a] for s in scored) / len(scored) for a in (*ASPECTS, "average")} if scored else {}
+        summary = aspect_means(scored)
         summary.update({"scored": len(scored), "failed": len(judge_failures)})
         result["judge"] = summary
         result["judge_failures"] = judge_failures
     return result
+
+
+def preflight(cfg: RunConfig, judge: bool):
+    """Every check that needs no model: -> (InterleavedBench records or None, judge client or None)."""
+    from ..backbones import get_backbone
+    from .interleavedbench import read_bench
+    from .judge import JudgeClient
+
+    if not (cfg.evaluate.heldout or cfg.evaluate.editing or cfg.interleavedbench.path):
+        raise ConfigError("nothing to evaluate: evaluate.heldout, evaluate.editing and interleavedbench.path are all off")
+    if judge and not cfg.interleavedbench.path:
+        raise ConfigError("--judge scores InterleavedBench answers: set interleavedbench.path")
+    try:
+        get_backbone(cfg.backbone.name, cfg.backbone.checkpoint).generation_grid(cfg.generate.image_size)
+    except ValueError as e:
+        raise ConfigError(f"generate.image_size: {e}") from None
+    bench = read_bench(cfg.interleavedbench.path, cfg.interleavedbench.max_records) if cfg.interleavedbench.path else None
+    return bench, JudgeClient.from_env() if judge else None
 
 
 def evaluate(cfg: RunConfig, source: AdapterSource, out_dir: Path, judge: bool = False) -> dict:
@@ -86,13 +119,11 @@ def evaluate(cfg: RunConfig, source: AdapterSource, out_dir: Path, judge: bool =
     from .heldout import heldout_metrics
     from .inference import load_model
 
-    if not (cfg.evaluate.heldout or cfg.evaluate.editing or cfg.interleavedbench.path):
-        raise ConfigError("nothing to evaluate: evaluate.heldout, evaluate.editing and interleavedbench.path are all off")
-    if judge and not cfg.interleavedbench.path:
-        raise ConfigError("--judge scores InterleavedBench answers: set interleavedbench.path")
+    judge = judge or cfg.interleavedbench.judge
+    bench, client = preflight(cfg, judge)
     model, spec = load_model(cfg, source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict = {"adapter": source.path, "source_run_id": source.run_id, "backbone": cfg.backbone.model_dump(),
+    results: dict = {"adapter": source.origin, "source_run_id": source.run_id, "backbone": cfg.backbone.model_dump(),
                      "adapter_config": cfg.adapter.model_dump() if source.path is None else
                      json.loads((Path(source.path) / "moss_config.json").read_text()),
                      "started": dt.datetime.now().isoformat(timespec="seconds")}
@@ -107,7 +138,7 @@ def evaluate(cfg: RunConfig, source: AdapterSource, out_dir: Path, judge: bool =
 
         results["editing"] = evaluate_editing(model, spec, cfg, out_dir)
     if cfg.interleavedbench.path:
-        results["interleavedbench"] = run_interleavedbench(model, spec, cfg, out_dir, judge or cfg.interleavedbench.judge)
+        results["interleavedbench"] = run_interleavedbench(model, spec, cfg, out_dir, judge, bench, client)
     results["seconds"] = round(time.perf_counter() - t0, 2)
     results["metrics"] = flat_metrics(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -137,14 +168,17 @@ def log_to_mlflow(cfg: RunConfig, source: AdapterSource, results: dict, out_dir:
     if source.run_id:
         tags[SOURCE_TAG] = source.run_id
         tags["mlflow.note.content"] = f"Evaluation of training run {source.run_id} ({source.label})"
-    elif source.path:
-        tags["moss.adapter_path"] = str(source.path)
-    run = mlc.create_run(experiment_id, tags=tags)
-    run_id = run.info.run_id
+    elif source.origin:
+        tags["moss.adapter_path"] = str(source.origin)
+    run_id = mlc.create_run(experiment_id, tags=tags).info.run_id
     sections = {k: cfg.model_dump(mode="json")[k] for k in ("backbone", "generate", "evaluate", "editing",
                                                             "interleavedbench")}
     params = [Param(k, v) for k, v in flatten(sections).items()]
-    mlc.log_batch(run_id, metrics=metrics, params=params)
-    mlc.log_artifacts(run_id, str(out_dir), "evaluation")
-    mlc.set_terminated(run_id, "FINISHED")
+    status = "FAILED"
+    try:
+        mlc.log_batch(run_id, metrics=metrics, params=params)
+        mlc.log_artifacts(run_id, str(out_dir), "evaluation")
+        status = "FINISHED"
+    finally:
+        mlc.set_terminated(run_id, status)
     return run_id

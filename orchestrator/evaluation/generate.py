@@ -98,7 +98,8 @@ class Generator:
         text_cfg = getattr(cfg, "text_config", cfg)
         self.max_length = max_length or getattr(text_cfg, "max_position_embeddings", 4096)
         self.eos = spec.tokenizer.eos_token_id
-        self.banned = torch.tensor(spec.text_banned_ids(), dtype=torch.long)
+        banned = set(spec.text_banned_ids()) - {self.eos, None}  # a pad that doubles as eos still ends answers
+        self.banned = torch.tensor(sorted(banned), dtype=torch.long)
 
     def encode_prompt(self, segments: list) -> dict:
         """Prompt segments (str | PIL.Image) -> ids + layout, prompt images marked as inputs."""
@@ -108,14 +109,19 @@ class Generator:
     def generate(self, segments: list, cfg: SamplingConfig = SamplingConfig(), record_logits: bool = False) -> Answer:
         spec, dec = self.spec, self.decoder
         enc = self.encode_prompt(segments)
+        frame = spec.image_frame(*spec.generation_grid(cfg.image_size))
+        image_len = len(frame.tokens([0] * frame.height * frame.width))
+        need = len(enc["input_ids"]) + 1 + (image_len if cfg.open_image else 0)
+        if need > self.max_length:
+            what = f" plus a {frame.height}x{frame.width} image ({image_len} tokens)" if cfg.open_image else ""
+            raise ValueError(f"the prompt ({len(enc['input_ids'])} tokens){what} exceeds the model's "
+                             f"{self.max_length} positions")
         gen = torch.Generator().manual_seed(cfg.seed)
         t0 = time.perf_counter()
         dec.reset()
         h = dec.prefill(enc["input_ids"], enc["image_layout"])[-1]
         answer = Answer(ids=enc["input_ids"].tolist(), prompt_length=len(enc["input_ids"]))
         answer.step_logits = [] if record_logits else None
-        frame = spec.image_frame(*spec.generation_grid(cfg.image_size))
-        image_len = len(frame.tokens([0] * frame.height * frame.width))
         text_ids: list[int] = []
         n_text = 0
 
@@ -138,7 +144,7 @@ class Generator:
             can_open = len(answer.images) < cfg.max_images and dec.length + image_len < self.max_length
             if not can_open:
                 logits[frame.open_id] = float("-inf")
-            if cfg.open_image and not answer.parts and not text_ids:
+            if cfg.open_image and can_open and not answer.parts and not text_ids:
                 token = frame.open_id
             else:
                 if n_text >= cfg.max_new_tokens:
@@ -186,5 +192,5 @@ class Generator:
         for t in frame.close:
             h = feed(t)
         codes = spec.ids_to_codes(torch.tensor(cells)).view(frame.height, frame.width)
-        answer.parts.append(GeneratedImage(codes, spec.decode_image(codes)))
+        answer.parts.append(GeneratedImage(codes, spec.decode_image(codes, self.model)))
         return h

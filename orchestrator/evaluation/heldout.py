@@ -13,7 +13,7 @@ import torch
 from ..config import ConfigError, RunConfig
 from ..data.pipeline import output_dir
 from ..training.data import TRAIN_COLUMNS, collate_rows
-from ..training.metrics import add_loss, loss_metrics
+from ..training.metrics import add_loss, loss_metrics, use_bf16
 
 
 def split_rows(cfg: RunConfig, split: str) -> list[dict]:
@@ -34,7 +34,7 @@ def heldout_metrics(model, spec, cfg: RunConfig, split: str = "val") -> dict:
     if not rows:
         raise ConfigError(f"the {split} split of {output_dir(cfg)} is empty (data.val_fraction=0?)")
     device = next(model.parameters()).device
-    bf16 = device.type == "cuda" and cfg.train.precision != "fp32"
+    bf16 = use_bf16(cfg, device)  # what training's eval ran under
     weights = (cfg.train.text_weight, cfg.train.image_weight)
     sums = [0.0] * 5
     step = cfg.train.micro_batch

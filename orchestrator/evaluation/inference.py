@@ -21,6 +21,7 @@ class AdapterSource:
     path: str | None  # local folder holding adapter_model.safetensors + moss_config.json; None: the base model
     run_id: str | None = None
     run_name: str | None = None
+    origin: str | None = None  # what the user named: the folder, runs:/<id>/adapter, or the run's artifact
 
     @property
     def label(self) -> str:
@@ -29,16 +30,10 @@ class AdapterSource:
         return Path(self.path).name if self.path else "base-model"
 
 
-def run_config(run_id: str, uri: str, overrides: list[str]) -> RunConfig:
+def run_config(mlc, run_id: str, overrides: list[str]) -> RunConfig:
     """The resolved config a training run logged (config.yaml), with ``--set`` overrides on top."""
-    from ..tracking.mlflow import client
-
-    mlc = client(uri)
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            tree = yaml.safe_load(Path(mlc.download_artifacts(run_id, "config.yaml", d)).read_text())
-    except Exception as e:  # noqa: BLE001 - no run, no artifact, unreachable store: one clear message
-        raise ConfigError(f"cannot read config.yaml of MLflow run {run_id} at {uri}: {e}"[:500]) from None
+    with tempfile.TemporaryDirectory() as d:
+        tree = yaml.safe_load(Path(mlc.download_artifacts(run_id, "config.yaml", d)).read_text())
     for assignment in overrides:
         apply_override(tree, assignment)
     return validate_tree(tree, f"run {run_id} config.yaml")
@@ -46,33 +41,50 @@ def run_config(run_id: str, uri: str, overrides: list[str]) -> RunConfig:
 
 def resolve(config_path: str | None, overrides: list[str], adapter: str | None, run_id: str | None,
             workdir: Path) -> tuple[RunConfig, AdapterSource]:
-    """The run config and a local adapter folder, downloading the adapter of ``run_id`` into ``workdir``.
+    """The run config and a local adapter folder, downloading the adapter of a run into ``workdir``.
 
-    With ``run_id`` and no config file, the run's own config is used (backbone, shards, loss weights).
+    ``--run ID`` (or ``--adapter runs:/ID/adapter``): that training run's final adapter and, without a
+    config file, the run's own config (backbone, shards, loss weights).
     """
-    from ..tracking.mlflow import client, tracking_uri
+    from ..tracking.mlflow import tracking_uri
 
     if adapter and run_id:
         raise ConfigError("give --adapter or --run, not both")
+    given = load_config(config_path, overrides)
+    if adapter is not None and adapter.startswith("runs:/"):
+        run_id, _, artifact = adapter[len("runs:/"):].partition("/")
+    else:
+        artifact = FINAL_ADAPTER
     if run_id is None:
-        cfg = load_config(config_path, overrides)
         if adapter is not None and "://" not in adapter and not Path(adapter).is_dir():
             raise ConfigError(f"--adapter {adapter!r} is not a folder (expected what save_adapter writes)")
         if adapter is not None and "://" in adapter:
             import mlflow.artifacts
 
-            uri = tracking_uri(cfg.tracking.tracking_uri)
-            adapter = mlflow.artifacts.download_artifacts(artifact_uri=adapter, dst_path=str(workdir), tracking_uri=uri)
-        return cfg, AdapterSource(adapter)
-    given = load_config(config_path, overrides)  # where the run is tracked: this config / --set, else the env
-    uri = tracking_uri(given.tracking.tracking_uri)
-    cfg = given if config_path else run_config(run_id, uri, overrides)
+            try:
+                path = mlflow.artifacts.download_artifacts(artifact_uri=adapter, dst_path=str(workdir),
+                                                           tracking_uri=tracking_uri(given.tracking.tracking_uri))
+            except Exception as e:  # noqa: BLE001 - any store / network error: one clear message, exit 2
+                raise ConfigError(f"cannot download --adapter {adapter}: {e}"[:500]) from None
+            return given, AdapterSource(path, origin=adapter)
+        return given, AdapterSource(adapter, origin=adapter)
+    from mlflow.exceptions import MlflowException
+
+    from ..tracking.mlflow import client
+
+    uri = tracking_uri(given.tracking.tracking_uri)  # where the run is tracked: this config / --set, else the env
     mlc = client(uri)
-    run = mlc.get_run(run_id)
-    if not any(f.path == f"{FINAL_ADAPTER}/moss_config.json" for f in mlc.list_artifacts(run_id, FINAL_ADAPTER)):
-        raise ConfigError(f"MLflow run {run_id} has no final adapter (artifact {FINAL_ADAPTER}/): did it finish?")
-    path = mlc.download_artifacts(run_id, FINAL_ADAPTER, str(workdir))
-    return cfg, AdapterSource(path, run_id, run.data.tags.get("moss.run_name", run.info.run_name))
+    try:
+        run = mlc.get_run(run_id)
+        cfg = given if config_path else run_config(mlc, run_id, overrides)
+        listed = mlc.list_artifacts(run_id, artifact)
+        if not any(f.path == f"{artifact}/moss_config.json" for f in listed):
+            raise ConfigError(f"MLflow run {run_id} has no adapter under {artifact}/: did it finish?")
+        path = mlc.download_artifacts(run_id, artifact, str(workdir))
+    except (MlflowException, OSError) as e:
+        raise ConfigError(f"cannot read MLflow run {run_id} at {uri}: {e}"[:500]) from None
+    name = run.data.tags.get("moss.run_name", run.info.run_name)
+    return cfg, AdapterSource(path, run_id, name, origin=f"runs:/{run_id}/{artifact}")
 
 
 def device() -> torch.device:
@@ -84,9 +96,11 @@ def load_model(cfg: RunConfig, source: AdapterSource):
     from ..backbones import get_backbone
     from ..moss import AdapterLoadError, load_adapter
 
+    from ..training.metrics import use_bf16
+
     spec = get_backbone(cfg.backbone.name, checkpoint=cfg.backbone.checkpoint)
     dev = device()
-    base = spec.build(seed=cfg.backbone.seed, dtype=torch.bfloat16 if dev.type == "cuda" else None)
+    base = spec.build(seed=cfg.backbone.seed, dtype=torch.bfloat16 if use_bf16(cfg, dev) else None)
     if source.path is None:
         model = base
     else:

@@ -18,7 +18,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -90,7 +90,7 @@ def interleaved_parts(text: str, images: list[Image.Image]) -> list[dict]:
 class JudgeClient:
     base_url: str
     model: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     timeout_s: float = 120.0
     retries: int = 3
 

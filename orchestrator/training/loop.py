@@ -27,14 +27,10 @@ from ..tracking.mlflow import MetricsLogger
 from . import parallel
 from .checkpoint import ADAPTER_DIR, TrainState, load_train_state, save_train_state
 from .data import ValRows, train_batches
-from .metrics import add_loss, loss_metrics, peak_memory_mb, reset_peak_memory
+from .metrics import add_loss, loss_metrics, peak_memory_mb, reset_peak_memory, use_bf16
 from .optim import build_optimizer
 
 FINAL_ADAPTER = "adapter"  # MLflow artifact path of the final adapter
-
-
-def use_bf16(cfg: RunConfig, device: torch.device) -> bool:
-    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
 
 
 def setup_model(cfg: RunConfig, spec, ckpt_dir: str | None, bf16: bool):

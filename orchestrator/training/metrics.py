@@ -38,6 +38,11 @@ def loss_metrics(sums: list[float], prefix: str, weights: tuple[float, float] = 
     return out
 
 
+def use_bf16(cfg, device: torch.device) -> bool:
+    """bf16 weights + autocast: train.precision bf16, or auto on CUDA (training and evaluation alike)."""
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -135,8 +135,14 @@ def test_evaluate_scores_what_training_logged(workdir, finished, capsys):
     after = mlc.get_run(run.info.run_id)
     assert after.data.metrics["heldout/val/loss"] == pytest.approx(results["metrics"]["heldout/val/loss"])
     assert any(f.path.startswith("evaluation/") for f in mlc.list_artifacts(run.info.run_id, "evaluation"))
+    runs_uri = f"runs:/{run.info.run_id}/adapter"  # the same adapter named by URI: still linked to its run
+    assert main(["evaluate", "--adapter", runs_uri, "--out", str(workdir / "eval3"), "--set", "evaluate.editing=false",
+                 *uri]) == 0
+    linked = mlc.search_runs([run.info.experiment_id], filter_string=f"tags.`moss.source_run_id` = '{run.info.run_id}'")
+    assert len(linked) == 2
+    assert json.loads((workdir / "eval3" / "results.json").read_text())["adapter"] == runs_uri
     assert main(["evaluate", "--run", "0" * 32, *uri]) == 2  # an unknown run: a clear error, exit 2
-    assert "cannot read config.yaml" in capsys.readouterr().err
+    assert "cannot read MLflow run" in capsys.readouterr().err
 
 
 def test_relaunching_a_finished_run_repeats_no_work(workdir, finished):

@@ -99,6 +99,11 @@ def test_evaluate_scores_logs_and_links(adapters, tmp_path, capsys):
     assert {"evaluation/results.json", "evaluation/editing"} <= arts
     printed = capsys.readouterr().out
     assert "heldout/val/loss" in printed and run.info.run_id in printed and "no pixel decoder" in printed
+    assert main(argv) == 2 and "is not empty" in capsys.readouterr().err  # never mixes two evaluations' files
+    fresh = ["evaluate", "--adapter", str(adapters / "chameleon"), "--out", str(tmp_path / "eval-2")]
     off = ["--set", "evaluate.heldout=false", "--set", "evaluate.editing=false"]
-    assert main([*argv, *off]) == 2
-    assert main([*argv, "--judge"]) == 2  # the judge scores InterleavedBench answers only
+    assert main([*fresh, *off]) == 2 and "nothing to evaluate" in capsys.readouterr().err
+    assert main([*fresh, "--judge"]) == 2 and "--judge scores InterleavedBench" in capsys.readouterr().err
+    assert main([*fresh, "--into-run"]) == 2 and "--into-run" in capsys.readouterr().err
+    assert main([*fresh, "--set", "generate.image_size=[2,2]"]) == 2  # before any model is built
+    assert "generates 8x8 code grids only" in capsys.readouterr().err

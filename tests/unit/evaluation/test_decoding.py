@@ -71,6 +71,34 @@ def test_cached_logits_equal_a_full_forward(name, label):
         assert (text[answer_cells] - ref_text[answer_cells]).abs().max() > 100 * TOL
 
 
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_a_prompt_cut_inside_an_image_keeps_decoding_it(name):
+    """Layout derived from the cut prompt itself (the image looks truncated): its cells still take the conv."""
+    spec = spec_for(name)
+    model = model_for(spec, ADAPTERS["moss-full"])
+    ids, segs = interleaved(spec)
+    start = segs[1].offset + segs[1].row_stride + 1
+    ref_text, _ = full_logits(spec, model, ids[: segs[1].positions()[-1] + 1], segs[:2])
+    prompt_layout = list(spec.image_layout(ids[None, :start]).segments[0])
+    assert prompt_layout[-1].n_cells < prompt_layout[-1].height * prompt_layout[-1].width
+    dec = IncrementalDecoder(model, spec)
+    h = torch.cat([dec.prefill(ids[:start], prompt_layout)]
+                  + [dec.step(t)[None] for t in ids[start : segs[1].positions()[-1] + 1].tolist()])
+    with torch.no_grad():
+        assert (spec.text_logits(model, h) - ref_text).abs().max() <= TOL
+
+
+def test_a_prompt_longer_than_the_context_is_refused():
+    spec = spec_for("chameleon")
+    gen = Generator(model_for(spec, ADAPTERS["moss-full"]), spec, max_length=40)
+    with pytest.raises(ValueError, match="exceeds the model's 40 positions"):
+        gen.generate(["x" * 20, draw("red")], SamplingConfig())
+    with pytest.raises(ValueError, match="8x8 image"):
+        gen.generate(["hi"], SamplingConfig(open_image=True))
+    answer = gen.generate(["hi"], SamplingConfig(max_new_tokens=100, temperature=0))
+    assert len(answer.ids) <= 40 and answer.stop in ("eos", "max_length")
+
+
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_conv_cache_is_the_causal_conv(k):
     torch.manual_seed(k)

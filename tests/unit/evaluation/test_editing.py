@@ -98,6 +98,20 @@ def _target(sample, record_id):
     return Image.open(sample / "images" / "editing" / f"{record_id}_out.png").convert("RGB")
 
 
+def test_an_unreadable_record_is_counted_not_fatal(sample, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sample, broken)
+    spec = spec_for("emu3")
+    cfg = load_config(None, [f"data.source={broken / 'editing.parquet'}", "editing.split=all", "editing.max_records=2"])
+    first = editing_records(cfg)[0][0]
+    (broken / "images" / "editing" / f"{first.id}_src.png").unlink()
+    result = evaluate_editing(apply_moss(spec.build(seed=0), ADAPTERS["lora"], spec).eval(), spec, cfg, tmp_path / "o")
+    assert result["records"] == 1 and result["failures"][0]["id"] == first.id
+    assert "missing file" in result["failures"][0]["reason"]
+
+
 def test_similarity_metrics_are_skipped_with_a_note(sample, tmp_path):
     spec = spec_for("janus")
     cfg = load_config(None, [f"data.source={sample}", "editing.split=all", "editing.max_records=1"])

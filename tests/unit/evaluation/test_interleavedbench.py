@@ -566,3 +566,15 @@ def test_ids_become_safe_unique_file_names(tmp_path):
     items, rejects = read_bench(path)
     assert [i.id for i in items] == ["x/1", "y"]
     assert rejects[0]["id"] == "x_1" and "repeats" in rejects[0]["reason"]
+
+
+def test_aspect_means_leave_text_aspects_out_where_they_do_not_apply():
+    from orchestrator.evaluation.evaluate import aspect_means
+
+    story = {"task_name": "storytelling", "text_quality": 4.0, "perceptual_quality": 2.0, "image_coherence": 2.0,
+             "text_image_coherence": 4.0, "helpfulness": 2.0, "average": 2.8}
+    edit = {"task_name": "image_editing", "text_quality": 0.0, "perceptual_quality": 4.0, "image_coherence": 4.0,
+            "text_image_coherence": 0.0, "helpfulness": 4.0, "average": 4.0}
+    means = aspect_means([story, edit])
+    assert means["text_quality"] == 4.0 and means["text_image_coherence"] == 4.0  # the editing zeros left out
+    assert means["perceptual_quality"] == 3.0 and means["average"] == pytest.approx(3.4)
