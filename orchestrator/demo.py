@@ -1,12 +1,15 @@
 """`moss demo`: the whole product on a laptop, offline: the bundled LeafInstruct-format sample set ->
-Ray Data shards -> the smoke sweep (Ray Tune over Ray Train, MLflow parent + child runs) -> report.
+Ray Data shards -> the smoke sweep (Ray Tune over Ray Train, MLflow parent + child runs) -> report ->
+`moss evaluate` of the best trial (held-out loss / perplexity, editing metrics, MLflow run linked to it).
 
 Everything it writes goes under one folder (default demo_out/): sample/, shards/, ray_results/,
-mlflow.db + mlruns/, report/.
+mlflow.db + mlruns/, report/, eval/.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,12 +35,12 @@ def run_demo(out_dir: str = "demo_out", space: str | Path = SMOKE, per_domain: i
     overrides = [*demo_overrides(root), *extra]
     base = load_space(space, overrides).base_config()  # a bad space stops here, before any work
     counts = write_sample(root / "sample", per_domain=per_domain)
-    print(f"demo: 1/3 sample set: {sum(counts.values())} LeafInstruct-format records in {root / 'sample'}", flush=True)
+    print(f"demo: 1/4 sample set: {sum(counts.values())} LeafInstruct-format records in {root / 'sample'}", flush=True)
     init_ray()
     manifest = preprocess(base)
-    print("demo: 2/3 Ray Data preprocessing\n" + format_manifest(manifest, output_dir(base)), flush=True)
+    print("demo: 2/4 Ray Data preprocessing\n" + format_manifest(manifest, output_dir(base)), flush=True)
     plan = plan_sweep(str(space), overrides)
-    print(f"demo: 3/3 {describe_plan(plan)}", flush=True)
+    print(f"demo: 3/4 {describe_plan(plan)}", flush=True)
     summary = run_sweep(plan, report_dir=str(root / "report"))
     print(format_summary(summary))
     best = summary["report"]["best"]
@@ -45,5 +48,26 @@ def run_demo(out_dir: str = "demo_out", space: str | Path = SMOKE, per_domain: i
         print(f"best:        {best.run_name} ({best.label}, rank {best.rank}"
               + (f", kernel {best.kernel_size}" if best.kernel_size else "")
               + f"): {summary['report']['comparison'].metric} {best.value:.4f}")
+        evaluate_best(best, root, overrides)
     print(f"demo: done in {time.perf_counter() - t0:.0f} s")
     return summary
+
+
+def evaluate_best(best, root: Path, overrides: list[str]) -> dict:
+    """`moss evaluate --run <best trial>`: its logged config and final adapter -> results.json + MLflow."""
+    from .evaluation.evaluate import evaluate, log_to_mlflow
+    from .evaluation.inference import resolve
+
+    uri = next(o for o in overrides if o.startswith("tracking.tracking_uri="))
+    out = root / "eval" / best.run_name
+    shutil.rmtree(out, ignore_errors=True)  # a rerun of the demo: no stale files among this run's artifacts
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, source = resolve(None, [uri, "editing.max_records=4"], None, best.run_id, Path(tmp))
+        print(f"demo: 4/4 evaluating {best.run_name}: held-out loss on the val shards, editing metrics", flush=True)
+        results = evaluate(cfg, source, out)
+    run_id = log_to_mlflow(cfg, source, results, out)
+    for key, value in sorted(results["metrics"].items()):
+        print(f"  {key:28s} {value:.4f}")
+    print(f"evaluation:  {out / 'results.json'}; MLflow run {run_id} (tag moss.source_run_id={best.run_id})")
+    print(f"generate:    moss generate --run {best.run_id} --set {uri} --prompt 'Draw a red square:' --image-first")
+    return results
