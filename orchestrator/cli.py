@@ -176,10 +176,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model, spec = load_model(cfg, source)
     g = cfg.generate
     try:
-        sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                  image_temperature=g.image_temperature, image_top_p=g.image_top_p,
-                                  max_images=g.max_images, image_size=g.image_size, open_image=args.image_first,
-                                  seed=g.seed)
+        sampling = SamplingConfig.from_section(g, open_image=args.image_first)
         spec.generation_grid(g.image_size)
     except ValueError as e:
         raise ConfigError(f"generate: {e}") from None
@@ -221,21 +218,16 @@ def parse_prompt(text: str, images: list[str]) -> list:
     from .config import ConfigError
     from .data.images import ImageError
     from .evaluation.editing import load_image
+    from .evaluation.generate import interleave
 
     try:
         loaded = [load_image(p) for p in images]
     except ImageError as e:
         raise ConfigError(f"--image: {e}") from None
-    pieces = text.split("<image>")
-    if len(pieces) - 1 > len(loaded):
-        raise ConfigError(f"--prompt has {len(pieces) - 1} <image> placeholder(s) but only {len(loaded)} --image")
-    segments: list = []
-    for i, piece in enumerate(pieces):
-        if piece.strip():
-            segments.append(piece.strip())
-        if i < len(pieces) - 1:
-            segments.append(loaded[i])
-    segments += loaded[len(pieces) - 1 :]
+    n = text.count("<image>")
+    if n > len(loaded):
+        raise ConfigError(f"--prompt has {n} <image> placeholder(s) but only {len(loaded)} --image")
+    segments = interleave(text, loaded) + loaded[n:]
     if not segments:
         raise ConfigError("an empty prompt: give --prompt and/or --image")
     return segments

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from functools import cached_property
 
 import torch
 from PIL import Image

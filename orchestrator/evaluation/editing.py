@@ -118,10 +118,7 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
     if not spec.has_pixel_decoder:
         notes.append(f"{spec.name}: transformers has no pixel decoder for its VQ, so L1/L2/CLIP-I/DINO need an "
                      "external VQGAN decoder; only code_match is scored (codes saved as JSON)")
-    g = cfg.generate
-    base = SamplingConfig(max_new_tokens=0, temperature=g.temperature, top_p=g.top_p,
-                          image_temperature=g.image_temperature, image_top_p=g.image_top_p, max_images=1,
-                          open_image=True, seed=g.seed)
+    base = SamplingConfig.from_section(cfg.generate, max_new_tokens=0, max_images=1, open_image=True, image_size=None)
     generator = Generator(model, spec)
     images_dir = out_dir / "editing"
     images_dir.mkdir(parents=True, exist_ok=True)

@@ -57,9 +57,7 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
         client = JudgeClient.from_env()  # a missing endpoint fails before any generation
     items, rejects = bench or read_bench(cfg.interleavedbench.path, cfg.interleavedbench.max_records)
     g = cfg.generate
-    sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                              image_temperature=g.image_temperature, image_top_p=g.image_top_p,
-                              max_images=g.max_images, image_size=g.image_size, seed=g.seed)
+    sampling = SamplingConfig.from_section(g)
     generator = Generator(model, spec)
     bench_dir = out_dir / "interleavedbench"
     bench_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..data.schema import PLACEHOLDER
 from .decoding import IncrementalDecoder
 
 
@@ -34,6 +35,11 @@ class SamplingConfig:
     image_size: tuple[int, int] | None = None  # codes; Emu3 only (other backbones have a fixed grid)
     open_image: bool = False
     seed: int = 0
+
+    @classmethod
+    def from_section(cls, section, **overrides) -> SamplingConfig:
+        """From the run config's ``generate:`` section (GenerateSection), with overrides."""
+        return cls(**{**section.model_dump(), **overrides})
 
     def __post_init__(self) -> None:
         for name in ("temperature", "image_temperature"):
@@ -74,6 +80,19 @@ class Answer:
     @property
     def images(self) -> list[GeneratedImage]:
         return [p for p in self.parts if isinstance(p, GeneratedImage)]
+
+
+def interleave(text: str, images: list) -> list:
+    """Text with <image> placeholders + the images they stand for -> segments in reading order (str and
+    images; a placeholder without an image is dropped, empty text pieces too)."""
+    segments: list = []
+    pieces = text.split(PLACEHOLDER)
+    for i, piece in enumerate(pieces):
+        if piece.strip():
+            segments.append(piece.strip())
+        if i < len(pieces) - 1 and i < len(images):
+            segments.append(images[i])
+    return segments
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

@@ -24,6 +24,7 @@ from PIL import Image
 from ..config import ConfigError
 from ..data.images import ImageError
 from .editing import file_stem, load_image
+from .generate import interleave
 
 PLACEHOLDER = "<image>"
 PREDICTIONS = "predictions.json"
@@ -40,14 +41,8 @@ class BenchItem:
 
     def prompt(self) -> list:
         """Instruction, then the context with its images in place: str | PIL.Image segments."""
-        segments: list = [self.instruction] if self.instruction.strip() else []
-        pieces = self.context.split(PLACEHOLDER)
-        for i, piece in enumerate(pieces):
-            if piece.strip():
-                segments.append(piece.strip())
-            if i < len(pieces) - 1:
-                segments.append(load_image(self.images[i]))
-        return segments
+        head = [self.instruction] if self.instruction.strip() else []
+        return head + interleave(self.context, [load_image(p) for p in self.images])
 
 
 def _records(path: Path) -> list:

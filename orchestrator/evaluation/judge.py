@@ -77,13 +77,9 @@ def image_part(image: Image.Image) -> dict:
 
 def interleaved_parts(text: str, images: list[Image.Image]) -> list[dict]:
     """Text with <image> placeholders + images -> chat content parts in reading order."""
-    parts, pieces = [], text.split("<image>")
-    for i, piece in enumerate(pieces):
-        if piece.strip():
-            parts.append({"type": "text", "text": piece.strip()})
-        if i < len(pieces) - 1 and i < len(images):
-            parts.append(image_part(images[i]))
-    return parts
+    from .generate import interleave
+
+    return [{"type": "text", "text": s} if isinstance(s, str) else image_part(s) for s in interleave(text, images)]
 
 
 @dataclass
