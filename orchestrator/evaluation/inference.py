@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config import ConfigError, RunConfig, load_config, validate_tree, apply_override
+from ..config import ConfigError, RunConfig, apply_override, load_config, validate_tree
+from ..training.checkpoint import FINAL_ADAPTER
 
-FINAL_ADAPTER = "adapter"  # the artifact path training logs the final adapter under (training/loop.py)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 ADAPTER_DIR = "adapter"
+FINAL_ADAPTER = "adapter"  # MLflow artifact path of a training run's final adapter
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 SEP = "::"

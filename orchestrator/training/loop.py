@@ -25,12 +25,11 @@ from ..config import RunConfig
 from ..moss import apply_moss, load_adapter, save_adapter, trainable_parameters, unwrap
 from ..tracking.mlflow import MetricsLogger
 from . import parallel
-from .checkpoint import ADAPTER_DIR, TrainState, load_train_state, save_train_state
+from .checkpoint import ADAPTER_DIR, FINAL_ADAPTER, TrainState, load_train_state, save_train_state
 from .data import ValRows, train_batches
 from .metrics import add_loss, loss_metrics, peak_memory_mb, reset_peak_memory, use_bf16
 from .optim import build_optimizer
 
-FINAL_ADAPTER = "adapter"  # MLflow artifact path of the final adapter
 
 
 def setup_model(cfg: RunConfig, spec, ckpt_dir: str | None, bf16: bool):
