@@ -191,14 +191,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             parts.append({"type": "text", "text": p})
             continue
         k = sum(x["type"] == "image" for x in parts)
-        entry = {"type": "image", "height": int(p.codes.shape[0]), "width": int(p.codes.shape[1]),
-                 "codes": f"image_{k}.codes.json"}
-        (out / entry["codes"]).write_text(json.dumps(p.codes.tolist()))
-        if p.image is not None:
-            p.image.save(out / f"image_{k}.png")
-            entry["image"] = f"image_{k}.png"
-        else:
-            entry["note"] = f"{spec.name}: no pixel decoder in transformers; decode the codes with the VQGAN decoder"
+        entry = {"type": "image", "height": p.size[0], "width": p.size[1], **p.save(out, f"image_{k}")}
+        if p.image is None:
+            entry["note"] = spec.pixel_note
         parts.append(entry)
     n_img = len(answer.image_token_seconds)
     summary = {"prompt": args.prompt, "images_in": args.image, "adapter": source.origin, "run_id": source.run_id,
@@ -208,7 +203,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"generate: {answer.text!r} (stopped: {answer.stop}, {answer.seconds:.1f}s)")
     for p in parts:
         if p["type"] == "image":
-            print(f"  image {p['height']}x{p['width']} codes: {out / p.get('image', p['codes'])}")
+            print(f"  image {p['height']}x{p['width']}: {out / p.get('image', p.get('codes', p.get('embeddings')))}")
     print(f"answer: {out / 'answer.json'}")
     return 0
 

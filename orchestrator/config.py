@@ -25,10 +25,20 @@ class Section(BaseModel):
 
 
 class BackboneSection(Section):
-    name: Literal["chameleon", "anole", "emu3", "janus"] = "chameleon"
+    name: Literal["chameleon", "anole", "emu2", "emu3", "janus"] = "chameleon"
     #: "tiny" / "small" / "large" (random-init presets) or a hub id / local path
     checkpoint: str = "tiny"
     seed: int = 0  # weights of a random-init preset (a checkpoint's weights are its own)
+    #: emu2 only: the loss of its continuous image embeddings (default mse); other backbones' image
+    #: tokens are codes with a cross-entropy loss
+    image_regression: Literal["mse", "cosine"] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> BackboneSection:
+        if self.image_regression is not None and self.name != "emu2":
+            raise ValueError(f"image_regression applies to emu2 (continuous image embeddings) only; "
+                             f"{self.name} predicts VQ codes with a cross-entropy loss")
+        return self
 
 
 class AdapterSection(Section):

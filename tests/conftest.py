@@ -11,7 +11,8 @@ from orchestrator.moss import MossConfig
 
 torch.set_num_threads(2)
 
-BACKBONE_NAMES = ("chameleon", "emu3", "janus")
+BACKBONE_NAMES = ("chameleon", "emu2", "emu3", "janus")
+VQ_BACKBONES = ("chameleon", "emu3", "janus")  # images as VQ code ids (emu2's are continuous embeddings)
 ADAPTERS = {
     "lora": MossConfig(variant="lora", rank=4, alpha=8),
     "moe_lora": MossConfig(variant="moe_lora", rank=4, alpha=8),
@@ -62,6 +63,13 @@ def mixed_batch(spec):
 
 def text_batch(spec):
     return spec.collate([spec.encode(["Only words here."]), spec.encode(["And here, too, no images."])])
+
+
+def image_embeds(spec, model, example) -> torch.Tensor | None:
+    """Continuous-image backbones: the (n_images, n_query, d) visual embeddings of an encoded example's images."""
+    if not spec.continuous_images or not example.get("images"):
+        return None
+    return spec.visual_embeddings(model, torch.stack([spec.normalize(im) for im in example["images"]]))
 
 
 def randomize_adapter(model, seed: int = 0, std: float = 0.1) -> None:

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 from .base import IGNORE_INDEX, TINY, BackboneSpec, LossOutput, unwrap
 from .chameleon import ChameleonSpec
+from .emu2 import Emu2Spec
 from .emu3 import Emu3Spec
 from .janus import JanusSpec
 
 BACKBONES: dict[str, type[BackboneSpec]] = {
     "chameleon": ChameleonSpec,
     "anole": ChameleonSpec,  # Anole is Chameleon's class with image-generation weights
+    "emu2": Emu2Spec,
     "emu3": Emu3Spec,
     "janus": JanusSpec,
 }
 
 
-def get_backbone(name: str, checkpoint: str = TINY) -> BackboneSpec:
+def get_backbone(name: str, checkpoint: str = TINY, **options) -> BackboneSpec:
+    """``options``: backbone-specific settings (emu2: ``regression="mse" | "cosine"``)."""
     try:
         cls = BACKBONES[name]
     except KeyError:
         raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
-    return cls(checkpoint)
+    return cls(checkpoint, **options)
 
 
-__all__ = ["BACKBONES", "IGNORE_INDEX", "BackboneSpec", "LossOutput", "get_backbone", "unwrap"]
+def backbone_from_config(cfg) -> BackboneSpec:
+    """The spec a run config describes (its ``backbone`` section)."""
+    b = cfg.backbone
+    options = {"regression": b.image_regression} if b.image_regression is not None else {}
+    return get_backbone(b.name, b.checkpoint, **options)
+
+
+__all__ = ["BACKBONES", "backbone_from_config", "IGNORE_INDEX", "BackboneSpec", "LossOutput", "get_backbone", "unwrap"]

@@ -69,18 +69,15 @@ class LossOutput:
         return out
 
 
-def split_ce(
-    logits_fn, h: torch.Tensor, labels: torch.Tensor, is_image_target, weights: tuple[float, float]
-) -> LossOutput:
-    """Next-token CE at labelled positions, split by target modality.
+def split_loss(term, labels: torch.Tensor, is_image_target, weights: tuple[float, float], like: torch.Tensor) -> LossOutput:
+    """Next-token loss at labelled positions, split by target modality.
 
-    h: (B, T, D) hidden states; labels: (B, T). Position t predicts labels[t + 1]. ``logits_fn(h_sel,
-    image: bool) -> (logits, targets_shift)`` maps selected hidden rows to logits over the right
-    vocabulary; ``is_image_target(targets)`` says which targets are image codes.
-    loss = (w_text * sum CE_text + w_image * sum CE_image) / (n_text + n_image): with weights (1, 1)
-    it is the usual token-mean CE; text_loss / image_loss are the unweighted per-modality means.
+    Position t predicts labels[t + 1]. ``term(sel, image) -> summed loss`` of the positions ``sel``
+    ((B, T-1) mask over the shifted targets) of one modality; ``is_image_target(targets)`` says which
+    targets are images. loss = (w_text * sum_text + w_image * sum_image) / (n_text + n_image): with
+    weights (1, 1) the usual token mean; text_loss / image_loss are the unweighted per-modality means.
     """
-    hp, tgt = h[:, :-1], labels[:, 1:]
+    tgt = labels[:, 1:]
     valid = tgt != IGNORE_INDEX
     img = valid & is_image_target(tgt)
     txt = valid & ~img
@@ -91,13 +88,36 @@ def split_ce(
         if n == 0:
             means.append(None)
             continue
-        logits, targets = logits_fn(hp[sel], tgt[sel], image)
-        s = F.cross_entropy(logits.float(), targets, reduction="sum")
+        s = term(sel, image)
         sums.append(s * weights[int(image)])
         means.append(s.detach() / n)
     total = sum(counts)
-    loss = sum(sums) / max(total, 1) if sums else h.sum() * 0.0
+    loss = sum(sums) / max(total, 1) if sums else like.sum() * 0.0
     return LossOutput(loss, means[0], means[1], counts[0], counts[1])
+
+
+def split_ce(
+    logits_fn, h: torch.Tensor, labels: torch.Tensor, is_image_target, weights: tuple[float, float]
+) -> LossOutput:
+    """split_loss with cross-entropy for both modalities. h: (B, T, D) hidden states; ``logits_fn(h_sel,
+    targets, image: bool) -> (logits, targets)`` maps selected hidden rows to logits over the right
+    vocabulary (and the targets into that head's index space)."""
+    hp, tgt = h[:, :-1], labels[:, 1:]
+
+    def term(sel: torch.Tensor, image: bool) -> torch.Tensor:
+        logits, targets = logits_fn(hp[sel], tgt[sel], image)
+        return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+    return split_loss(term, labels, is_image_target, weights, h)
+
+
+class ImagePiece(list):
+    """An image's token ids (a list) that also carries the image the model embeds itself (``image``):
+    backbones with continuous image inputs (Emu2) keep the resized pixels next to the placeholders."""
+
+    def __init__(self, ids, image: Image.Image):
+        super().__init__(ids)
+        self.image = image
 
 
 @dataclass(frozen=True)
@@ -334,8 +354,11 @@ class BackboneSpec(ABC):
         """Encoded pieces -> one sequence: BOS + pieces (+ EOS after a trained last piece)."""
         ids: list[int] = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
         labels = [IGNORE_INDEX] * len(ids)
+        images = []
         for piece, trained in zip(pieces, targets):
             ids += piece
+            if isinstance(piece, ImagePiece):
+                images.append(piece.image)
             labels += piece if trained else [IGNORE_INDEX] * len(piece)
         if add_eos and self.tokenizer.eos_token_id is not None and (not targets or targets[-1]):
             ids.append(self.tokenizer.eos_token_id)
@@ -343,7 +366,10 @@ class BackboneSpec(ABC):
         input_ids = torch.tensor(ids, dtype=torch.long)
         label_t = torch.tensor(labels, dtype=torch.long)
         layout = self.image_layout(input_ids[None], label_t[None])
-        return {"input_ids": input_ids, "labels": label_t, "image_layout": layout.segments[0]}
+        out = {"input_ids": input_ids, "labels": label_t, "image_layout": layout.segments[0]}
+        if self.continuous_images:
+            out["images"] = images  # the pixels behind the placeholders, in layout order
+        return out
 
     def collate(self, examples: list[dict]) -> dict:
         """Right-pad encoded sequences into a batch with an ImageLayout."""
@@ -398,8 +424,21 @@ class BackboneSpec(ABC):
         return model.model, model.model
 
     # ---- generation -------------------------------------------------------------------------------
-    def forward_hidden(self, model: nn.Module, input_ids: torch.Tensor, cache=None):
-        """(B, T) new ids after ``cache`` -> ((B, T, D) hidden states, the grown KV cache)."""
+    #: images enter as continuous embeddings the model computes from pixels (Emu2), not as VQ code ids
+    continuous_images = False
+    #: the image loss is a cross-entropy over codes (so image perplexity means something)
+    image_loss_is_ce = True
+
+    def count_visual(self, input_ids: torch.Tensor) -> int:
+        """How many positions of ``input_ids`` take a visual embedding (continuous-image backbones)."""
+        return 0
+
+    def forward_hidden(self, model: nn.Module, input_ids: torch.Tensor, cache=None, visual=None):
+        """(B, T) new ids after ``cache`` -> ((B, T, D) hidden states, the grown KV cache).
+
+        ``visual``: embeddings of the ids that take one (continuous-image backbones only)."""
+        if visual is not None:
+            raise ValueError(f"{self.name} images are token ids: no visual embeddings to feed")
         out = unwrap(model).model(input_ids=input_ids, cache=cache, use_cache=True)
         return out.last_hidden_state, out.cache
 
@@ -453,6 +492,31 @@ class BackboneSpec(ABC):
         """(h, w) codes -> a PIL image through the VQ decoder (the model's own when given, e.g. on GPU);
         None when the backbone has none."""
         return None
+
+    #: said where an image has no pixels (e.g. in `moss generate`'s summary)
+    @property
+    def pixel_note(self) -> str:
+        return f"{self.name}: no pixel decoder in transformers; decode the codes with the VQGAN decoder"
+
+    def target_grid(self, model: nn.Module, image: Image.Image) -> torch.Tensor:
+        """An image -> what generation produces for it: the (h, w) VQ code grid."""
+        px, size = self.preprocess(image)
+        return self.image_codes(px.to(next(self.vq.parameters()).dtype), size)
+
+    def grid_scores(self, generated: torch.Tensor, target: torch.Tensor) -> dict:
+        """Agreement of a generated and a target grid: the fraction of equal codes (0 for another shape)."""
+        same = generated.shape == target.shape
+        return {"code_match": float((generated == target).float().mean()) if same else 0.0}
+
+    def image_fingerprint(self) -> dict:
+        """Identity of the image tokenizer, so shards can be matched to a model (manifest)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(self.vq.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return {"vq": {"class": type(self.vq).__name__, "sha256": h.hexdigest()[:16]}}
 
     def pixel_vq(self, model: nn.Module | None) -> nn.Module:
         return self.vq_module(unwrap(model)) if model is not None else self.vq

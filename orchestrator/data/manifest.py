@@ -13,7 +13,6 @@ from collections import Counter, defaultdict
 
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import torch
 
 from .filters import STAGES
 from .shards import REJECTED, SPLITS, TOKEN_STATS
@@ -90,17 +89,14 @@ def write_rejects(out_dir: str) -> int:
 
 
 def fingerprint(spec) -> dict:
-    """Tokenizer and VQ identity: class names and content hashes, so shards can be matched to a model."""
+    """Tokenizer and image-tokenizer identity (class names and content hashes; for Emu2 the pixel
+    transform), so shards can be matched to a model."""
     tok = spec.tokenizer
     backend = getattr(tok, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)
-    h = hashlib.sha256()
-    for k, v in sorted(spec.vq.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return {
         "tokenizer": {"class": type(tok).__name__, "vocab_size": len(tok), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16]},
-        "vq": {"class": type(spec.vq).__name__, "sha256": h.hexdigest()[:16]},
+        **spec.image_fingerprint(),
     }
 
 

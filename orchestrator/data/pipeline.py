@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..backbones import get_backbone
+from ..backbones import backbone_from_config
 from ..config import ConfigError, RunConfig
 from .dedupe import find_duplicates
 from .manifest import arrow_fs, build_manifest, collect_stats, write_rejects
@@ -46,7 +46,7 @@ def preprocess(cfg: RunConfig, engine: str = "ray") -> dict:
     t = time.perf_counter()
     stats = collect_stats(out)  # before rejects.jsonl exists: the folder holds parquet only
     n_rejects = write_rejects(out)
-    spec = get_backbone(cfg.backbone.name, cfg.backbone.checkpoint)
+    spec = backbone_from_config(cfg)
     timings["manifest_s"] = round(time.perf_counter() - t, 2)
     manifest = build_manifest(cfg, spec, files, n_input, stats, n_rejects, engine, time.perf_counter() - start)
     manifest["timings"] = timings

@@ -27,10 +27,14 @@ LAYOUT_TYPE = pa.struct([
     ("n_cells", pa.int32()), ("is_input", pa.bool_()),
 ])
 TOKEN_STATS = ("n_tokens", "n_target_tokens", "n_image_tokens", "n_images", "truncated_segments")
-#: rows written to shards (the "split" column becomes the partition folder)
+#: rows written to shards (the "split" column becomes the partition folder). ``pixels``: for backbones that
+#: embed images themselves (Emu2), one PNG per image in layout order, resized to the visual encoder's
+#: input (lossless: training sees exactly the preprocessed pixels); empty for VQ backbones, whose codes
+#: are in input_ids.
 SHARD_SCHEMA = pa.schema(
     _META
     + [("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("image_layout", pa.list_(LAYOUT_TYPE))]
+    + [("pixels", pa.list_(pa.large_binary()))]
     + [(k, pa.int32()) for k in TOKEN_STATS]
 )
 
@@ -49,12 +53,17 @@ def layout_to_rows(layout) -> list[dict]:
 
 
 def example_from_row(row: dict) -> dict:
-    """A shard row -> the dict ``spec.encode`` returns (input_ids, labels, image_layout), ready for collate."""
+    """A shard row -> the dict ``spec.encode`` returns (input_ids, labels, image_layout, and for Emu2 the
+    images), ready for collate."""
+    import io
+
     import torch
+    from PIL import Image
 
     from ..moss.layout import ImageSegment
 
-    return {
+    out = {} if row.get("pixels") is None else {"images": [Image.open(io.BytesIO(b)).convert("RGB") for b in row["pixels"]]}
+    return out | {
         "input_ids": torch.as_tensor(row["input_ids"], dtype=torch.long),
         "labels": torch.as_tensor(row["labels"], dtype=torch.long),
         "image_layout": tuple(ImageSegment(**{k: (bool(v) if k == "is_input" else int(v)) for k, v in s.items()})

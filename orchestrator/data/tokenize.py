@@ -59,7 +59,9 @@ class Tokenize:
         if threads:
             torch.set_num_threads(threads)
         self.spec = get_backbone(backbone, checkpoint)
-        self.spec.tokenizer, self.spec.vq  # load both once per actor  # noqa: B018
+        self.spec.tokenizer  # noqa: B018  # loaded once per actor, with the VQ (Emu2 embeds pixels in the model)
+        if not self.spec.continuous_images:
+            self.spec.vq  # noqa: B018
         self.max_seq_len = max_seq_len
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -67,14 +69,14 @@ class Tokenize:
 
     def row(self, row: dict) -> dict:
         out = {k: row[k] for k in SHARD_SCHEMA.names if k in row}
-        out.update(input_ids=[], labels=[], image_layout=[], **dict.fromkeys(TOKEN_STATS, 0))
+        out.update(input_ids=[], labels=[], image_layout=[], pixels=[], **dict.fromkeys(TOKEN_STATS, 0))
         if row["stage"]:
             return out
         try:
             out.update(self.encode(row["segments"], row["images"]))
         except Reject as r:
             out.update(stage=r.stage, reason=r.reason, split="rejected", input_ids=[], labels=[], image_layout=[],
-                       **dict.fromkeys(TOKEN_STATS, 0))
+                       pixels=[], **dict.fromkeys(TOKEN_STATS, 0))
         return out
 
     def encode(self, segments_json: str, images: list[bytes]) -> dict:
@@ -88,6 +90,7 @@ class Tokenize:
         return {
             "input_ids": enc["input_ids"].tolist(), "labels": labels.tolist(),
             "image_layout": layout_to_rows(enc["image_layout"]), "n_tokens": int(labels.numel()),
+            "pixels": [self.spec.png(im) for im in enc.get("images", ())],
             "n_target_tokens": int((labels != -100).sum()), "n_image_tokens": sum(s.n_cells for s in enc["image_layout"]),
             "n_images": len(enc["image_layout"]), "truncated_segments": len(pieces) - keep,
         }

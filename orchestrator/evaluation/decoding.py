@@ -2,7 +2,8 @@
 
 ``prefill`` runs a prompt in one forward; ``step`` feeds one token. Every position is routed by the
 image segments of the sequence: known up front (a teacher-forced sequence) or declared while
-generating (``add_segment`` when an image opens). An image cell takes the image branch through each
+generating (``add_segment`` when an image opens). Backbones with continuous image inputs (Emu2) get
+each image cell's visual embedding with its placeholder id (``visual`` rows, in order). An image cell takes the image branch through each
 layer's conv cache (orchestrator/moss/cache.py); everything else takes the text branch. The logits
 equal those of one full forward over the same tokens (tests/unit/evaluation/test_decoding.py).
 """
@@ -29,6 +30,7 @@ class IncrementalDecoder:
 
     def reset(self) -> None:
         self.cache = None
+        self._visual = None  # the prompt's visual embeddings not fed yet (continuous-image backbones)
         self.length = 0
         self.segments: list[ImageSegment] = []
         if self.ctx is not None:
@@ -52,17 +54,26 @@ class IncrementalDecoder:
         return Step((i, j))
 
     @torch.no_grad()
-    def _forward(self, ids: list[int]) -> torch.Tensor:
+    def _forward(self, ids: list[int], visual: torch.Tensor | None = None) -> torch.Tensor:
         device = self.spec_device()
-        h, self.cache = self.spec.forward_hidden(self.model, torch.tensor([ids], device=device), self.cache)
+        ids_t = torch.tensor([ids], device=device)
+        n = self.spec.count_visual(ids_t)
+        if n and visual is None:  # prompt cells: the next rows of the prefill's embeddings
+            if self._visual is None or len(self._visual) < n:
+                raise ValueError(f"{n} image cells to feed but {0 if self._visual is None else len(self._visual)} "
+                                 "visual embeddings left from prefill")
+            visual, self._visual = self._visual[:n], self._visual[n:]
+        kw = {} if visual is None else {"visual": visual.to(device)}
+        h, self.cache = self.spec.forward_hidden(self.model, ids_t, self.cache, **kw)
         self.length += len(ids)
         return h[0]
 
     def spec_device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def prefill(self, ids: torch.Tensor | list[int], segments=()) -> torch.Tensor:
-        """Feed a prompt (after reset); -> (T, D) hidden states. ``segments``: the prompt's images.
+    def prefill(self, ids: torch.Tensor | list[int], segments=(), visual: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed a prompt (after reset); -> (T, D) hidden states. ``segments``: the prompt's images;
+        ``visual``: (n, d) embeddings of its image cells in order (continuous-image backbones).
 
         One forward covers the prompt up to the first image it leaves open (a prompt that ends inside
         an image); the open image's cells present are then fed one by one, filling the conv cache.
@@ -70,6 +81,7 @@ class IncrementalDecoder:
         ids = torch.as_tensor(ids).flatten().tolist()
         if self.length:
             raise RuntimeError("prefill starts a sequence: call reset() first")
+        self._visual = visual
         for seg in segments:
             if not seg.complete and self._next_cell(seg) >= len(ids):  # cut with the prompt: still open
                 seg = replace(seg, n_cells=seg.height * seg.width)
@@ -88,6 +100,8 @@ class IncrementalDecoder:
             set_layout(self.model, ImageLayout(((*closed,),), cut))
             parts.append(self._forward(ids[:cut]))
         parts += [self.step(t)[None] for t in ids[cut:]]
+        if self._visual is not None and len(self._visual):
+            raise ValueError(f"{len(self._visual)} visual embeddings left over after the prompt's image cells")
         return torch.cat(parts)
 
     @staticmethod
@@ -95,9 +109,10 @@ class IncrementalDecoder:
         i, j = divmod(seg.n_cells, seg.width)
         return seg.offset + i * seg.row_stride + j
 
-    def step(self, token_id: int) -> torch.Tensor:
-        """Feed one token; -> (D,) its hidden state."""
+    def step(self, token_id: int, visual: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed one token (with its (d,) visual embedding on continuous-image backbones); -> (D,) its
+        hidden state."""
         if self.length == 0:
             raise RuntimeError("step before prefill: the KV cache is empty")
         with routed_step(self.model, self.route(self.length)):
-            return self._forward([int(token_id)])[0]
+            return self._forward([int(token_id)], None if visual is None else visual.reshape(1, -1))[0]

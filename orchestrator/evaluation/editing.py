@@ -11,7 +11,6 @@ still get a score.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -94,12 +93,6 @@ class ImageEmbedder:
         return float(torch.nn.functional.cosine_similarity(self(a), self(b), dim=0))
 
 
-def target_codes(spec, image: Image.Image) -> torch.Tensor:
-    px, size = spec.preprocess(image)
-    with torch.no_grad():
-        return spec.image_codes(px.to(next(spec.vq.parameters()).dtype), size)
-
-
 def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
     """Generate an edit for each record; -> {"records": n, "metrics": {...}, "per_record": [...], "notes": [...]}."""
     records, skipped = editing_records(cfg)
@@ -116,8 +109,8 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
                          f"{'CLIP (e.g. openai/clip-vit-base-patch32)' if kind == 'clip' else 'DINO (e.g. facebook/dino-vits16)'} "
                          "checkpoint folder")
     if not spec.has_pixel_decoder:
-        notes.append(f"{spec.name}: transformers has no pixel decoder for its VQ, so L1/L2/CLIP-I/DINO need an "
-                     "external VQGAN decoder; only code_match is scored (codes saved as JSON)")
+        scored = "embedding_mse and embedding_cos are" if spec.continuous_images else "code_match is"
+        notes.append(f"{spec.pixel_note}. L1/L2/CLIP-I/DINO need pixels: only {scored} scored")
     base = SamplingConfig.from_section(cfg.generate, max_new_tokens=0, max_images=1, open_image=True, image_size=None)
     generator = Generator(model, spec)
     images_dir = out_dir / "editing"
@@ -128,8 +121,9 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
             prompt = ([rec.instruction] if rec.instruction else []) + [
                 load_image(s.image) if s.is_image else s.text for s in rec.input]
             target = load_image(next(s.image for s in rec.output if s.is_image))
-            tcodes = target_codes(spec, target)
-            grid = tuple(tcodes.shape)
+            with torch.no_grad():
+                tgrid = spec.target_grid(model, target)  # codes (h, w) or embeddings (h, w, d)
+            grid = tuple(tgrid.shape[:2])
             sampling = replace(base, image_size=grid if grid != tuple(spec.generation_grid()) else None)
             answer = generator.generate(prompt, sampling)
             if not answer.images:
@@ -138,19 +132,16 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
             failures.append({"id": rec.id, "reason": f"{type(e).__name__}: {e}"[:300]})
             continue
         gen = answer.images[0]
-        row = {"id": rec.id, "code_match": float((gen.codes == tcodes).float().mean()) if gen.codes.shape == tcodes.shape
-               else None, "seconds": round(answer.seconds, 3)}
-        stem = file_stem(rec.id)
+        row = {"id": rec.id, **spec.grid_scores(gen.grid.cpu(), tgrid), "seconds": round(answer.seconds, 3)}
+        files = gen.save(images_dir, file_stem(rec.id))
         if gen.image is not None:
-            gen.image.save(images_dir / f"{stem}.png")
-            row["image"] = f"editing/{stem}.png"
+            row["image"] = f"editing/{files['image']}"
             row.update(pixel_distances(gen.image, target))
             for kind, emb in embedders.items():
                 row["clip_i" if kind == "clip" else "dino"] = emb.similarity(gen.image, target)
-        (images_dir / f"{stem}.codes.json").write_text(json.dumps(gen.codes.tolist()))
         rows.append(row)
     metrics = {}
-    for key in ("l1", "l2", "clip_i", "dino", "code_match"):
+    for key in ("l1", "l2", "clip_i", "dino", "code_match", "embedding_mse", "embedding_cos"):
         vals = [r[key] for r in rows if r.get(key) is not None]
         if vals:
             metrics[key] = float(np.mean(vals))

@@ -96,7 +96,7 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
 
 def preflight(cfg: RunConfig, judge: bool):
     """Every check that needs no model: -> (InterleavedBench records or None, judge client or None)."""
-    from ..backbones import get_backbone
+    from ..backbones import backbone_from_config
     from .interleavedbench import read_bench
     from .judge import JudgeClient
 
@@ -105,7 +105,7 @@ def preflight(cfg: RunConfig, judge: bool):
     if judge and not cfg.interleavedbench.path:
         raise ConfigError("--judge scores InterleavedBench answers: set interleavedbench.path")
     try:
-        get_backbone(cfg.backbone.name, cfg.backbone.checkpoint).generation_grid(cfg.generate.image_size)
+        backbone_from_config(cfg).generation_grid(cfg.generate.image_size)
     except ValueError as e:
         raise ConfigError(f"generate.image_size: {e}") from None
     bench = read_bench(cfg.interleavedbench.path, cfg.interleavedbench.max_records) if cfg.interleavedbench.path else None

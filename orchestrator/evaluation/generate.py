@@ -5,7 +5,8 @@ frame may place (codes, end-of-line, end-of-image...). When the model samples th
 an image (Chameleon/Janus ``<begin_of_image>``-like, Emu3 ``<|image start|>``), the backbone's image
 frame takes over: its header (Emu3: "H*W<|image token|>") is forced, each cell is sampled from the
 image codes only, every row gets its end tokens (Emu3's EOL), and after exactly H x W cells the
-closing tokens are forced; then text sampling resumes.
+closing tokens are forced; then text sampling resumes. Emu2 regresses each cell instead: its visual
+embedding is ``project_down`` of the hidden state, fed back through ``project_up`` at the next step.
 """
 
 from __future__ import annotations
@@ -56,8 +57,38 @@ class SamplingConfig:
 
 @dataclass
 class GeneratedImage:
-    codes: torch.Tensor  # (h, w) VQ codebook indices
+    codes: torch.Tensor | None  # (h, w) VQ codebook indices (None for continuous-image backbones)
     image: Image.Image | None  # decoded pixels; None when the backbone has no pixel decoder here
+    embeddings: torch.Tensor | None = None  # (h, w, d) regressed visual embeddings (Emu2)
+
+    @property
+    def grid(self) -> torch.Tensor:
+        """What the model generated: codes (h, w) or embeddings (h, w, d)."""
+        return self.codes if self.codes is not None else self.embeddings
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.grid.shape[0]), int(self.grid.shape[1])
+
+    def save(self, directory, stem: str) -> dict:
+        """Write the grid (codes JSON, or embeddings .npy) and the PNG when there are pixels; -> file names."""
+        import json
+        from pathlib import Path
+
+        import numpy as np
+
+        directory = Path(directory)
+        files = {}
+        if self.codes is not None:
+            files["codes"] = f"{stem}.codes.json"
+            (directory / files["codes"]).write_text(json.dumps(self.codes.tolist()))
+        else:
+            files["embeddings"] = f"{stem}.embeddings.npy"
+            np.save(directory / files["embeddings"], self.embeddings.float().numpy())
+        if self.image is not None:
+            files["image"] = f"{stem}.png"
+            self.image.save(directory / files["image"])
+        return files
 
 
 @dataclass
@@ -121,8 +152,15 @@ class Generator:
         self.banned = torch.tensor(sorted(banned), dtype=torch.long)
 
     def encode_prompt(self, segments: list) -> dict:
-        """Prompt segments (str | PIL.Image) -> ids + layout, prompt images marked as inputs."""
-        return self.spec.assemble(self.spec.encode_pieces(segments), [False] * len(segments), add_eos=False)
+        """Prompt segments (str | PIL.Image) -> ids + layout, prompt images marked as inputs (and, for
+        continuous-image backbones, ``visual``: the (n_cells, d) embeddings of their cells in order)."""
+        enc = self.spec.assemble(self.spec.encode_pieces(segments), [False] * len(segments), add_eos=False)
+        if self.spec.continuous_images and enc["images"]:
+            device = next(self.model.parameters()).device
+            px = torch.stack([self.spec.normalize(im) for im in enc["images"]]).to(device)
+            grids = self.spec.visual_embeddings(self.model, px)
+            enc["visual"] = torch.cat([g[: s.n_cells] for g, s in zip(grids, enc["image_layout"])])
+        return enc
 
     @torch.no_grad()
     def generate(self, segments: list, cfg: SamplingConfig = SamplingConfig(), record_logits: bool = False) -> Answer:
@@ -138,15 +176,15 @@ class Generator:
         gen = torch.Generator().manual_seed(cfg.seed)
         t0 = time.perf_counter()
         dec.reset()
-        h = dec.prefill(enc["input_ids"], enc["image_layout"])[-1]
+        h = dec.prefill(enc["input_ids"], enc["image_layout"], visual=enc.get("visual"))[-1]
         answer = Answer(ids=enc["input_ids"].tolist(), prompt_length=len(enc["input_ids"]))
         answer.step_logits = [] if record_logits else None
         text_ids: list[int] = []
         n_text = 0
 
-        def feed(token: int) -> torch.Tensor:
+        def feed(token: int, visual: torch.Tensor | None = None) -> torch.Tensor:
             answer.ids.append(token)
-            return dec.step(token)
+            return dec.step(token, visual)
 
         def flush_text() -> None:
             if text_ids:
@@ -194,22 +232,32 @@ class Generator:
         h = feed(frame.open_id)
         for t in frame.header:
             h = feed(t)
-        candidates = spec.image_candidates
+        continuous = spec.continuous_images
+        candidates = None if continuous else spec.image_candidates
         cells = []
         for _ in range(frame.height):
             for _ in range(frame.width):
                 t0 = time.perf_counter()
-                logits = spec.image_logits(self.model, h).float()
-                if record_logits:
-                    answer.step_logits.append((dec.length, logits))
-                token = int(candidates[sample(logits, cfg.image_temperature, cfg.image_top_p, gen)])
-                cells.append(token)
-                h = feed(token)
+                if continuous:  # regressed, not sampled: the same embedding is fed back
+                    embedding = spec.regress(self.model, h)
+                    cells.append(embedding.float().cpu())
+                    h = feed(spec.cell_id, embedding)
+                else:
+                    logits = spec.image_logits(self.model, h).float()
+                    if record_logits:
+                        answer.step_logits.append((dec.length, logits))
+                    token = int(candidates[sample(logits, cfg.image_temperature, cfg.image_top_p, gen)])
+                    cells.append(token)
+                    h = feed(token)
                 answer.image_token_seconds.append(time.perf_counter() - t0)
             for t in frame.row_end:
                 h = feed(t)
         for t in frame.close:
             h = feed(t)
-        codes = spec.ids_to_codes(torch.tensor(cells)).view(frame.height, frame.width)
-        answer.parts.append(GeneratedImage(codes, spec.decode_image(codes, self.model)))
+        if continuous:
+            grid = torch.stack(cells).view(frame.height, frame.width, -1)
+            answer.parts.append(GeneratedImage(None, spec.decode_image(grid, self.model), embeddings=grid))
+        else:
+            codes = spec.ids_to_codes(torch.tensor(cells)).view(frame.height, frame.width)
+            answer.parts.append(GeneratedImage(codes, spec.decode_image(codes, self.model)))
         return h

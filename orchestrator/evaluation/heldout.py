@@ -12,16 +12,16 @@ import torch
 
 from ..config import ConfigError, RunConfig
 from ..data.pipeline import output_dir
-from ..training.data import TRAIN_COLUMNS, collate_rows
+from ..training.data import collate_rows, train_columns
 from ..training.metrics import add_loss, loss_metrics, use_bf16
 
 
-def split_rows(cfg: RunConfig, split: str) -> list[dict]:
+def split_rows(cfg: RunConfig, split: str, spec) -> list[dict]:
     from ..training.driver import absolute
 
     path = f"{absolute(output_dir(cfg))}/split={split}"
     try:
-        table = pads.dataset(path, format="parquet").to_table(columns=TRAIN_COLUMNS)
+        table = pads.dataset(path, format="parquet").to_table(columns=train_columns(spec))
     except (FileNotFoundError, OSError) as e:
         raise ConfigError(f"no {split} shards at {path}: run `moss preprocess` with this config first ({e})"[:400]) from None
     return sorted(table.to_pylist(), key=lambda r: r["order"])
@@ -30,7 +30,7 @@ def split_rows(cfg: RunConfig, split: str) -> list[dict]:
 @torch.no_grad()
 def heldout_metrics(model, spec, cfg: RunConfig, split: str = "val") -> dict:
     """{"rows": n, "metrics": {"<split>/loss", "<split>/text_loss", "<split>/text_ppl", ...}}."""
-    rows = split_rows(cfg, split)
+    rows = split_rows(cfg, split, spec)
     if not rows:
         raise ConfigError(f"the {split} split of {output_dir(cfg)} is empty (data.val_fraction=0?)")
     device = next(model.parameters()).device
@@ -44,4 +44,4 @@ def heldout_metrics(model, spec, cfg: RunConfig, split: str = "val") -> dict:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = spec.loss(model, batch, weights)
         add_loss(sums, out, batch)
-    return {"split": split, "rows": len(rows), "metrics": loss_metrics(sums, split, weights, ppl=True)}
+    return {"split": split, "rows": len(rows), "metrics": loss_metrics(sums, split, weights, ppl=True, image_ppl=spec.image_loss_is_ce)}

@@ -93,12 +93,12 @@ def device() -> torch.device:
 
 def load_model(cfg: RunConfig, source: AdapterSource):
     """(model in eval mode on the best device, spec); the adapter is checked tensor by tensor."""
-    from ..backbones import get_backbone
+    from ..backbones import backbone_from_config
     from ..moss import AdapterLoadError, load_adapter
 
     from ..training.metrics import use_bf16
 
-    spec = get_backbone(cfg.backbone.name, checkpoint=cfg.backbone.checkpoint)
+    spec = backbone_from_config(cfg)
     dev = device()
     base = spec.build(seed=cfg.backbone.seed, dtype=torch.bfloat16 if use_bf16(cfg, dev) else None)
     if source.path is None:

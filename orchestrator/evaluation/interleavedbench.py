@@ -107,17 +107,13 @@ def read_bench(path: str | Path, max_records: int | None = None) -> tuple[list[B
 
 
 def answer_fields(answer, item: BenchItem, out_dir: Path) -> dict:
-    """Save the answer's images (PNG, or codes JSON without a pixel decoder); -> output / output_image."""
+    """Save the answer's images; -> output / output_image (the PNG, or without a pixel decoder the codes
+    JSON / embeddings .npy)."""
     paths = []
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
     for k, im in enumerate(answer.images):
-        stem = f"images/{file_stem(item.id)}_{k}"
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
-        if im.image is not None:
-            im.image.save(out_dir / f"{stem}.png")
-            paths.append(f"{stem}.png")
-        else:
-            (out_dir / f"{stem}.codes.json").write_text(json.dumps(im.codes.tolist()))
-            paths.append(f"{stem}.codes.json")
+        files = im.save(out_dir / "images", f"{file_stem(item.id)}_{k}")
+        paths.append("images/" + (files.get("image") or files.get("codes") or files["embeddings"]))
     return {"output": answer.text, "output_image": paths}
 
 

@@ -10,6 +10,11 @@ from ..data.shards import example_from_row
 TRAIN_COLUMNS = ["order", "input_ids", "labels", "image_layout"]
 
 
+def train_columns(spec) -> list[str]:
+    """TRAIN_COLUMNS, plus the stored pixels for backbones that embed images themselves (Emu2)."""
+    return TRAIN_COLUMNS + ["pixels"] if spec.continuous_images else TRAIN_COLUMNS
+
+
 class NoData(RuntimeError):
     """A worker's shard yields no micro-batch (too few rows for micro_batch x workers)."""
 

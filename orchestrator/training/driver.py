@@ -19,7 +19,7 @@ from ..data.manifest import arrow_fs
 from ..data.pipeline import output_dir
 from ..tracking import mlflow as tracking
 from ..tracking.redact import redact_text
-from .data import TRAIN_COLUMNS
+from .data import train_columns
 
 MARKER = "moss_run.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -200,8 +200,11 @@ def build_trainer(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()):
 
     from .loop import train_loop
 
+    from ..backbones import BACKBONES
+
     splits = ["train", "val"] if plan.val_rows else ["train"]
-    datasets = {s: ray.data.read_parquet(f"{plan.shards}/split={s}", columns=TRAIN_COLUMNS,
+    columns = train_columns(BACKBONES[cfg.backbone.name])  # the class says it: no checkpoint is loaded here
+    datasets = {s: ray.data.read_parquet(f"{plan.shards}/split={s}", columns=columns,
                                          num_cpus=cfg.scaling.ingest_cpus_per_task) for s in splits}
     for ds in datasets.values():
         ds.context.enable_progress_bars = False  # re-read every epoch / eval: bars would drown the step log

@@ -19,7 +19,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ..backbones import get_backbone
+from ..backbones import backbone_from_config
 from ..backbones.base import IGNORE_INDEX
 from ..config import RunConfig
 from ..moss import apply_moss, load_adapter, save_adapter, trainable_parameters, unwrap
@@ -77,7 +77,7 @@ def evaluate(module, spec, val_rows: ValRows, cfg: RunConfig, device, autocast, 
                 add_loss(sums, out, batch)
     model.train()
     weights = (cfg.train.text_weight, cfg.train.image_weight)
-    return loss_metrics(parallel.all_reduce(sums, device), "val", weights, ppl=True)
+    return loss_metrics(parallel.all_reduce(sums, device), "val", weights, ppl=True, image_ppl=spec.image_loss_is_ce)
 
 
 def save_checkpoint(module, optimizer, scheduler, state: TrainState, directory: Path, rank: int) -> None:
@@ -162,7 +162,7 @@ def train_loop(loop_config: dict) -> dict:
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
-    spec = get_backbone(cfg.backbone.name, checkpoint=cfg.backbone.checkpoint)
+    spec = backbone_from_config(cfg)
     bf16 = use_bf16(cfg, device)
     tc = cfg.train
 

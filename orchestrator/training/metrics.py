@@ -22,8 +22,10 @@ def add_loss(sums: list[float], out, batch: dict) -> None:
     sums[TOKENS] += int(batch["attention_mask"].sum())
 
 
-def loss_metrics(sums: list[float], prefix: str, weights: tuple[float, float] = (1.0, 1.0), ppl: bool = False) -> dict:
-    """Global per-modality means (and perplexities) from summed CE; modalities absent in the data are left out."""
+def loss_metrics(sums: list[float], prefix: str, weights: tuple[float, float] = (1.0, 1.0), ppl: bool = False,
+                 image_ppl: bool = True) -> dict:
+    """Global per-modality means (and perplexities) from summed losses; modalities absent in the data are
+    left out. ``image_ppl=False`` (an image regression loss, Emu2): no image or overall perplexity."""
     n = sums[N_TEXT] + sums[N_IMAGE]
     out = {}
     if n:
@@ -31,9 +33,9 @@ def loss_metrics(sums: list[float], prefix: str, weights: tuple[float, float] = 
     for name, s, c in (("text", TEXT_SUM, N_TEXT), ("image", IMAGE_SUM, N_IMAGE)):
         if sums[c]:
             out[f"{prefix}/{name}_loss"] = sums[s] / sums[c]
-            if ppl:
+            if ppl and (name == "text" or image_ppl):
                 out[f"{prefix}/{name}_ppl"] = math.exp(min(sums[s] / sums[c], 50.0))
-    if ppl and n:
+    if ppl and n and (image_ppl or not sums[N_IMAGE]):
         out[f"{prefix}/ppl"] = math.exp(min((sums[TEXT_SUM] + sums[IMAGE_SUM]) / n, 50.0))
     return out
 

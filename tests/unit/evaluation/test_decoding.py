@@ -9,16 +9,20 @@ from orchestrator.evaluation.decoding import IncrementalDecoder
 from orchestrator.evaluation.generate import Generator, SamplingConfig, sample
 from orchestrator.moss import TEXT_STEP, ConvCache, ImageLayout, MossConfig, apply_moss
 from orchestrator.moss.layers import reference_causal_conv2d
-from tests.conftest import ADAPTERS, BACKBONE_NAMES, draw, randomize_adapter, spec_for
+from tests.conftest import ADAPTERS, BACKBONE_NAMES, VQ_BACKBONES, draw, image_embeds, randomize_adapter, spec_for
 
 TOL = 1e-5  # max |logit difference|, float32
 
 
+INTERLEAVED = dict(
+    segments=["Draw a red square.", draw("red"), "Now a blue circle:", draw("blue", (40, 24), "circle"),
+              "and a green one", draw("green", (24, 40)), "Done."],
+    targets=[False, False, True, True, True, True, True])
+
+
 def interleaved(spec):
     """Prompt text + prompt image, then an answer with two images of different shapes and text between."""
-    ex = spec.encode(["Draw a red square.", draw("red"), "Now a blue circle:", draw("blue", (40, 24), "circle"),
-                      "and a green one", draw("green", (24, 40)), "Done."],
-                     targets=[False, False, True, True, True, True, True])
+    ex = spec.encode(**INTERLEAVED)
     return ex["input_ids"], list(ex["image_layout"])
 
 
@@ -28,18 +32,38 @@ def model_for(spec, cfg: MossConfig):
     return model.eval()
 
 
-def full_logits(spec, model, ids, segs):
+def visual_of(spec, model, segs):
+    """Emu2: the (n_images, 64, d) embeddings of the interleaved example's images (None for VQ backbones)."""
     with torch.no_grad():
-        h = spec.hidden_states(model, {"input_ids": ids[None], "image_layout": ImageLayout(((*segs,),), len(ids))})[0]
-        return spec.text_logits(model, h), spec.image_logits(model, h)
+        visual = image_embeds(spec, model, spec.encode(**INTERLEAVED))
+    return None if visual is None else visual[: len(segs)]
+
+
+def image_out(spec, model, h):
+    """What the image head gives: logits over codes, or Emu2's regressed embedding."""
+    return spec.regress(model, h) if spec.continuous_images else spec.image_logits(model, h)
+
+
+def full_logits(spec, model, ids, segs):
+    batch = {"input_ids": ids[None], "image_layout": ImageLayout(((*segs,),), len(ids)),
+             "image_embeds": visual_of(spec, model, segs)}
+    with torch.no_grad():
+        h = spec.hidden_states(model, batch)[0]
+        return spec.text_logits(model, h), image_out(spec, model, h)
 
 
 def cached_logits(spec, model, ids, segs, start, decoder_cls=IncrementalDecoder):
     dec = decoder_cls(model, spec)
-    hs = [dec.prefill(ids[:start], segs)] + [dec.step(t)[None] for t in ids[start:].tolist()]
+    visual = visual_of(spec, model, segs)
+    rows = {}  # position -> visual embedding of that cell (Emu2)
+    if visual is not None:
+        rows = {int(p): visual[k, c] for k, s in enumerate(segs) for c, p in enumerate(s.positions().tolist())}
+    prompt_rows = [rows[p] for p in sorted(rows) if p < start]
+    hs = [dec.prefill(ids[:start], segs, visual=torch.stack(prompt_rows) if prompt_rows else None)]
+    hs += [dec.step(t, rows.get(start + i))[None] for i, t in enumerate(ids[start:].tolist())]
     h = torch.cat(hs)
     with torch.no_grad():
-        return spec.text_logits(model, h), spec.image_logits(model, h)
+        return spec.text_logits(model, h), image_out(spec, model, h)
 
 
 class TextOnlyDecoder(IncrementalDecoder):
@@ -82,8 +106,12 @@ def test_a_prompt_cut_inside_an_image_keeps_decoding_it(name):
     prompt_layout = list(spec.image_layout(ids[None, :start]).segments[0])
     assert prompt_layout[-1].n_cells < prompt_layout[-1].height * prompt_layout[-1].width
     dec = IncrementalDecoder(model, spec)
-    h = torch.cat([dec.prefill(ids[:start], prompt_layout)]
-                  + [dec.step(t)[None] for t in ids[start : segs[1].positions()[-1] + 1].tolist()])
+    visual = visual_of(spec, model, segs)
+    rows = None if visual is None else visual.flatten(0, 1)  # cells of both images, in order
+    n_prompt = sum(s.n_cells for s in prompt_layout)
+    h = torch.cat([dec.prefill(ids[:start], prompt_layout, visual=None if rows is None else rows[:n_prompt])]
+                  + [dec.step(t, None if rows is None else rows[n_prompt + i])[None]
+                     for i, t in enumerate(ids[start : segs[1].positions()[-1] + 1].tolist())])
     with torch.no_grad():
         assert (spec.text_logits(model, h) - ref_text).abs().max() <= TOL
 
@@ -129,7 +157,7 @@ def test_a_step_takes_one_token_of_one_sequence():
         dec.prefill(ids[:5])
 
 
-@pytest.mark.parametrize("name", BACKBONE_NAMES)
+@pytest.mark.parametrize("name", VQ_BACKBONES)  # emu2's regressed images: tests/unit/backbones/test_emu2.py
 def test_generated_images_follow_the_grid_and_the_sampled_logits_are_exact(name):
     spec = spec_for(name)
     model = model_for(spec, ADAPTERS["moss-lowrank"])

@@ -17,7 +17,7 @@ from orchestrator.moss import (
     save_adapter,
     trainable_parameters,
 )
-from tests.conftest import mixed_batch, randomize_adapter, text_batch, two_image_example
+from tests.conftest import image_embeds, mixed_batch, randomize_adapter, text_batch, two_image_example
 
 
 def hidden(spec, model, batch):
@@ -54,14 +54,25 @@ def _probe_positions(example) -> list[int]:
     return picks
 
 
+def _perturbed(spec, batch, t: int, cells: dict) -> dict:
+    """The batch with position t changed: another token, or (Emu2 image cells) another visual embedding."""
+    if t in cells and spec.continuous_images:
+        embeds = batch["image_embeds"].clone()
+        embeds[cells[t]] += 1.0
+        return {**batch, "image_embeds": embeds}
+    ids = batch["input_ids"].clone()
+    ids[0, t] = _other_token(spec, int(ids[0, t]), t in cells)
+    return {**batch, "input_ids": ids}
+
+
 def _check_causal(spec, model, example):
     batch = spec.collate([example])
+    with torch.no_grad():
+        batch["image_embeds"] = image_embeds(spec, model, example)
     h0 = hidden(spec, model, batch)
-    image_positions = {int(p) for seg in example["image_layout"] for p in seg.positions()}
+    cells = {int(p): (k, c) for k, seg in enumerate(example["image_layout"]) for c, p in enumerate(seg.positions())}
     for t in _probe_positions(example):
-        ids = batch["input_ids"].clone()
-        ids[0, t] = _other_token(spec, int(ids[0, t]), t in image_positions)
-        h1 = hidden(spec, model, {**batch, "input_ids": ids})
+        h1 = hidden(spec, model, _perturbed(spec, batch, t, cells))
         assert torch.allclose(h1[:, :t], h0[:, :t], atol=1e-6, rtol=0), f"position {t} changed an earlier output"
         assert (h1[:, t:] - h0[:, t:]).abs().max() > 1e-4, f"perturbing position {t} changed nothing"
 
@@ -81,7 +92,8 @@ def test_causal_with_truncated_last_image(spec, adapter):
     assert not layout[-1].complete and layout[-1].n_cells == last.width * (last.height // 2) + 2
     model = apply_moss(spec.build(seed=0), adapter, spec)
     randomize_adapter(model)
-    _check_causal(spec, model, {"input_ids": ids, "labels": labels, "image_layout": layout})
+    images = {"images": full["images"]} if spec.continuous_images else {}
+    _check_causal(spec, model, {"input_ids": ids, "labels": labels, "image_layout": layout, **images})
 
 
 def _grads(model, key: str) -> list[torch.Tensor]:

@@ -20,6 +20,11 @@ def test_forward_with_input_ids_derives_the_same_layout_as_the_batch(spec):
             set_layout(model, batch["image_layout"])
             lm = model.get_base_model().model.language_model
             derived = lm(inputs_embeds=spec.embed(model, batch["input_ids"]), attention_mask=batch["attention_mask"])
+        elif spec.continuous_images:  # Emu2 always feeds inputs_embeds: no ids to derive a layout from
+            emb = spec.embed(model, batch["input_ids"], batch["image_layout"], spec.batch_visual(model, batch))
+            with pytest.raises(RuntimeError, match="set_layout"):
+                spec.lm(model).model(inputs_embeds=emb, attention_mask=batch["attention_mask"])
+            return
         else:
             derived = model.get_base_model().model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     assert torch.equal(derived.last_hidden_state, explicit)
