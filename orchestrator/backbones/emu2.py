@@ -198,6 +198,11 @@ class Emu2Spec(BackboneSpec):
         return {"pixels": {"transform": "resize-bicubic+clip-normalize", "image_size": self.image_size,
                            "mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}
 
+    def text_ids(self, text: str) -> list[int]:
+        """Text never yields [IMG] / <image> / [/IMG] ids: a literal "<image>" in a prompt stays text (a
+        placeholder without an embedding behind it would shift every image after it)."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
     def encode_image(self, image: Image.Image) -> ImagePiece:
         ids = [self.token_id(self.img), *[self.token_id(self.image)] * self.n_query, self.token_id(self.img_end)]
         return ImagePiece(ids, image=self.resize(image))
@@ -320,19 +325,22 @@ class Emu2Spec(BackboneSpec):
         hp, tgt = h[:, :-1], labels[:, 1:]
         target_grid = None
         base = unwrap(model)
+        index, _ = self._cell_index(batch["image_layout"], h.device)
+        is_cell = torch.zeros(labels.shape, dtype=torch.bool, device=h.device)
+        if index is not None:
+            is_cell[index[0], index[1]] = True  # image targets: the layout's cells (ids only mirror them)
 
         def term(sel: torch.Tensor, image: bool) -> torch.Tensor:
             nonlocal target_grid
             if not image:
                 return F.cross_entropy(self.lm(model).lm_head(hp[sel]).float(), tgt[sel], reduction="sum")
             if target_grid is None:  # (B, T, d): each cell's own embedding at its position
-                target_grid = h.new_zeros((*labels.shape, visual.shape[-1]), dtype=torch.float32)
-                index, _ = self._cell_index(batch["image_layout"], h.device)
                 b, t, k, c = index
+                target_grid = h.new_zeros((*labels.shape, visual.shape[-1]), dtype=torch.float32)
                 target_grid = target_grid.index_put((b, t), visual[k, c].float())
             return self.regression_sum(base.project_down(hp[sel]), target_grid[:, 1:][sel])
 
-        return split_loss(term, labels, self.is_image_target, weights, h)
+        return split_loss(term, labels, lambda targets: is_cell[:, 1:], weights, h)
 
     #: the loss of image targets is a regression, not a cross-entropy (no image perplexity)
     image_loss_is_ce = False

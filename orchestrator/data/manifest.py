@@ -133,7 +133,7 @@ def format_summary(manifest: dict, out_dir: str) -> str:
     for s in SPLITS:
         t = manifest["tokens"][s]
         lines.append(f"{s}: {t['records']} records, {t['n_tokens']} tokens ({t['n_target_tokens']} trained on, "
-                     f"{t['n_image_tokens']} image codes in {t['n_images']} images), mean {t['mean_tokens']} / max "
+                     f"{t['n_image_tokens']} image tokens in {t['n_images']} images), mean {t['mean_tokens']} / max "
                      f"{t['max_tokens']} per record, {t['truncated_records']} truncated")
     if manifest.get("timings"):
         lines.append("time: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v} s" for k, v in manifest["timings"].items()))

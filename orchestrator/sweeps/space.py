@@ -263,14 +263,16 @@ class Space:
         """Every check that needs no Ray and no shards; -> the resolved base config."""
         base = self.base_config()
         m = self.model
+        backbones = {base.backbone.name}
         for key, p in m.params.items():  # each value of a distribution on the base (its when aside)
             for value in p.values_to_check():
                 tree = copy.deepcopy(self.base_tree)
                 set_dotted(tree, key, copy.deepcopy(value), f"params.{key}")
-                validate_tree(tree, f"{self.path}: params.{key} = {value!r}")
+                backbones.add(validate_tree(tree, f"{self.path}: params.{key} = {value!r}").backbone.name)
         for point in self.grid_points():
             tree, _ = self.trial_tree(point)
-            validate_tree(tree, f"{self.path}: trial {point}")
+            backbones.add(validate_tree(tree, f"{self.path}: trial {point}").backbone.name)
+        self._check_image_metric(backbones)
         dump = base.model_dump(mode="json")
         for key in (k for p in m.params.values() for k in p.when):
             if get_dotted(dump, key, _MISSING) is _MISSING and key not in m.params:
@@ -295,6 +297,19 @@ class Space:
         if m.search.algorithm == "grid" and not self.grid_points() and any(p.grid for p in m.params.values()):
             raise ConfigError(f"{self.path}: the grid produced no trial")
         return base
+
+    def _check_image_metric(self, backbones: set[str]) -> None:
+        """Emu2's image loss is an embedding regression (MSE / cosine), the others' a cross-entropy over codes:
+        no image perplexity for emu2, and no early stopping that ranks the two kinds against each other."""
+        m = self.model
+        if "emu2" not in backbones:
+            return
+        if m.metric.endswith("ppl") and m.metric != "val/text_ppl":
+            raise ConfigError(f"{self.path}: metric {m.metric}: emu2's image loss is a regression, it has no perplexity")
+        if m.scheduler.type == "asha" and len(backbones) > 1 and m.metric.endswith(("/loss", "image_loss")):
+            raise ConfigError(f"{self.path}: ASHA would rank emu2's image regression loss against the cross-entropy "
+                              f"of {', '.join(sorted(backbones - {'emu2'}))} ({m.metric}): sweep emu2 on its own "
+                              "(--set backbone.name=...) or use scheduler: {type: fifo}")
 
     def max_t(self, base: RunConfig) -> int | None:
         return self.model.scheduler.max_t or base.train.max_steps

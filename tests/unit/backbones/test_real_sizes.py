@@ -8,7 +8,7 @@ import torch
 from orchestrator.moss import MossConfig, apply_moss, expected_trainable_parameters, trainable_parameters
 from tests.conftest import spec_for
 
-SIZES = [("chameleon", "7b"), ("emu3", "8b"), ("janus", "pro-7b")]
+SIZES = [("chameleon", "7b"), ("emu2", "37b"), ("emu3", "8b"), ("janus", "pro-7b")]
 RANK256 = {
     "lora": MossConfig(variant="lora", rank=256, alpha=512),
     "moe_lora": MossConfig(variant="moe_lora", rank=256, alpha=512),

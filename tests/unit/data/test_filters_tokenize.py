@@ -86,11 +86,13 @@ def test_truncation_drops_whole_trailing_segments(tmp_path, name):
     tok = Tokenize(name, "tiny", max_seq_len=10_000)
     full = tok.row(row)
     assert full["truncated_segments"] == 0 and full["n_images"] == 3
+    assert len(full["pixels"]) == (3 if tok.spec.continuous_images else 0)  # emu2 keeps pixels, VQ ids hold codes
     assert full["input_ids"][-1] == tok.spec.tokenizer.eos_token_id
     prompt_len = full["labels"].index(next(x for x in full["labels"] if x != -100))
     assert all(x == -100 for x in full["labels"][:prompt_len])
     cut = Tokenize(name, "tiny", max_seq_len=full["n_tokens"] - 5).row(row)
     assert cut["stage"] == "" and cut["truncated_segments"] == 1 and cut["n_images"] == 2
+    assert len(cut["pixels"]) == (2 if tok.spec.continuous_images else 0)
     assert cut["input_ids"] == full["input_ids"][: cut["n_tokens"]]  # a prefix, with no EOS appended
     assert all(s["n_cells"] == s["height"] * s["width"] for s in cut["image_layout"])
     tiny = Tokenize(name, "tiny", max_seq_len=prompt_len + 3).row(row)

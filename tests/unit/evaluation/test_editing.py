@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -71,7 +72,7 @@ def test_embedders_are_cosine_similarities(embedders):
         ImageEmbedder(str(embedders / "missing"), "clip")
 
 
-@pytest.mark.parametrize("name", ["emu3", "janus", "chameleon"])
+@pytest.mark.parametrize("name", ["emu3", "janus", "chameleon", "emu2"])
 def test_evaluate_editing(name, sample, embedders, tmp_path):
     spec = spec_for(name)
     model = apply_moss(spec.build(seed=0), ADAPTERS["moss-full"], spec)
@@ -81,6 +82,12 @@ def test_evaluate_editing(name, sample, embedders, tmp_path):
     result = evaluate_editing(model.eval(), spec, cfg, tmp_path)
     assert result["records"] == 2 and len(result["per_record"]) == 2
     m = result["metrics"]
+    if name == "emu2":  # regressed embeddings vs the target's own: no pixels, and it says so
+        assert set(m) == {"embedding_mse", "embedding_cos"} and m["embedding_mse"] > 0 and -1 <= m["embedding_cos"] <= 1
+        assert any("diffusion decoder" in n for n in result["notes"])
+        for row in result["per_record"]:
+            assert np.load(tmp_path / "editing" / f"{row['id']}.embeddings.npy").shape == (8, 8, 32)
+        return
     assert 0 <= m["code_match"] <= 1
     for row in result["per_record"]:
         codes = json.loads((tmp_path / "editing" / f"{row['id']}.codes.json").read_text())

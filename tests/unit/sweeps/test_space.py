@@ -19,7 +19,7 @@ def write(tmp_path: Path, **fields) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name,trials", [("smoke", 12), ("paper_ablation", 64), ("backbones", 6)])
+@pytest.mark.parametrize("name,trials", [("smoke", 12), ("paper_ablation", 32), ("backbones", 8)])
 def test_shipped_spaces_parse(name, trials):
     space = load_space(REPO / "search_spaces" / f"{name}.yaml")
     assert space.num_trials() == trials
@@ -151,3 +151,17 @@ def test_sweep_plan_checks_shards_names_and_resume(tmp_path, capsys):
     (tmp_path / "runs" / "fixed" / MARKER).write_text(
         f'{{"space": "t", "digest": "{plan.space.digest}", "parent_run_id": "p1", "created": "2026-01-01"}}')
     assert plan_sweep(str(path), name="fixed", resume=True).parent_run_id == "p1"
+
+
+def test_asha_never_ranks_emu2_regression_against_code_cross_entropy(tmp_path):
+    mixed = {"backbone.name": {"grid": ["chameleon", "emu2"]}}
+    asha = {"type": "asha", "grace_period": 2, "max_t": 8}
+    with pytest.raises(ConfigError, match="sweep emu2 on its own"):
+        load_space(write(tmp_path, params=mixed, metric="val/image_loss", scheduler=asha))
+    assert load_space(write(tmp_path, params=mixed, metric="val/image_loss", scheduler={"type": "fifo"})).num_trials() == 2
+    emu2_only = load_space(write(tmp_path, set={"backbone.name": "emu2"}, metric="val/image_loss", scheduler=asha))
+    assert emu2_only.num_trials() == 2
+    with pytest.raises(ConfigError, match="no perplexity"):
+        load_space(write(tmp_path, set={"backbone.name": "emu2"}, metric="val/image_ppl"))
+    paper = load_space(REPO / "search_spaces" / "paper_ablation.yaml")
+    assert paper.base_config().backbone.name == "emu2" and paper.base_config().data.max_seq_len == 2048
