@@ -209,6 +209,10 @@ class GenerateSection(Section):
     max_images: int = Field(2, ge=0)  # images per answer
     image_size: tuple[int, int] | None = None  # (rows, cols) of codes; Emu3 only, the others have a fixed grid
     seed: int = 0
+    #: Emu2-Gen's diffusion decoder (emu2 checkpoints with one): Euler steps, guidance, pixels per side
+    diffusion_steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(3.0, ge=0)
+    diffusion_size: int = Field(1024, ge=8)
 
     @field_validator("image_size")
     @classmethod

@@ -611,13 +611,13 @@ def load_submodule(checkpoint: str, model_class, get_sub, prefixes: tuple[str, .
         raise KeyError(f"no weights under any of {prefixes} in {checkpoint}")
     state = {}
     for name in sorted({f for k, f in keys.items() if k.startswith(prefix)}):
-        with safe_open(_checkpoint_file(checkpoint, name), framework="pt") as f:
+        with safe_open(checkpoint_file(checkpoint, name), framework="pt") as f:
             state.update({k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
     sub.load_state_dict(state, strict=True, assign=True)
     return sub
 
 
-def _checkpoint_file(checkpoint: str, name: str) -> str | None:
+def checkpoint_file(checkpoint: str, name: str) -> str | None:
     if os.path.isdir(checkpoint):
         p = os.path.join(checkpoint, name)
         return p if os.path.exists(p) else None
@@ -632,10 +632,10 @@ def _checkpoint_file(checkpoint: str, name: str) -> str | None:
 
 def _weight_index(checkpoint: str) -> dict[str, str]:
     """Tensor name -> safetensors file name, for a single-file or sharded checkpoint."""
-    index = _checkpoint_file(checkpoint, "model.safetensors.index.json")
+    index = checkpoint_file(checkpoint, "model.safetensors.index.json")
     if index is not None:
         return json.loads(open(index).read())["weight_map"]
-    single = _checkpoint_file(checkpoint, "model.safetensors")
+    single = checkpoint_file(checkpoint, "model.safetensors")
     if single is None:
         raise FileNotFoundError(f"{checkpoint}: no model.safetensors(.index.json)")
     from safetensors import safe_open

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import io
 import math
+import os
 from functools import cached_property
 from typing import Literal
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from .base import (
     TINY_TEXT_VOCAB,
+    checkpoint_file,
     BackboneSpec,
     ImageFrame,
     ImagePiece,
@@ -39,6 +41,7 @@ from .base import (
     split_loss,
     unwrap,
 )
+from .emu2_diffusion import DiffusionSettings, Emu2Diffusion, is_pipeline_dir, weight_variant
 from .emu2_model import Emu2StandIn, Emu2StandInConfig
 
 #: Emu2's image transform (HF ``prepare_image_input``): bicubic resize, OpenAI CLIP mean / std
@@ -112,8 +115,9 @@ class Emu2Spec(BackboneSpec):
 
             # Emu2's code ships with its checkpoint: loading runs it, so only load checkpoints you trust.
             # A stand-in exported by export_tiny loads through the same call (its class is registered).
-            model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True, use_safetensors=True,
-                                                         dtype=dtype or "auto")  # bf16 for BAAI/Emu2
+            path = self.model_path
+            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, use_safetensors=True,
+                                                         variant=weight_variant(path), dtype=dtype or "auto")
         return model.eval()
 
     def export_tiny(self, directory: str, seed: int = 0) -> str:
@@ -127,12 +131,41 @@ class Emu2Spec(BackboneSpec):
         return None  # Emu2 has no image processor class: its transform is fixed (preprocess below)
 
     @cached_property
+    def pipeline_root(self) -> str | None:
+        """The local folder of an Emu2-Gen checkpoint (a diffusers pipeline: model_index.json,
+        multimodal_encoder/, tokenizer/, unet/, vae/, scheduler/), or None for a plain Emu2 checkpoint.
+        A hub id with a model_index.json is downloaded whole (its UNet is the pixel decoder)."""
+        if self.is_random:
+            return None
+        if os.path.isdir(self.checkpoint):
+            return self.checkpoint if is_pipeline_dir(self.checkpoint) else None
+        if checkpoint_file(self.checkpoint, "model_index.json") is None:
+            return None
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(self.checkpoint)
+
+    @property
+    def model_path(self) -> str:
+        root = self.pipeline_root
+        return os.path.join(root, "multimodal_encoder") if root else self.checkpoint
+
+    @cached_property
+    def tokenizer(self):
+        if self.is_random:
+            return super().tokenizer
+        from transformers import AutoTokenizer
+
+        root = self.pipeline_root
+        return AutoTokenizer.from_pretrained(os.path.join(root, "tokenizer") if root else self.checkpoint)
+
+    @cached_property
     def model_config(self):
         if self.is_random:
             return self.random_config()
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.checkpoint, trust_remote_code=True)
+        return AutoConfig.from_pretrained(self.model_path, trust_remote_code=True)
 
     def decoder_layers(self, model):
         return unwrap(model).model.decoder.lm.model.layers
@@ -401,9 +434,31 @@ class Emu2Spec(BackboneSpec):
         return {"embedding_mse": float((g - t).pow(2).mean()),
                 "embedding_cos": float(F.cosine_similarity(g, t, dim=-1).mean())}
 
-    has_pixel_decoder = False
-    pixel_note = ("emu2: the 8x8 grid of visual embeddings is saved (.npy); pixels need Emu2-Gen's diffusion "
-                  "decoder (EmuVisualGenerationPipeline), which this version does not run")
+    @property
+    def has_pixel_decoder(self) -> bool:
+        """An Emu2-Gen checkpoint: its UNet + VAE turn the regressed embeddings into pixels."""
+        root = self.pipeline_root
+        return root is not None and os.path.isdir(os.path.join(root, "unet"))
+
+    pixel_note = ("emu2: the 8x8 grid of visual embeddings is saved (.npy); pixels need Emu2-Gen's diffusion decoder: "
+                  "use an Emu2-Gen checkpoint (BAAI/Emu2-Gen or a local copy of it) with diffusers installed")
+
+    def diffusion(self, model: nn.Module) -> Emu2Diffusion:
+        """Emu2-Gen's UNet + VAE + scheduler, loaded once, on the model's device and in its dtype."""
+        if getattr(self, "_diffusion", None) is None:
+            p = next(model.parameters())
+            self._diffusion = Emu2Diffusion.from_pipeline_dir(self.pipeline_root, dtype=p.dtype, device=p.device)
+        return self._diffusion
+
+    def decode_image(self, grid, model=None, negative: torch.Tensor | None = None,
+                     settings: DiffusionSettings = DiffusionSettings()):
+        """(h, w, d) regressed embeddings -> pixels through Emu2-Gen's diffusion decoder (None without one).
+        ``negative``: the embeddings regressed from an empty prompt (the unconditional half of the guidance)."""
+        if not self.has_pixel_decoder or model is None:
+            return None
+        if negative is None:
+            raise ValueError("Emu2-Gen's guidance needs the embeddings regressed from an empty prompt (negative)")
+        return self.diffusion(model)(grid.reshape(-1, grid.shape[-1]), negative.reshape(-1, grid.shape[-1]), settings)
 
 
 def decoder_step(decoder: nn.Module, inputs_embeds: torch.Tensor, cache):

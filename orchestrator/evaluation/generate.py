@@ -36,6 +36,9 @@ class SamplingConfig:
     image_size: tuple[int, int] | None = None  # codes; Emu3 only (other backbones have a fixed grid)
     open_image: bool = False
     seed: int = 0
+    diffusion_steps: int = 50  # Emu2-Gen's pixel decoder (emu2 checkpoints that have one)
+    guidance_scale: float = 3.0
+    diffusion_size: int = 1024
 
     @classmethod
     def from_section(cls, section, **overrides) -> SamplingConfig:
@@ -53,6 +56,11 @@ class SamplingConfig:
             raise ValueError("max_new_tokens and max_images must be >= 0")
         if self.open_image and self.max_images < 1:
             raise ValueError("open_image needs max_images >= 1")
+
+    def diffusion(self):
+        from ..backbones.emu2_diffusion import DiffusionSettings
+
+        return DiffusionSettings(self.diffusion_steps, self.guidance_scale, self.diffusion_size, self.seed)
 
 
 @dataclass
@@ -150,6 +158,16 @@ class Generator:
         self.eos = spec.tokenizer.eos_token_id
         banned = set(spec.text_banned_ids()) - {self.eos, None}  # a pad that doubles as eos still ends answers
         self.banned = torch.tensor(sorted(banned), dtype=torch.long)
+        self._negative = None  # Emu2-Gen: the embeddings regressed from an empty prompt (guidance)
+        if spec.continuous_images and spec.has_pixel_decoder:
+            spec.diffusion(model)  # load the UNet + VAE now: a missing diffusers fails before any generation
+
+    def negative_embeddings(self) -> torch.Tensor:
+        """Emu2-Gen's unconditional branch: an image regressed after an empty prompt (computed once)."""
+        if self._negative is None:
+            cfg = SamplingConfig(max_new_tokens=0, open_image=True, max_images=1)
+            self._negative = self.generate([], cfg, decode=False).images[0].embeddings
+        return self._negative
 
     def encode_prompt(self, segments: list) -> dict:
         """Prompt segments (str | PIL.Image) -> ids + layout, prompt images marked as inputs (and, for
@@ -163,8 +181,12 @@ class Generator:
         return enc
 
     @torch.no_grad()
-    def generate(self, segments: list, cfg: SamplingConfig = SamplingConfig(), record_logits: bool = False) -> Answer:
+    def generate(self, segments: list, cfg: SamplingConfig = SamplingConfig(), record_logits: bool = False,
+                 decode: bool = True) -> Answer:
+        """``decode=False``: no pixel decoding (generated images keep only their codes / embeddings)."""
         spec, dec = self.spec, self.decoder
+        if decode and spec.continuous_images and spec.has_pixel_decoder:
+            self.negative_embeddings()  # before this answer's decoding starts: it runs a generation of its own
         enc = self.encode_prompt(segments)
         frame = spec.image_frame(*spec.generation_grid(cfg.image_size))
         image_len = len(frame.tokens([0] * frame.height * frame.width))
@@ -212,7 +234,7 @@ class Generator:
                 answer.step_logits.append((dec.length, raw))
             if token == frame.open_id:
                 flush_text()
-                h = self._image(frame, feed, cfg, gen, answer, record_logits)
+                h = self._image(frame, feed, cfg, gen, answer, record_logits, decode)
                 continue
             if token == self.eos:
                 answer.ids.append(token)
@@ -225,7 +247,8 @@ class Generator:
         answer.seconds = time.perf_counter() - t0
         return answer
 
-    def _image(self, frame, feed, cfg: SamplingConfig, gen, answer: Answer, record_logits: bool) -> torch.Tensor:
+    def _image(self, frame, feed, cfg: SamplingConfig, gen, answer: Answer, record_logits: bool,
+               decode: bool = True) -> torch.Tensor:
         """Open an image at the next position, sample its H x W cells, close it; -> the last hidden state."""
         spec, dec = self.spec, self.decoder
         dec.add_segment(frame.segment(dec.length))
@@ -256,8 +279,11 @@ class Generator:
             h = feed(t)
         if continuous:
             grid = torch.stack(cells).view(frame.height, frame.width, -1)
-            answer.parts.append(GeneratedImage(None, spec.decode_image(grid, self.model), embeddings=grid))
+            image = None
+            if decode and spec.has_pixel_decoder:
+                image = spec.decode_image(grid, self.model, self.negative_embeddings(), cfg.diffusion())
+            answer.parts.append(GeneratedImage(None, image, embeddings=grid))
         else:
             codes = spec.ids_to_codes(torch.tensor(cells)).view(frame.height, frame.width)
-            answer.parts.append(GeneratedImage(codes, spec.decode_image(codes, self.model)))
+            answer.parts.append(GeneratedImage(codes, spec.decode_image(codes, self.model) if decode else None))
         return h

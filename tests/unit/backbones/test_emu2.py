@@ -4,7 +4,9 @@ and 64 embeddings regressed one by one through the KV + conv caches."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,8 +148,6 @@ def test_generation_regresses_the_64_embeddings_through_the_caches():
 
 
 def test_generated_grid_is_saved_as_npy(tmp_path):
-    import numpy as np
-
     answer = Generator(adapted(), spec).generate(["Draw:"], SamplingConfig(max_new_tokens=0, open_image=True, max_images=1))
     files = answer.images[0].save(tmp_path, "image_0")
     assert files == {"embeddings": "image_0.embeddings.npy"}
@@ -188,3 +188,68 @@ def test_regression_option_is_emu2_only():
     assert backbone_from_config(load_config(None, ["backbone.name=emu2"])).regression == "mse"
     with pytest.raises(ConfigError, match="emu2"):
         load_config(None, ["backbone.name=chameleon", "backbone.image_regression=cosine"])
+
+
+@pytest.fixture(scope="module")
+def emu2_gen(tmp_path_factory):
+    """A tiny folder laid out like BAAI/Emu2-Gen: the stand-in as multimodal_encoder/, its tokenizer, and a
+    random SDXL-shaped UNet (text_time conditioning on 32-d embeddings, bf16-variant file names), VAE and
+    Emu2-Gen's Euler scheduler."""
+    import json
+
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+
+    root = tmp_path_factory.mktemp("emu2-gen")
+    spec.build(seed=0).save_pretrained(root / "multimodal_encoder")
+    spec.tokenizer.save_pretrained(root / "tokenizer")
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=32,
+    ).save_pretrained(root / "unet", variant="bf16")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), latent_channels=4,
+                  norm_num_groups=32, sample_size=16).save_pretrained(root / "vae")
+    EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading",
+                           steps_offset=1).save_pretrained(root / "scheduler")
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(vision_config=dict(tower, image_size=32, patch_size=8),
+                                                      text_config=dict(tower, vocab_size=99), projection_dim=16))
+    with torch.no_grad():  # thresholds no random image reaches (a test lowers them to see the checker act)
+        checker.concept_embeds_weights.fill_(10.0)
+        checker.special_care_embeds_weights.fill_(10.0)
+    checker.save_pretrained(root / "safety_checker")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        root / "feature_extractor")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "EmuVisualGenerationPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "EulerDiscreteScheduler"]}))
+    return root
+
+
+def test_an_emu2_gen_checkpoint_decodes_regressed_embeddings_to_pixels(emu2_gen):
+    gen_spec = get_backbone("emu2", checkpoint=str(emu2_gen))
+    model = gen_spec.build()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), spec.build(seed=0).state_dict().values()))
+    assert gen_spec.has_pixel_decoder and gen_spec.tokenizer.get_vocab() == spec.tokenizer.get_vocab()
+    cfg = SamplingConfig(max_new_tokens=0, open_image=True, max_images=1, diffusion_steps=3, diffusion_size=16)
+    generator = Generator(model, gen_spec)
+    image = generator.generate(["Draw a red square:"], cfg).images[0]
+    assert image.embeddings.shape == (8, 8, 32) and image.image.size == (16, 16) and image.image.mode == "RGB"
+    negative = generator.negative_embeddings()  # regressed after an empty prompt: the guidance's other half
+    assert negative.shape == (8, 8, 32) and not torch.allclose(negative, image.embeddings)
+    decode = lambda grid, seed=0: np.asarray(gen_spec.decode_image(grid, model, negative, replace(cfg, seed=seed).diffusion()))  # noqa: E731
+    first = decode(image.embeddings)
+    assert np.array_equal(first, np.asarray(image.image)) and np.array_equal(first, decode(image.embeddings))
+    assert not np.array_equal(first, decode(torch.zeros_like(image.embeddings)))  # the embeddings condition the UNet
+    assert not np.array_equal(first, decode(image.embeddings, seed=1))  # and the seed draws the noise
+    checker = gen_spec.diffusion(model).safety_checker
+    with torch.no_grad():  # Emu2-Gen's safety checker runs on every image: a flagged one comes back black
+        checker.concept_embeds_weights.fill_(-10.0)
+    assert first.any() and not decode(image.embeddings).any()
+    assert not spec.has_pixel_decoder and "Emu2-Gen" in spec.pixel_note
