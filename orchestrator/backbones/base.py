@@ -223,6 +223,10 @@ class BackboneSpec(ABC):
         with torch.device("meta"):
             return self.model_class(self.real_size_config(size))
 
+    def enable_activation_checkpointing(self, model: nn.Module) -> None:
+        """Recompute decoder activations in the backward pass (transformers' gradient checkpointing)."""
+        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def expected_target_count(self, model: nn.Module) -> int:
         return len(self.decoder_layers(unwrap(model))) * PROJS_PER_LAYER
 
@@ -504,9 +508,9 @@ class BackboneSpec(ABC):
         return self.image_codes(px.to(next(self.vq.parameters()).dtype), size)
 
     def grid_scores(self, generated: torch.Tensor, target: torch.Tensor) -> dict:
-        """Agreement of a generated and a target grid: the fraction of equal codes (0 for another shape)."""
+        """Agreement of a generated and a target grid: the fraction of equal codes (None for another shape)."""
         same = generated.shape == target.shape
-        return {"code_match": float((generated == target).float().mean()) if same else 0.0}
+        return {"code_match": float((generated == target).float().mean()) if same else None}
 
     def image_fingerprint(self) -> dict:
         """Identity of the image tokenizer, so shards can be matched to a model (manifest)."""

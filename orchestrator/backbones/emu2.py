@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import math
 import os
 from functools import cached_property
@@ -116,6 +117,8 @@ class Emu2Spec(BackboneSpec):
             # Emu2's code ships with its checkpoint: loading runs it, so only load checkpoints you trust.
             # A stand-in exported by export_tiny loads through the same call (its class is registered).
             path = self.model_path
+            if self.pipeline_root is not None:
+                self.fetch("multimodal_encoder/*")
             model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, use_safetensors=True,
                                                          variant=weight_variant(path), dtype=dtype or "auto")
         return model.eval()
@@ -133,17 +136,24 @@ class Emu2Spec(BackboneSpec):
     @cached_property
     def pipeline_root(self) -> str | None:
         """The local folder of an Emu2-Gen checkpoint (a diffusers pipeline: model_index.json,
-        multimodal_encoder/, tokenizer/, unet/, vae/, scheduler/), or None for a plain Emu2 checkpoint.
-        A hub id with a model_index.json is downloaded whole (its UNet is the pixel decoder)."""
+        multimodal_encoder/, tokenizer/, unet/, vae/, scheduler/...), or None for a plain Emu2 checkpoint.
+        From the hub, only model_index.json, the tokenizer and the encoder's config and code come down here;
+        ``build`` fetches the encoder's weights and ``diffusion`` the decoder's (``fetch``)."""
         if self.is_random:
             return None
         if os.path.isdir(self.checkpoint):
             return self.checkpoint if is_pipeline_dir(self.checkpoint) else None
         if checkpoint_file(self.checkpoint, "model_index.json") is None:
             return None
+        return self.fetch("model_index.json", "tokenizer/*", "multimodal_encoder/*.json", "multimodal_encoder/*.py")
+
+    def fetch(self, *patterns: str) -> str:
+        """Download these files of a hub Emu2-Gen checkpoint (a no-op for local folders); -> the local root."""
+        if os.path.isdir(self.checkpoint):
+            return self.checkpoint
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(self.checkpoint)
+        return snapshot_download(self.checkpoint, allow_patterns=list(patterns))
 
     @property
     def model_path(self) -> str:
@@ -178,6 +188,11 @@ class Emu2Spec(BackboneSpec):
         lm = model.model.decoder.lm.model
         return lm, lm
 
+    def enable_activation_checkpointing(self, model: nn.Module) -> None:
+        """On the inner LLaMA: Emu2's own class says it does not support it (the vision tower runs without
+        gradients anyway)."""
+        self.lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def lm(self, model: nn.Module) -> nn.Module:
         """The LLaMA causal LM (``.model`` the decoder stack, ``.lm_head`` the text head)."""
         return unwrap(model).model.decoder.lm
@@ -185,8 +200,8 @@ class Emu2Spec(BackboneSpec):
     # ---- images: pixels in, 8 x 8 visual embeddings out ----------------------------------------------
     @cached_property
     def n_query(self) -> int:
-        cfg = self.model_config
-        n = _get(cfg, "n_query") or _get(_get(cfg, "vision_config", {}), "v_query") or 64
+        cfg = self.model_config  # BAAI/Emu2 builds its placeholders from vision_config.n_query (v_query is video's)
+        n = _get(_get(cfg, "vision_config", {}), "n_query") or _get(cfg, "n_query") or 64
         if math.isqrt(n) ** 2 != n:
             raise ValueError(f"{self.checkpoint}: n_query={n} is not a square grid")
         return n
@@ -234,7 +249,17 @@ class Emu2Spec(BackboneSpec):
     def text_ids(self, text: str) -> list[int]:
         """Text never yields [IMG] / <image> / [/IMG] ids: a literal "<image>" in a prompt stays text (a
         placeholder without an embedding behind it would shift every image after it)."""
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if set(ids) & set(self.placeholder_ids):  # a tokenizer whose image tokens are not "special" ones
+            from ..data.schema import SchemaError
+
+            raise SchemaError(f"text holds one of Emu2's image tokens {self.img} / {self.image} / {self.img_end}: "
+                              f"{text[:80]!r}")
+        return ids
+
+    @cached_property
+    def placeholder_ids(self) -> tuple[int, int, int]:
+        return tuple(self.token_id(t) for t in (self.img, self.image, self.img_end))
 
     def encode_image(self, image: Image.Image) -> ImagePiece:
         ids = [self.token_id(self.img), *[self.token_id(self.image)] * self.n_query, self.token_id(self.img_end)]
@@ -438,7 +463,10 @@ class Emu2Spec(BackboneSpec):
     def has_pixel_decoder(self) -> bool:
         """An Emu2-Gen checkpoint: its UNet + VAE turn the regressed embeddings into pixels."""
         root = self.pipeline_root
-        return root is not None and os.path.isdir(os.path.join(root, "unet"))
+        if root is None:
+            return False
+        index = json.loads(open(os.path.join(root, "model_index.json")).read())
+        return "unet" in index and "vae" in index
 
     pixel_note = ("emu2: the 8x8 grid of visual embeddings is saved (.npy); pixels need Emu2-Gen's diffusion decoder: "
                   "use an Emu2-Gen checkpoint (BAAI/Emu2-Gen or a local copy of it) with diffusers installed")
@@ -447,7 +475,8 @@ class Emu2Spec(BackboneSpec):
         """Emu2-Gen's UNet + VAE + scheduler, loaded once, on the model's device and in its dtype."""
         if getattr(self, "_diffusion", None) is None:
             p = next(model.parameters())
-            self._diffusion = Emu2Diffusion.from_pipeline_dir(self.pipeline_root, dtype=p.dtype, device=p.device)
+            root = self.fetch("unet/*", "vae/*", "scheduler/*", "safety_checker/*", "feature_extractor/*")
+            self._diffusion = Emu2Diffusion.from_pipeline_dir(root, dtype=p.dtype, device=p.device)
         return self._diffusion
 
     def decode_image(self, grid, model=None, negative: torch.Tensor | None = None,

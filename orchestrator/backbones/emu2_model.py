@@ -74,7 +74,8 @@ class Emu2StandIn(PreTrainedModel):
     config_class = Emu2StandInConfig
     config: Emu2StandInConfig
     base_model_prefix = "model"
-    supports_gradient_checkpointing = True
+    # as BAAI's EmuPreTrainedModel: checkpointing is enabled on the inner LM (Emu2Spec.enable_activation_checkpointing)
+    supports_gradient_checkpointing = False
     _supports_sdpa = True
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
 

@@ -86,6 +86,9 @@ class Tokenize:
         n_bos, n_eos = int(tok.bos_token_id is not None), int(tok.eos_token_id is not None)
         keep = fit_pieces([len(p) for p in pieces], targets, self.max_seq_len, n_bos, n_eos)
         enc = run_stage("tokenize", self.spec.assemble, pieces[:keep], targets[:keep], True, keep == len(pieces))
+        if "images" in enc and len(enc["images"]) != len(enc["image_layout"]):
+            raise Reject("tokenize", f"{len(enc['image_layout'])} images in the token layout but {len(enc['images'])} "
+                                     "pixel images: the text holds the backbone's image tokens")
         labels = enc["labels"]
         return {
             "input_ids": enc["input_ids"].tolist(), "labels": labels.tolist(),

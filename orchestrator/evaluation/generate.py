@@ -12,7 +12,7 @@ embedding is ``project_down`` of the hidden state, fed back through ``project_up
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
@@ -281,7 +281,8 @@ class Generator:
             grid = torch.stack(cells).view(frame.height, frame.width, -1)
             image = None
             if decode and spec.has_pixel_decoder:
-                image = spec.decode_image(grid, self.model, self.negative_embeddings(), cfg.diffusion())
+                settings = replace(cfg.diffusion(), seed=cfg.seed + len(answer.images))  # new noise per image
+                image = spec.decode_image(grid, self.model, self.negative_embeddings(), settings)
             answer.parts.append(GeneratedImage(None, image, embeddings=grid))
         else:
             codes = spec.ids_to_codes(torch.tensor(cells)).view(frame.height, frame.width)

@@ -16,7 +16,9 @@ from ..training.data import collate_rows, train_columns
 from ..training.metrics import add_loss, loss_metrics, use_bf16
 
 
-def split_rows(cfg: RunConfig, split: str, spec) -> list[dict]:
+def split_table(cfg: RunConfig, split: str, spec):
+    """The split's training columns as one Arrow table in record order (rows become Python objects one
+    micro-batch at a time: Emu2's PNG bytes stay compact until then)."""
     from ..training.driver import absolute
 
     path = f"{absolute(output_dir(cfg))}/split={split}"
@@ -24,24 +26,24 @@ def split_rows(cfg: RunConfig, split: str, spec) -> list[dict]:
         table = pads.dataset(path, format="parquet").to_table(columns=train_columns(spec))
     except (FileNotFoundError, OSError) as e:
         raise ConfigError(f"no {split} shards at {path}: run `moss preprocess` with this config first ({e})"[:400]) from None
-    return sorted(table.to_pylist(), key=lambda r: r["order"])
+    return table.sort_by("order")
 
 
 @torch.no_grad()
 def heldout_metrics(model, spec, cfg: RunConfig, split: str = "val") -> dict:
     """{"rows": n, "metrics": {"<split>/loss", "<split>/text_loss", "<split>/text_ppl", ...}}."""
-    rows = split_rows(cfg, split, spec)
-    if not rows:
+    table = split_table(cfg, split, spec)
+    if not table.num_rows:
         raise ConfigError(f"the {split} split of {output_dir(cfg)} is empty (data.val_fraction=0?)")
     device = next(model.parameters()).device
     bf16 = use_bf16(cfg, device)  # what training's eval ran under
     weights = (cfg.train.text_weight, cfg.train.image_weight)
     sums = [0.0] * 5
     step = cfg.train.micro_batch
-    for start in range(0, len(rows), step):
-        batch = collate_rows(spec, rows[start : start + step])
+    for start in range(0, table.num_rows, step):
+        batch = collate_rows(spec, table.slice(start, step).to_pylist())
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = spec.loss(model, batch, weights)
         add_loss(sums, out, batch)
-    return {"split": split, "rows": len(rows), "metrics": loss_metrics(sums, split, weights, ppl=True, image_ppl=spec.image_loss_is_ce)}
+    return {"split": split, "rows": table.num_rows, "metrics": loss_metrics(sums, split, weights, ppl=True, image_ppl=spec.image_loss_is_ce)}

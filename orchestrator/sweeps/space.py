@@ -263,16 +263,16 @@ class Space:
         """Every check that needs no Ray and no shards; -> the resolved base config."""
         base = self.base_config()
         m = self.model
-        backbones = {base.backbone.name}
+        image_losses = {_image_loss(base)}
         for key, p in m.params.items():  # each value of a distribution on the base (its when aside)
             for value in p.values_to_check():
                 tree = copy.deepcopy(self.base_tree)
                 set_dotted(tree, key, copy.deepcopy(value), f"params.{key}")
-                backbones.add(validate_tree(tree, f"{self.path}: params.{key} = {value!r}").backbone.name)
+                image_losses.add(_image_loss(validate_tree(tree, f"{self.path}: params.{key} = {value!r}")))
         for point in self.grid_points():
             tree, _ = self.trial_tree(point)
-            backbones.add(validate_tree(tree, f"{self.path}: trial {point}").backbone.name)
-        self._check_image_metric(backbones)
+            image_losses.add(_image_loss(validate_tree(tree, f"{self.path}: trial {point}")))
+        self._check_image_metric(image_losses)
         dump = base.model_dump(mode="json")
         for key in (k for p in m.params.values() for k in p.when):
             if get_dotted(dump, key, _MISSING) is _MISSING and key not in m.params:
@@ -298,18 +298,20 @@ class Space:
             raise ConfigError(f"{self.path}: the grid produced no trial")
         return base
 
-    def _check_image_metric(self, backbones: set[str]) -> None:
-        """Emu2's image loss is an embedding regression (MSE / cosine), the others' a cross-entropy over codes:
-        no image perplexity for emu2, and no early stopping that ranks the two kinds against each other."""
+    def _check_image_metric(self, image_losses: set[tuple[str, str]]) -> None:
+        """Emu2's image loss is an embedding regression (MSE or 1 - cosine), the others' a cross-entropy over
+        codes: no image perplexity for emu2, and no early stopping that ranks different kinds of image loss
+        against each other (emu2 with another backbone, or MSE with cosine)."""
         m = self.model
-        if "emu2" not in backbones:
+        if not any(name == "emu2" for name, _ in image_losses):
             return
         if m.metric.endswith("ppl") and m.metric != "val/text_ppl":
             raise ConfigError(f"{self.path}: metric {m.metric}: emu2's image loss is a regression, it has no perplexity")
-        if m.scheduler.type == "asha" and len(backbones) > 1 and m.metric.endswith(("/loss", "image_loss")):
-            raise ConfigError(f"{self.path}: ASHA would rank emu2's image regression loss against the cross-entropy "
-                              f"of {', '.join(sorted(backbones - {'emu2'}))} ({m.metric}): sweep emu2 on its own "
-                              "(--set backbone.name=...) or use scheduler: {type: fifo}")
+        if m.scheduler.type == "asha" and len(image_losses) > 1 and m.metric.endswith(("/loss", "image_loss")):
+            kinds = ", ".join(f"{name} ({loss})" for name, loss in sorted(image_losses))
+            raise ConfigError(f"{self.path}: ASHA would rank different image losses against each other by {m.metric}: "
+                              f"{kinds}. Sweep one backbone and one backbone.image_regression at a time, or use "
+                              "scheduler: {type: fifo}")
 
     def max_t(self, base: RunConfig) -> int | None:
         return self.model.scheduler.max_t or base.train.max_steps
@@ -356,6 +358,13 @@ def is_space_file(path: str | Path) -> bool:
         return "params" in read_yaml(path)
     except ConfigError:
         return False
+
+
+def _image_loss(cfg: RunConfig) -> tuple[str, str]:
+    """(backbone, kind of image loss): emu2's regression (mse / cosine), the others' code cross-entropy."""
+    if cfg.backbone.name == "emu2":
+        return "emu2", cfg.backbone.image_regression or "mse"
+    return cfg.backbone.name, "cross-entropy"
 
 
 def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Space:

@@ -46,7 +46,7 @@ def setup_model(cfg: RunConfig, spec, ckpt_dir: str | None, bf16: bool):
         if p.requires_grad:
             p.data = p.data.float()  # adapter weights and AdamW state stay fp32 under bf16 autocast
     if cfg.train.activation_checkpointing:
-        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        spec.enable_activation_checkpointing(model)
     return model, restored
 
 

@@ -23,7 +23,11 @@ def distributed() -> bool:
 
 
 def wrap(loss_module: nn.Module, strategy: str, decoder_layers: nn.ModuleList, device: torch.device) -> nn.Module:
-    """DDP (each worker a full replica) or FSDP2 (each decoder layer sharded, then the rest)."""
+    """DDP (each worker a full replica) or FSDP2 (each decoder layer sharded, then the rest).
+
+    Everything else (embeddings, heads, a vision tower such as Emu2's) is in the root unit, gathered by
+    every rank at each forward: a module that only some ranks run (Emu2's vision tower on a rank whose
+    batch has no image) must not be a unit of its own, or the ranks' all-gathers would not match."""
     if not distributed():
         return loss_module.to(device)
     if strategy == "fsdp":

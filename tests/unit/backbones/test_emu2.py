@@ -253,3 +253,21 @@ def test_an_emu2_gen_checkpoint_decodes_regressed_embeddings_to_pixels(emu2_gen)
         checker.concept_embeds_weights.fill_(-10.0)
     assert first.any() and not decode(image.embeddings).any()
     assert not spec.has_pixel_decoder and "Emu2-Gen" in spec.pixel_note
+
+
+def test_image_tokens_in_text_are_refused_or_rejected(tmp_path, monkeypatch):
+    """A real tokenizer might keep "[IMG]" whole (an added, non-special token): text_ids refuses it, and a
+    record whose placeholders still outnumber its images is a tokenize reject, never a crash in training."""
+    raw = {"id": "r", "output": [{"type": "text", "text": "an [IMG] in the text"}]}
+    row = validate_record(raw, Chunk(str(tmp_path / "d.jsonl"), 0, "lines"), 1, FilterSection(), {}, 0.0)
+    tok = Tokenize("emu2", "tiny", max_seq_len=2048)
+    assert tok.row(row)["stage"] == ""  # the tiny tokenizer splits its special tokens into plain bytes
+    cls = type(tok.spec.tokenizer)
+    call = cls.__call__
+    monkeypatch.setattr(cls, "__call__", lambda self, text, split_special_tokens=False, **kw: call(self, text, **kw))
+    with pytest.raises(ValueError, match="image tokens"):
+        tok.spec.text_ids("an [IMG] in the text")
+    assert tok.row(row)["reason"].startswith("text holds one of Emu2's image tokens")
+    monkeypatch.setattr(type(tok.spec), "text_ids", lambda self, text: self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    out = tok.row(row)  # past text_ids: the layout / pixels check in the tokenize stage
+    assert (out["stage"], out["split"]) == ("tokenize", "rejected") and "pixel images" in out["reason"]

@@ -19,7 +19,7 @@ def write(tmp_path: Path, **fields) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name,trials", [("smoke", 12), ("paper_ablation", 32), ("backbones", 8)])
+@pytest.mark.parametrize("name,trials", [("smoke", 12), ("paper_ablation", 32), ("paper_ablation_7b", 32), ("backbones", 8)])
 def test_shipped_spaces_parse(name, trials):
     space = load_space(REPO / "search_spaces" / f"{name}.yaml")
     assert space.num_trials() == trials
@@ -156,12 +156,15 @@ def test_sweep_plan_checks_shards_names_and_resume(tmp_path, capsys):
 def test_asha_never_ranks_emu2_regression_against_code_cross_entropy(tmp_path):
     mixed = {"backbone.name": {"grid": ["chameleon", "emu2"]}}
     asha = {"type": "asha", "grace_period": 2, "max_t": 8}
-    with pytest.raises(ConfigError, match="sweep emu2 on its own"):
+    with pytest.raises(ConfigError, match=r"chameleon \(cross-entropy\), emu2 \(mse\)"):
         load_space(write(tmp_path, params=mixed, metric="val/image_loss", scheduler=asha))
+    with pytest.raises(ConfigError, match=r"emu2 \(cosine\), emu2 \(mse\)"):
+        load_space(write(tmp_path, set={"backbone.name": "emu2"}, metric="val/loss", scheduler=asha,
+                         params={"backbone.image_regression": {"grid": ["mse", "cosine"]}}))
     assert load_space(write(tmp_path, params=mixed, metric="val/image_loss", scheduler={"type": "fifo"})).num_trials() == 2
     emu2_only = load_space(write(tmp_path, set={"backbone.name": "emu2"}, metric="val/image_loss", scheduler=asha))
     assert emu2_only.num_trials() == 2
     with pytest.raises(ConfigError, match="no perplexity"):
         load_space(write(tmp_path, set={"backbone.name": "emu2"}, metric="val/image_ppl"))
-    paper = load_space(REPO / "search_spaces" / "paper_ablation.yaml")
-    assert paper.base_config().backbone.name == "emu2" and paper.base_config().data.max_seq_len == 2048
+    paper = load_space(REPO / "search_spaces" / "paper_ablation.yaml").base_config()  # Emu2: 37B, FSDP over 8 GPUs
+    assert (paper.backbone.name, paper.data.max_seq_len, paper.train.strategy) == ("emu2", 2048, "fsdp")
