@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.backbones import get_backbone
 from orchestrator.config import ConfigError, load_config
 from orchestrator.data.pipeline import output_dir, preprocess
+from orchestrator.data.shards import example_from_row
 from orchestrator.data.sample import write_sample
 from orchestrator.moss import load_adapter
 from orchestrator.training.data import collate_rows
@@ -231,9 +232,18 @@ def test_emu2_trains_evaluates_and_generates(workdir):
 
     cfg = run_config(workdir, "emu2", "backbone.name=emu2", "train.max_steps=30", "train.eval_every=10",
                      "train.ckpt_every=10", "scaling.num_workers=1", "scaling.cpus_per_worker=1")
-    manifest = preprocess(cfg)
-    assert manifest["outputs"]["rejected"] == 0 and manifest["backbone"]["name"] == "emu2"
+    manifest = preprocess(cfg)  # Ray Data
+    assert manifest["outputs"]["rejected"] == 0 and manifest["backbone"]["pixels"]["image_size"] == 32
     spec = backbone_from_config(cfg)
+    from tests.integration.test_preprocess import direct_encodings, shard_rows
+
+    direct = direct_encodings(spec, workdir / "sample")
+    rows = shard_rows(Path(output_dir(cfg)))
+    assert len(rows) == manifest["inputs"]["records"]
+    for row in rows:  # shards hold exactly what spec.encode gives, the images as lossless PNGs of its pixels
+        ex, want = example_from_row(row), direct[row["id"]]
+        assert ex["input_ids"].tolist() == want["input_ids"].tolist() and ex["image_layout"] == want["image_layout"]
+        assert [im.tobytes() for im in ex["images"]] == [im.tobytes() for im in want["images"]]
     untrained = heldout_metrics(spec.build(seed=cfg.backbone.seed), spec, cfg)["metrics"]["val/image_loss"]
     summary = run_training(cfg, plan_run(cfg))
     assert summary["step"] == 30
