@@ -14,15 +14,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary["errors"] == 0 and not summary["interrupted"] else 1
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from .plan.report import format_plan
+
+    overrides = [*args.set, *([f"plan.cluster={args.cluster}"] if args.cluster else [])]
+    plan = preflight(args.target, overrides)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else format_plan(plan, verbose=args.verbose))
+    return 0 if plan.ok else 2
+
+
+def preflight(target: str | None, overrides: list[str], memory: bool = True):
+    """`moss plan` of a run config (one row) or a search space (one row per trial)."""
+    from .config import load_config
+    from .plan.report import plan_configs
+    from .sweeps.space import is_space_file, load_space
+    from .sweeps.tuner import preflight_space
+
+    if target and is_space_file(target):
+        return preflight_space(load_space(target, overrides))
+    cfg = load_config(target, overrides)
+    return plan_configs(target or "(defaults)", [("run", {}, cfg)], memory=memory)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data.sources import list_files
+    from .plan.report import enforce, format_plan
     from .sweeps.space import is_space_file
 
     if args.config and is_space_file(args.config):
         return validate_space(args)
     cfg = load_config(args.config, args.set)
     print(cfg.to_yaml(), end="")
+    plan = preflight(args.config, args.set)
+    print(format_plan(plan))
+    enforce(plan, cfg.plan.enforce, "validate")
     if cfg.data.source is not None:
         files = list_files(cfg.data.sources())
         print(f"# data.source: {len(files)} file(s)")
@@ -33,10 +61,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def validate_space(args: argparse.Namespace) -> int:
     from .config import ConfigError
-    from .sweeps.tuner import absolutize, describe_plan, plan_sweep
+    from .plan.report import format_plan
+    from .sweeps.tuner import absolutize, describe_plan, plan_sweep, preflight_space
     from .sweeps.space import load_space
 
     space = load_space(args.config, args.set)
+    print(format_plan(preflight_space(space)))
     absolutize(space)
     print(space.base_config().to_yaml(), end="")
     print(space.describe())
@@ -67,7 +97,11 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from .data.manifest import format_summary
     from .data.pipeline import output_dir, preprocess
 
+    from .plan.report import enforce
+
     cfg = load_config(args.config, args.set)
+    # the checkpoint and the image budget (a sequence too short for any answer image), before any work
+    enforce(preflight(args.config, args.set, memory=False), cfg.plan.enforce, "preprocess")
     manifest = preprocess(cfg, engine="local" if args.local else "ray")
     print(format_summary(manifest, output_dir(cfg)))
     return 0
@@ -78,7 +112,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runtime import init_ray
     from .training.driver import format_summary, plan_run, run_training
 
+    from .plan.report import enforce
+
     cfg = load_config(args.config, args.set)
+    enforce(preflight(args.config, args.set), cfg.plan.enforce, "train")  # checkpoint, images, GPU memory
     plan = plan_run(cfg)  # shards, run name, MLflow: everything that can fail before Ray starts
     print(f"train: run {plan.name!r}, {plan.total_steps} steps on {cfg.scaling.num_workers} worker(s); "
           f"checkpoints in {plan.run_dir}", flush=True)
@@ -285,8 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a dotted key of the space's base config (repeatable)")
     demo.set_defaults(func=cmd_demo)
+    plan = sub.add_parser("plan", help="per trial: node type, GPU memory estimate vs the GPU, tokens per image vs "
+                                       "the sequence budget, checkpoint format; exit 2 when any cannot run. No Ray")
+    plan.add_argument("target", nargs="?", help="search space or run config YAML (default: every default)")
+    plan.add_argument("--cluster", help="cluster launcher YAML whose node types give the GPUs (default: "
+                                        "plan.cluster, cluster.yaml in the working directory)")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a dotted key of the config (of a space's base config) (repeatable)")
+    plan.add_argument("--json", action="store_true", help="the same rows as JSON")
+    plan.add_argument("--verbose", action="store_true", help="the estimate's parts for every trial")
+    plan.set_defaults(func=cmd_plan)
     _config_command(sub, "validate", cmd_validate,
-                    "check a config (its data source, and what `moss train` would do) without starting Ray")
+                    "check a config (its data source, its plan, and what `moss train` would do) without starting Ray")
     pre = _config_command(sub, "preprocess", cmd_preprocess, "LeafInstruct records -> tokenized shards with Ray Data")
     pre.add_argument("--local", action="store_true", help="run the same stages in one process, without Ray")
     _config_command(sub, "train", cmd_train, "fine-tune an adapter on the shards with Ray Train, tracked in MLflow")

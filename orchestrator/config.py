@@ -13,9 +13,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-BACKBONES = ("chameleon", "anole", "emu3", "janus")
-
-
 class ConfigError(ValueError):
     """A config that cannot run; the CLI prints it and exits with code 2."""
 
@@ -32,13 +29,32 @@ class BackboneSection(Section):
     #: emu2 only: the loss of its continuous image embeddings (default mse); other backbones' image
     #: tokens are codes with a cross-entropy loss
     image_regression: Literal["mse", "cosine"] | None = None
+    #: emu3 only: the image processor's pixel area bounds (its defaults: 512*512 and 1024*1024, 8 px per
+    #: code). Every image is resized into [min, max] pixels, so these trade resolution for sequence budget:
+    #: 256*256 px is 32x32 codes (~1,070 tokens), 512*512 px is 64x64 (~4,170). `moss plan` shows the cost.
+    #: The other backbones have a fixed image grid.
+    image_min_pixels: int | None = Field(None, ge=1)
+    image_max_pixels: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> BackboneSection:
         if self.image_regression is not None and self.name != "emu2":
             raise ValueError(f"image_regression applies to emu2 (continuous image embeddings) only; "
                              f"{self.name} predicts VQ codes with a cross-entropy loss")
+        pixels = {k: v for k, v in (("image_min_pixels", self.image_min_pixels),
+                                    ("image_max_pixels", self.image_max_pixels)) if v is not None}
+        if pixels and self.name != "emu3":
+            raise ValueError(f"{', '.join(pixels)}: only emu3 resizes images to a chosen area; {self.name} has a "
+                             "fixed image grid")
+        if len(pixels) == 2 and self.image_min_pixels > self.image_max_pixels:
+            raise ValueError(f"image_min_pixels={self.image_min_pixels} > image_max_pixels={self.image_max_pixels}")
         return self
+
+    def options(self) -> dict:
+        """Backbone-specific settings for get_backbone (only those set)."""
+        out = {"regression": self.image_regression, "min_pixels": self.image_min_pixels,
+               "max_pixels": self.image_max_pixels}
+        return {k: v for k, v in out.items() if v is not None}
 
 
 class AdapterSection(Section):
@@ -52,6 +68,10 @@ class AdapterSection(Section):
     conv_space: Literal["full", "lowrank"] = "full"
     image_inputs: bool = True
     target_modules: str | None = None
+    #: also train the image-code rows of the output head (PEFT trainable tokens on lm_head; chameleon /
+    #: anole / emu3). Meta's facebook/chameleon-7b cannot generate images until those rows are trained
+    #: (Anole trained exactly them); off for checkpoints that already generate images
+    train_image_head: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> AdapterSection:
@@ -109,6 +129,9 @@ class DataSection(Section):
     #: 1 is fastest for the tiny VQs on a 2-core machine (2 threads measured slower there)
     torch_threads: int | None = Field(1, ge=1)
     rows_per_file: int = Field(4096, ge=1)  # rows per shard file at most
+    #: train / sweep refuse shards whose manifest shows more than this fraction of records, or of answer
+    #: images, dropped by the `bounds` and `truncate` stages (sequence budget or image limits set too tight)
+    max_dropped_fraction: float = Field(0.2, ge=0.0, le=1.0)
 
     @field_validator("source")
     @classmethod
@@ -148,6 +171,10 @@ class TrainSection(Section):
     #: ddp: every worker holds the whole model; fsdp: decoder layers sharded over the workers (FSDP2),
     #: for backbones that do not fit one GPU
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    #: target tokens whose logits the loss materialises at once (each chunk recomputed in the backward
+    #: pass): the fp32 logits of a 65k-185k vocabulary are otherwise the largest activation of a step.
+    #: null: all at once
+    loss_chunk_tokens: int | None = Field(1024, ge=1)
     eval_every: int = Field(50, ge=1)  # steps; also at the last step
     eval_max_batches: int | None = Field(None, ge=1)  # per worker; null: the whole val split
     ckpt_every: int = Field(50, ge=1)  # steps; also at the last step
@@ -174,15 +201,42 @@ class ScalingSection(Section):
     #: extra Ray resources per worker, e.g. {"accelerator_type:H100": 0.001} or a custom node label
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    #: a node type of cluster.yaml the workers must run on (each asks for a sliver of the custom resource
+    #: of that name, which cluster.yaml gives its nodes); `moss plan` then checks memory on that GPU
+    node_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    #: memory per GPU, for `moss plan` where no cluster file says it (GiB, as nvidia-smi reports / 1024)
+    gpu_memory_gb: float | None = Field(None, gt=0)
     #: CPUs each Ray Data read task of the shards takes (reading parquet is light). Ray Data's listing
     #: task still takes a whole CPU: keep one free beside the workers of all concurrent runs
     ingest_cpus_per_task: float = Field(0.25, gt=0)
 
     def ray_resources(self) -> dict[str, float]:
         res = {"CPU": self.cpus_per_worker, **self.resources_per_worker}
+        if self.node_type is not None:
+            res[self.node_type] = NODE_TYPE_SHARE
         if self.use_gpu:
             res["GPU"] = self.gpus_per_worker
         return res
+
+
+#: what each worker asks of its node type's custom resource (cluster.yaml gives each node 1 of it)
+NODE_TYPE_SHARE = 0.001
+
+
+class PlanSection(Section):
+    """`moss plan`, which `moss train` / `moss sweep` also run before Ray starts."""
+
+    #: false: a plan that finds trials that cannot run only warns (for experts who know better)
+    enforce: bool = True
+    #: the cluster launcher config whose node types give GPU models and memory (relative to the working
+    #: directory; ignored when missing and scaling.gpu_memory_gb is set)
+    cluster: str = "cluster.yaml"
+    #: text tokens assumed in front of an answer image when checking that one fits the sequence budget
+    prompt_tokens: int = Field(256, ge=0)
+    #: headroom on top of the estimate: CUDA context, NCCL and cuBLAS workspaces (GiB), allocator
+    #: fragmentation (fraction of the estimate)
+    margin_gb: float = Field(2.0, ge=0)
+    margin_fraction: float = Field(0.1, ge=0, le=1)
 
 
 class TrackingSection(Section):
@@ -258,6 +312,7 @@ class RunConfig(Section):
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     editing: EditingSection = Field(default_factory=EditingSection)
     interleavedbench: InterleavedBenchSection = Field(default_factory=InterleavedBenchSection)
+    plan: PlanSection = Field(default_factory=PlanSection)
 
     def config_hash(self, *sections: str) -> str:
         """sha256 (16 hex) of the resolved config, or of the named sections only."""

@@ -18,7 +18,8 @@ BACKBONES: dict[str, type[BackboneSpec]] = {
 
 
 def get_backbone(name: str, checkpoint: str = TINY, **options) -> BackboneSpec:
-    """``options``: backbone-specific settings (emu2: ``regression="mse" | "cosine"``)."""
+    """``options``: backbone-specific settings (emu2: ``regression="mse" | "cosine"``; emu3: ``min_pixels``,
+    ``max_pixels``)."""
     try:
         cls = BACKBONES[name]
     except KeyError:
@@ -29,8 +30,7 @@ def get_backbone(name: str, checkpoint: str = TINY, **options) -> BackboneSpec:
 def backbone_from_config(cfg) -> BackboneSpec:
     """The spec a run config describes (its ``backbone`` section)."""
     b = cfg.backbone
-    options = {"regression": b.image_regression} if b.image_regression is not None else {}
-    return get_backbone(b.name, b.checkpoint, **options)
+    return get_backbone(b.name, b.checkpoint, **b.options())
 
 
 __all__ = ["BACKBONES", "backbone_from_config", "IGNORE_INDEX", "BackboneSpec", "LossOutput", "get_backbone", "unwrap"]

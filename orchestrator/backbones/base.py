@@ -97,18 +97,40 @@ def split_loss(term, labels: torch.Tensor, is_image_target, weights: tuple[float
 
 
 def split_ce(
-    logits_fn, h: torch.Tensor, labels: torch.Tensor, is_image_target, weights: tuple[float, float]
+    logits_fn, h: torch.Tensor, labels: torch.Tensor, is_image_target, weights: tuple[float, float],
+    chunk: int | None = None,
 ) -> LossOutput:
     """split_loss with cross-entropy for both modalities. h: (B, T, D) hidden states; ``logits_fn(h_sel,
     targets, image: bool) -> (logits, targets)`` maps selected hidden rows to logits over the right
-    vocabulary (and the targets into that head's index space)."""
+    vocabulary (and the targets into that head's index space). ``chunk``: see chunked_cross_entropy."""
     hp, tgt = h[:, :-1], labels[:, 1:]
 
     def term(sel: torch.Tensor, image: bool) -> torch.Tensor:
-        logits, targets = logits_fn(hp[sel], tgt[sel], image)
-        return F.cross_entropy(logits.float(), targets, reduction="sum")
+        return chunked_cross_entropy(lambda r, t: logits_fn(r, t, image), hp[sel], tgt[sel], chunk)
 
     return split_loss(term, labels, is_image_target, weights, h)
+
+
+def chunked_cross_entropy(logits_fn, rows: torch.Tensor, targets: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """Summed CE of (n, D) hidden rows against (n,) targets, ``chunk`` rows at a time.
+
+    Each chunk's logits (fp32, n x vocab: the largest activation of a step for a 65k-185k vocabulary) are
+    freed as soon as its loss is summed and recomputed in the backward pass (activation checkpointing of
+    the head), so a step holds one chunk's logits instead of all of them. Same value and gradient.
+    """
+
+    def ce_sum(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits, mapped = logits_fn(r, t)
+        return F.cross_entropy(logits.float(), mapped, reduction="sum")
+
+    if chunk is None or rows.shape[0] <= chunk:
+        return ce_sum(rows, targets)
+    pieces = zip(rows.split(chunk), targets.split(chunk))
+    if not torch.is_grad_enabled():
+        return sum(ce_sum(r, t) for r, t in pieces)
+    from torch.utils.checkpoint import checkpoint
+
+    return sum(checkpoint(ce_sum, r, t, use_reentrant=False) for r, t in pieces)
 
 
 class ImagePiece(list):
@@ -118,6 +140,29 @@ class ImagePiece(list):
     def __init__(self, ids, image: Image.Image):
         super().__init__(ids)
         self.image = image
+
+
+@dataclass(frozen=True)
+class HubCheckpoint:
+    """What is known of a published checkpoint without downloading it: its size in ``real_sizes``, and
+    either why it cannot load (``error``: a format that is not a transformers checkpoint) or a caveat."""
+
+    size: str
+    error: str | None = None
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageBudget:
+    """Tokens one image takes in a sequence, at the smallest and the largest grid this backbone produces
+    (equal for fixed-grid backbones). ``size``: the pixel size(s) behind them, in words."""
+
+    min_grid: tuple[int, int]
+    max_grid: tuple[int, int]
+    min_tokens: int
+    max_tokens: int
+    size: str
+    pixels_per_code: int = 0  # > 0: the image area is a setting (emu3's min / max pixels), codes per side = px / this
 
 
 @dataclass(frozen=True)
@@ -153,9 +198,14 @@ class BackboneSpec(ABC):
 
     name: str
     model_class: type
-    hub_checkpoints: tuple[str, ...] = ()
+    #: published checkpoints: hub id -> what is known of it (size, format errors, caveats)
+    hub_checkpoints: dict[str, HubCheckpoint] = {}
     #: published sizes for meta-device builds: name -> config kwargs (see real_size_config)
     real_sizes: dict[str, dict] = {}
+    #: the model_type(s) a local checkpoint's config.json must name for this family
+    model_types: tuple[str, ...] = ()
+    #: the output-head rows ``adapter.train_image_head`` can train (image codes in lm_head), or None
+    image_head_module: str | None = None
 
     def __init__(self, checkpoint: str = TINY):
         self.checkpoint = checkpoint
@@ -222,6 +272,22 @@ class BackboneSpec(ABC):
     def build_meta(self, size: str) -> nn.Module:
         with torch.device("meta"):
             return self.model_class(self.real_size_config(size))
+
+    def image_budget(self, config) -> ImageBudget:
+        """Tokens per image for a model config (no weights): a fixed grid plus its begin/end tokens."""
+        h, w = self.config_grid(config)
+        n = h * w + 2
+        return ImageBudget((h, w), (h, w), n, n, f"{h}x{w} grid")
+
+    def config_grid(self, config) -> tuple[int, int]:
+        """The fixed (h, w) image grid a model config implies (fixed-grid backbones)."""
+        raise NotImplementedError(f"{self.name}: no fixed image grid")
+
+    @staticmethod
+    def position_limit(config) -> int | None:
+        """The language model's position limit (max_position_embeddings), where the config says it."""
+        text = getattr(config, "text_config", None) or config
+        return getattr(text, "max_position_embeddings", None)
 
     def enable_activation_checkpointing(self, model: nn.Module) -> None:
         """Recompute decoder activations in the backward pass (transformers' gradient checkpointing)."""
@@ -406,10 +472,12 @@ class BackboneSpec(ABC):
     def is_image_target(self, targets: torch.Tensor) -> torch.Tensor:
         return torch.isin(targets, self.image_token_ids.to(targets.device))
 
-    def loss(self, model: nn.Module, batch: dict, weights: tuple[float, float] = (1.0, 1.0)) -> LossOutput:
+    def loss(self, model: nn.Module, batch: dict, weights: tuple[float, float] = (1.0, 1.0),
+             chunk: int | None = None) -> LossOutput:
         """Text CE + image CE on a collated batch, weighted (text, image), computed from hidden states.
 
-        Logits come from the heads directly, never from the HF forward (Chameleon masks image logits).
+        Logits come from the heads directly, never from the HF forward (Chameleon masks image logits),
+        ``chunk`` target rows at a time (chunked_cross_entropy; None: all at once).
         Under DDP wrap ``spec.loss_module(model)`` and call that, so the forward runs through DDP.
         """
         if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -418,10 +486,12 @@ class BackboneSpec(ABC):
                 "spec.loss_module(model) in DDP and call the wrapper with the batch instead"
             )
         h = self.hidden_states(model, batch)
-        return split_ce(lambda r, t, image: self.head(model, r, t, image), h, batch["labels"], self.is_image_target, weights)
+        return split_ce(lambda r, t, image: self.head(model, r, t, image), h, batch["labels"], self.is_image_target,
+                        weights, chunk)
 
-    def loss_module(self, model: nn.Module, weights: tuple[float, float] = (1.0, 1.0)) -> LossModule:
-        return LossModule(model, self, weights)
+    def loss_module(self, model: nn.Module, weights: tuple[float, float] = (1.0, 1.0),
+                    chunk: int | None = None) -> LossModule:
+        return LossModule(model, self, weights, chunk)
 
     def layout_modules(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
         """(module that receives input_ids, module that runs the decoder layers)."""
@@ -529,12 +599,13 @@ class BackboneSpec(ABC):
 class LossModule(nn.Module):
     """``module(batch) -> LossOutput``: the loss as a module forward, for DDP / FSDP wrappers."""
 
-    def __init__(self, model: nn.Module, spec: BackboneSpec, weights: tuple[float, float] = (1.0, 1.0)):
+    def __init__(self, model: nn.Module, spec: BackboneSpec, weights: tuple[float, float] = (1.0, 1.0),
+                 chunk: int | None = None):
         super().__init__()
-        self.model, self.spec, self.weights = model, spec, weights
+        self.model, self.spec, self.weights, self.chunk = model, spec, weights, chunk
 
     def forward(self, batch: dict) -> LossOutput:
-        return self.spec.loss(self.model, batch, self.weights)
+        return self.spec.loss(self.model, batch, self.weights, self.chunk)
 
 
 def pixels_to_image(pixels: torch.Tensor) -> Image.Image:

@@ -17,6 +17,7 @@ from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocab
 from .base import (
     TINY_TEXT_VOCAB,
     BackboneSpec,
+    HubCheckpoint,
     ImageFrame,
     decoder_regex,
     fixed_grid_layout,
@@ -34,7 +35,20 @@ class ChameleonSpec(BackboneSpec):
     name = "chameleon"
     vocab_mapping_class = ChameleonImageVocabularyMapping
     model_class = ChameleonForConditionalGeneration
-    hub_checkpoints = ("GAIR/Anole-7b-v0.1", "facebook/chameleon-7b")
+    hub_checkpoints = {
+        # a transformers conversion of Anole-7B (safetensors, ChameleonForConditionalGeneration)
+        "leloy/Anole-7b-v0.1-hf": HubCheckpoint("7b"),
+        "GAIR/Anole-7b-v0.1": HubCheckpoint("7b", error=(
+            "GAIR/Anole-7b-v0.1 holds Meta's format (models/7b/consolidated.pth + tokenizer/), not a transformers "
+            "checkpoint: use leloy/Anole-7b-v0.1-hf (its transformers conversion), or convert it with transformers' "
+            "convert_chameleon_weights_to_hf.py and give the output folder")),
+        "facebook/chameleon-7b": HubCheckpoint("7b", warning=(
+            "facebook/chameleon-7b does not generate images (Meta left the image-token rows of lm_head untrained; "
+            "Anole restored generation by training exactly those rows): with a frozen head its image losses mean "
+            "little. Set adapter.train_image_head=true, or use leloy/Anole-7b-v0.1-hf")),
+    }
+    model_types = ("chameleon",)
+    image_head_module = "lm_head"
     # facebook/chameleon-7b config.json (Anole-7B shares it)
     real_sizes = {
         "7b": dict(
@@ -80,7 +94,11 @@ class ChameleonSpec(BackboneSpec):
 
     @cached_property
     def grid(self) -> tuple[int, int]:
-        vq = self.vq.config
+        return self.config_grid(self.vq)
+
+    def config_grid(self, config) -> tuple[int, int]:
+        """resolution / 2^(levels - 1) codes per side (512 px -> 32 x 32 for Chameleon / Anole)."""
+        vq = getattr(config, "vq_config", None) or config.config
         side = vq.resolution // 2 ** (len(vq.channel_multiplier) - 1)
         return side, side
 

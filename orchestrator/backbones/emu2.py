@@ -33,6 +33,8 @@ from .base import (
     TINY_TEXT_VOCAB,
     checkpoint_file,
     BackboneSpec,
+    HubCheckpoint,
+    chunked_cross_entropy,
     ImageFrame,
     ImagePiece,
     LossOutput,
@@ -66,7 +68,8 @@ def _get(cfg, name: str, default=None):
 class Emu2Spec(BackboneSpec):
     name = "emu2"
     model_class = Emu2StandIn
-    hub_checkpoints = ("BAAI/Emu2", "BAAI/Emu2-Gen")
+    hub_checkpoints = {"BAAI/Emu2": HubCheckpoint("37b"), "BAAI/Emu2-Gen": HubCheckpoint("37b")}
+    model_types = ()  # BAAI's config names its own remote-code class (auto_map); checked in plan/checkpoints.py
     # BAAI/Emu2 config.json (LLaMA-33B decoder) + vision_config (EVA-CLIP-E-14-plus, 448 px)
     real_sizes = {
         "37b": dict(vocab_size=32272, hidden_size=6656, intermediate_size=17920, num_hidden_layers=60,
@@ -210,6 +213,11 @@ class Emu2Spec(BackboneSpec):
     def grid(self) -> tuple[int, int]:
         side = math.isqrt(self.n_query)
         return side, side
+
+    def config_grid(self, config) -> tuple[int, int]:
+        """sqrt(n_query) per side: 8 x 8 embeddings for Emu2 and the stand-in."""
+        n = _get(_get(config, "vision_config", {}), "n_query") or _get(config, "n_query") or 64
+        return math.isqrt(n), math.isqrt(n)
 
     @cached_property
     def image_size(self) -> int:
@@ -369,7 +377,7 @@ class Emu2Spec(BackboneSpec):
             return (1 - F.cosine_similarity(pred, target, dim=-1)).sum()
         return (pred - target).pow(2).mean(-1).sum()
 
-    def loss(self, model, batch, weights=(1.0, 1.0)) -> LossOutput:
+    def loss(self, model, batch, weights=(1.0, 1.0), chunk: int | None = None) -> LossOutput:
         """Text CE (lm_head) + visual-embedding regression (project_down), weighted (text, image).
 
         Position t predicts position t + 1: where labels[t + 1] is ``<image>``, the target is the
@@ -391,7 +399,8 @@ class Emu2Spec(BackboneSpec):
         def term(sel: torch.Tensor, image: bool) -> torch.Tensor:
             nonlocal target_grid
             if not image:
-                return F.cross_entropy(self.lm(model).lm_head(hp[sel]).float(), tgt[sel], reduction="sum")
+                head = self.lm(model).lm_head
+                return chunked_cross_entropy(lambda r, t: (head(r), t), hp[sel], tgt[sel], chunk)
             if target_grid is None:  # (B, T, d): each cell's own embedding at its position
                 b, t, k, c = index
                 target_grid = h.new_zeros((*labels.shape, visual.shape[-1]), dtype=torch.float32)

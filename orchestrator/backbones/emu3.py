@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import cached_property
 
 import torch
 from PIL import Image
@@ -16,7 +17,20 @@ from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3TextConfi
 from transformers.models.emu3.modeling_emu3 import Emu3ImageVocabularyMapping
 
 from ..moss.layout import ImageLayout, ImageSegment
-from .base import TINY_TEXT_VOCAB, BackboneSpec, ImageFrame, decoder_regex, is_input_image, pixels_to_image, unwrap
+from .base import (
+    TINY_TEXT_VOCAB,
+    BackboneSpec,
+    HubCheckpoint,
+    ImageBudget,
+    ImageFrame,
+    decoder_regex,
+    is_input_image,
+    pixels_to_image,
+    unwrap,
+)
+
+#: Emu3ImageProcessor's defaults (transformers 5.24): every image is resized into this pixel area
+HUB_MIN_PIXELS, HUB_MAX_PIXELS = 512 * 512, 1024 * 1024
 
 TINY_CODEBOOK = 256
 
@@ -25,7 +39,9 @@ class Emu3Spec(BackboneSpec):
     name = "emu3"
     vocab_mapping_class = Emu3ImageVocabularyMapping
     model_class = Emu3ForConditionalGeneration
-    hub_checkpoints = ("BAAI/Emu3-Gen-hf", "BAAI/Emu3-Chat-hf")
+    hub_checkpoints = {"BAAI/Emu3-Gen-hf": HubCheckpoint("8b"), "BAAI/Emu3-Chat-hf": HubCheckpoint("8b")}
+    model_types = ("emu3",)
+    image_head_module = "lm_head"
     # BAAI/Emu3-Gen-hf config.json (text_config)
     real_sizes = {
         "8b": dict(
@@ -35,6 +51,27 @@ class Emu3Spec(BackboneSpec):
     }
     image_start, image_token, image_end = "<|image start|>", "<|image token|>", "<|image end|>"
     eol, eof = "<|extra_200|>", "<|extra_201|>"
+
+    def __init__(self, checkpoint: str = "tiny", min_pixels: int | None = None, max_pixels: int | None = None):
+        """``min_pixels`` / ``max_pixels``: the image area bounds (backbone.image_min_pixels / _max_pixels);
+        None keeps the checkpoint's image processor settings (random presets: fit in max_side px)."""
+        super().__init__(checkpoint)
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+
+    @property
+    def pixel_bounds(self) -> dict:
+        return {k: v for k, v in (("min_pixels", self.min_pixels), ("max_pixels", self.max_pixels)) if v is not None}
+
+    @cached_property
+    def image_processor(self):
+        if self.is_random:
+            return None
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(self.checkpoint, **self.pixel_bounds)
+
+    def image_fingerprint(self) -> dict:
+        return {**super().image_fingerprint(), **({"image_area": self.pixel_bounds} if self.pixel_bounds else {})}
 
     def tiny_tokenizer_specials(self) -> list[str]:
         return ["<pad>", "<|extra_203|>", "<|endoftext|>", "<|extra_0|>", self.image_start, self.image_token,
@@ -71,6 +108,25 @@ class Emu3Spec(BackboneSpec):
         vmap = {f"<|visual token{c:06d}|>": vocab - 32768 + c for c in range(32768)}
         return Emu3Config(vocabulary_map=vmap, text_config=Emu3TextConfig(**self.real_sizes[size]))
 
+    def image_budget(self, config) -> ImageBudget:
+        """A square image at the smallest and the largest area the processor allows (per side: codes =
+        pixels / spatial factor): start + "H*W" + image token + H rows of (W codes + EOL) + eof + end."""
+        f = 2 ** (len(config.vq_config.channel_multiplier) - 1)
+        if self.is_random and not self.pixel_bounds:  # resized to fit max_side px (tiny_image_size)
+            low, high = f * f, self.max_side**2
+        else:
+            low = self.min_pixels or HUB_MIN_PIXELS
+            high = self.max_pixels or max(HUB_MAX_PIXELS, low)
+        lo_side = max(1, math.ceil(math.sqrt(low) / f))
+        # an image upscaled to min_pixels rounds each side up to a code: up to one more row and column
+        hi_side = max(1, math.floor(math.sqrt(high) / f), lo_side + (1 if low > f * f else 0))
+
+        def tokens(side: int) -> int:
+            return 1 + len(f"{side}*{side}") + 1 + side * (side + 1) + 2
+
+        size = f"{lo_side * f}-{hi_side * f} px square" if lo_side != hi_side else f"{lo_side * f} px square"
+        return ImageBudget((lo_side, lo_side), (hi_side, hi_side), tokens(lo_side), tokens(hi_side), size, f)
+
     def decoder_layers(self, model):
         return unwrap(model).model.text_model.layers
 
@@ -92,6 +148,11 @@ class Emu3Spec(BackboneSpec):
 
     def tiny_image_size(self, image: Image.Image) -> tuple[int, int]:
         f = self.spatial_factor
+        if self.pixel_bounds:  # the real processor's rule, at the chosen area bounds
+            from transformers.models.emu3.image_processing_emu3 import smart_resize
+
+            low, high = self.min_pixels or f * f, self.max_pixels or max(self.max_side**2, (self.min_pixels or 0))
+            return smart_resize(image.size[1], image.size[0], factor=f, min_pixels=low, max_pixels=high)
         scale = min(1.0, self.max_side / max(image.size))
         w, h = (max(f, int(math.floor(s * scale / f)) * f) for s in image.size)
         return h, w

@@ -18,6 +18,7 @@ from transformers import JanusConfig, JanusForConditionalGeneration
 from .base import (
     TINY_TEXT_VOCAB,
     BackboneSpec,
+    HubCheckpoint,
     ImageFrame,
     decoder_regex,
     fixed_grid_layout,
@@ -30,14 +31,16 @@ from .base import (
 class JanusSpec(BackboneSpec):
     name = "janus"
     model_class = JanusForConditionalGeneration
-    hub_checkpoints = ("deepseek-community/Janus-Pro-7B", "deepseek-community/Janus-Pro-1B")
-    # deepseek-ai/Janus-Pro-{7B,1B} language_config
+    hub_checkpoints = {"deepseek-community/Janus-Pro-7B": HubCheckpoint("pro-7b"),
+                       "deepseek-community/Janus-Pro-1B": HubCheckpoint("pro-1b")}
+    # deepseek-ai/Janus-Pro-{7B,1B} language_config (max_position_embeddings 16384 in both)
     real_sizes = {
         "pro-7b": dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_hidden_layers=30,
-                       num_attention_heads=32, num_key_value_heads=32),
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=16384),
         "pro-1b": dict(vocab_size=102400, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
-                       num_attention_heads=16, num_key_value_heads=16),
+                       num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=16384),
     }
+    model_types = ("janus",)
     boi, eoi = "<begin_of_image>", "<end_of_image>"
 
     def tiny_tokenizer_specials(self) -> list[str]:
@@ -85,7 +88,11 @@ class JanusSpec(BackboneSpec):
 
     @cached_property
     def grid(self) -> tuple[int, int]:
-        side = self.vq.config.num_patches
+        return self.config_grid(self.vq)
+
+    def config_grid(self, config) -> tuple[int, int]:
+        """The generation VQ's num_patches per side (384 px -> 24 x 24 for Janus-Pro)."""
+        side = (getattr(config, "vq_config", None) or config.config).num_patches
         return side, side
 
     def tiny_image_size(self, image: Image.Image) -> tuple[int, int]:

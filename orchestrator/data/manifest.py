@@ -18,7 +18,11 @@ from .filters import STAGES
 from .shards import REJECTED, SPLITS, TOKEN_STATS
 
 FORMAT_VERSION = 1
-_LIGHT = ["split", "stage", "domain", *TOKEN_STATS]
+_LIGHT = ["split", "stage", "domain", "n_answer_images", *TOKEN_STATS]
+#: the stages that drop a record for a size limit (data.filters bounds, data.max_seq_len); data.max_dropped_fraction
+#: bounds what they may drop, of the records (and answer images) that reach `bounds`
+SIZE_STAGES = ("bounds", "truncate")
+_BEFORE_BOUNDS = ("parse", "schema", "image")
 
 
 def arrow_fs(path: str) -> tuple[pafs.FileSystem, str]:
@@ -38,6 +42,7 @@ def collect_stats(out_dir: str) -> dict:
     by_domain: dict[str, Counter] = defaultdict(Counter)
     tokens = {s: Counter() for s in SPLITS}
     max_len = Counter()
+    drops = Counter()
     data = _dataset(out_dir)
     for batch in (data.to_batches(columns=_LIGHT) if data.files else []):  # no files: nothing was read
         cols = batch.to_pydict()
@@ -45,10 +50,18 @@ def collect_stats(out_dir: str) -> dict:
             by_split[split] += 1
             domain = cols["domain"][i] or "(unparsed)"
             by_domain[domain][split] += 1
+            stage, answers = cols["stage"][i], cols["n_answer_images"][i] or 0
+            if stage not in _BEFORE_BOUNDS:  # the record reached the size limits
+                drops["records_in"] += 1
+                drops["answer_images_in"] += answers
             if split == REJECTED:
-                by_stage[cols["stage"][i]] += 1
-                by_domain[domain]["rejected:" + cols["stage"][i]] += 1
+                by_stage[stage] += 1
+                by_domain[domain]["rejected:" + stage] += 1
+                if stage in SIZE_STAGES:
+                    drops[f"records:{stage}"] += 1
+                    drops[f"answer_images:{stage}"] += answers
                 continue
+            drops["answer_images:truncate"] += answers - cols["answer_images_kept"][i]
             for k in TOKEN_STATS:
                 tokens[split][k] += cols[k][i]
             tokens[split]["truncated_records"] += cols["truncated_segments"][i] > 0
@@ -59,7 +72,31 @@ def collect_stats(out_dir: str) -> dict:
         mean = round(tokens[s]["n_tokens"] / n, 1) if n else 0.0
         token_stats[s] = dict(records=n, **tokens[s], max_tokens=max_len[s], mean_tokens=mean)
     domains = {k: dict(v) for k, v in sorted(by_domain.items())}
-    return dict(by_split=dict(by_split), by_stage=dict(by_stage), by_domain=domains, tokens=token_stats)
+    dropped = {"records_in": drops["records_in"], "answer_images_in": drops["answer_images_in"],
+               "records": {s: drops[f"records:{s}"] for s in SIZE_STAGES},
+               "answer_images": {s: drops[f"answer_images:{s}"] for s in SIZE_STAGES}}
+    return dict(by_split=dict(by_split), by_stage=dict(by_stage), by_domain=domains, tokens=token_stats,
+                dropped=dropped)
+
+
+def check_dropped(manifest: dict, limit: float, where: str) -> None:
+    """Refuse shards whose size limits dropped more than ``limit`` of the records or of the answer images
+    that reached them (data.max_dropped_fraction): a sequence budget too short for the images, or
+    bounds too tight, would train the run on what is left."""
+    from ..config import ConfigError
+
+    d = manifest.get("dropped")
+    if d is None:  # a manifest from before this accounting
+        return
+    for what, total in (("records", d["records_in"]), ("answer_images", d["answer_images_in"])):
+        lost = sum(d[what].values())
+        if total and lost / total > limit:
+            stages = ", ".join(f"{n} at `{s}`" for s, n in d[what].items() if n)
+            raise ConfigError(
+                f"{where}: {lost} of {total} {what.replace('_', ' ')} ({lost / total:.0%}) were dropped by the size "
+                f"limits ({stages}), more than data.max_dropped_fraction={limit:g}. Raise data.max_seq_len (or "
+                "lower the image size; `moss plan` shows tokens per image), loosen data.filters, and preprocess "
+                "again; or set data.max_dropped_fraction if this is intended")
 
 
 def stage_table(n_input: int, by_stage: dict) -> list[dict]:
@@ -116,6 +153,7 @@ def build_manifest(cfg, spec, files: list[str], n_input: int, stats: dict, n_rej
         "inputs": {"files": files, "records": n_input},
         "outputs": {s: split.get(s, 0) for s in (*SPLITS, REJECTED)},
         "stages": stage_table(n_input, stats["by_stage"]),
+        "dropped": stats["dropped"],
         "domains": stats["by_domain"],
         "tokens": stats["tokens"],
     }
@@ -129,6 +167,11 @@ def format_summary(manifest: dict, out_dir: str) -> str:
     lines += ["", f"{'domain':<20}{'train':>8}{'val':>6}{'rejected':>10}"]
     for d, c in manifest["domains"].items():
         lines.append(f"{d:<20}{c.get('train', 0):>8}{c.get('val', 0):>6}{c.get(REJECTED, 0):>10}")
+    d = manifest["dropped"]
+    lines.append(f"size limits dropped {sum(d['records'].values())} of {d['records_in']} records and "
+                 f"{sum(d['answer_images'].values())} of {d['answer_images_in']} answer images (bounds / truncate: "
+                 f"{d['records']['bounds']} / {d['records']['truncate']} records, {d['answer_images']['bounds']} / "
+                 f"{d['answer_images']['truncate']} images)")
     lines.append("")
     for s in SPLITS:
         t = manifest["tokens"][s]

@@ -100,7 +100,8 @@ def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, ti
     ds = ds.map_batches(
         Tokenize, batch_size=d.batch_size if align else None, batch_format="pyarrow", num_cpus=tok_cpu,
         fn_constructor_kwargs={"backbone": cfg.backbone.name, "checkpoint": cfg.backbone.checkpoint,
-                               "max_seq_len": d.max_seq_len, "threads": d.torch_threads},
+                               "max_seq_len": d.max_seq_len, "threads": d.torch_threads,
+                               "options": cfg.backbone.options()},
         compute=ray.data.ActorPoolStrategy(size=n_tok),
     )
     ds.write_parquet(out, partition_cols=["split"], max_rows_per_file=d.rows_per_file, ray_remote_args={"num_cpus": task_cpu})
@@ -154,7 +155,8 @@ def _run_local(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, 
         from .alignment import AlignmentScore
 
         stages.append(AlignmentScore(f.alignment.model_path, f.alignment.min_score))
-    stages.append(Tokenize(cfg.backbone.name, cfg.backbone.checkpoint, d.max_seq_len, threads=d.torch_threads))
+    stages.append(Tokenize(cfg.backbone.name, cfg.backbone.checkpoint, d.max_seq_len, threads=d.torch_threads,
+                           options=cfg.backbone.options()))
     writer = _SplitWriter(out, d.rows_per_file)
     try:
         for c in chunks:

@@ -17,6 +17,7 @@ _META = [
     ("order", pa.int64()), ("file", pa.string()), ("line", pa.int64()), ("id", pa.string()),
     ("domain", pa.string()), ("split", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
     ("content_hash", pa.string()), ("alignment", pa.float64()),
+    ("n_answer_images", pa.int32()),  # images in the record's output (known once it parses; 0 before)
 ]
 #: rows leaving the CPU validation stages: metadata + segments (JSON: [[kind, text | image index, target]])
 #: + the images' encoded bytes. Rejected rows carry stage/reason and no segments or images.
@@ -26,7 +27,7 @@ LAYOUT_TYPE = pa.struct([
     ("offset", pa.int32()), ("height", pa.int32()), ("width", pa.int32()), ("row_stride", pa.int32()),
     ("n_cells", pa.int32()), ("is_input", pa.bool_()),
 ])
-TOKEN_STATS = ("n_tokens", "n_target_tokens", "n_image_tokens", "n_images", "truncated_segments")
+TOKEN_STATS = ("n_tokens", "n_target_tokens", "n_image_tokens", "n_images", "truncated_segments", "answer_images_kept")
 #: rows written to shards (the "split" column becomes the partition folder). ``pixels``: for backbones that
 #: embed images themselves (Emu2), one PNG per image in layout order, resized to the visual encoder's
 #: input (lossless: training sees exactly the preprocessed pixels); empty for VQ backbones, whose codes

@@ -55,10 +55,11 @@ def decode_segments(segments_json: str, images: list[bytes]) -> tuple[list, list
 class Tokenize:
     """map_batches UDF: validated rows (pyarrow) -> shard rows; already-rejected rows pass through."""
 
-    def __init__(self, backbone: str, checkpoint: str, max_seq_len: int, threads: int | None = 1):
+    def __init__(self, backbone: str, checkpoint: str, max_seq_len: int, threads: int | None = 1,
+                 options: dict | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.spec = get_backbone(backbone, checkpoint)
+        self.spec = get_backbone(backbone, checkpoint, **(options or {}))
         self.spec.tokenizer  # noqa: B018  # loaded once per actor, with the VQ (Emu2 embeds pixels in the model)
         if not self.spec.continuous_images:
             self.spec.vq  # noqa: B018
@@ -96,4 +97,5 @@ class Tokenize:
             "pixels": [self.spec.png(im) for im in enc.get("images", ())],
             "n_target_tokens": int((labels != -100).sum()), "n_image_tokens": sum(s.n_cells for s in enc["image_layout"]),
             "n_images": len(enc["image_layout"]), "truncated_segments": len(pieces) - keep,
+            "answer_images_kept": sum(t and not isinstance(s, str) for s, t in zip(segs[:keep], targets[:keep])),
         }

@@ -21,7 +21,7 @@ from .sources import Chunk, read_chunk
 
 def _row(chunk: Chunk, line: int, **kw) -> dict:
     row = dict(order=order_of(chunk.file_index, line), file=chunk.path, line=line, id="", domain="", split=REJECTED,
-               stage="", reason="", content_hash="", alignment=math.nan, segments="", images=[])
+               stage="", reason="", content_hash="", alignment=math.nan, n_answer_images=0, segments="", images=[])
     row.update(kw)
     return row
 
@@ -54,7 +54,7 @@ def validate_record(
         obj = run_stage("parse", parse_json, raw)
         known = _known(obj)
         record = run_stage("schema", to_record, obj, chunk.base)
-        known = dict(id=record.id, domain=record.domain)
+        known = dict(id=record.id, domain=record.domain, n_answer_images=sum(s.is_image for s in record.output))
         data, images = run_stage("image", load_images, record, f)
         run_stage("bounds", check_bounds, record, images, f)
         run_stage("image_dedupe", check_near_duplicates, record, images, f)
@@ -63,8 +63,8 @@ def validate_record(
             raise Reject("dedupe", reason)
     except Reject as r:
         return _row(chunk, line, stage=r.stage, reason=r.reason, **known)
-    return _row(chunk, line, id=record.id, domain=record.domain, split=split_of(record.id, val_fraction),
-                segments=_segments_json(record), images=data)
+    return _row(chunk, line, **known, split=split_of(record.id, val_fraction), segments=_segments_json(record),
+                images=data)
 
 
 def validate_chunk(

@@ -44,6 +44,6 @@ def heldout_metrics(model, spec, cfg: RunConfig, split: str = "val") -> dict:
         batch = collate_rows(spec, table.slice(start, step).to_pylist())
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = spec.loss(model, batch, weights)
+            out = spec.loss(model, batch, weights, cfg.train.loss_chunk_tokens)
         add_loss(sums, out, batch)
     return {"split": split, "rows": table.num_rows, "metrics": loss_metrics(sums, split, weights, ppl=True, image_ppl=spec.image_loss_is_ce)}

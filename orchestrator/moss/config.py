@@ -25,6 +25,8 @@ class MossConfig:
     image_inputs: whether image tokens of the prompt (not generated) use the image branch too;
         when False they take the text branch.
     target_modules: regex overriding the backbone's default (its language model's linear layers).
+    train_image_head: also train the image-code rows of the output head (PEFT's trainable tokens on the
+        backbone's ``image_head_module``), e.g. for a checkpoint whose image rows were never trained.
     """
 
     variant: str = "moss"
@@ -35,6 +37,7 @@ class MossConfig:
     conv_space: str = "full"
     image_inputs: bool = True
     target_modules: str | None = None
+    train_image_head: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -49,8 +52,9 @@ class MossConfig:
             raise ValueError(f"MossConfig.alpha={self.alpha!r} must be a number > 0")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"MossConfig.dropout={self.dropout!r} must be in [0, 1)")
-        if not isinstance(self.image_inputs, bool):
-            raise ValueError(f"MossConfig.image_inputs={self.image_inputs!r} must be true or false")
+        for name in ("image_inputs", "train_image_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"MossConfig.{name}={getattr(self, name)!r} must be true or false")
         if self.target_modules is not None and (not isinstance(self.target_modules, str) or not self.target_modules):
             raise ValueError(f"MossConfig.target_modules={self.target_modules!r} must be a non-empty regex or null")
 

@@ -159,7 +159,27 @@ def lora_config_for(config: MossConfig, spec) -> LoraConfig:
         lora_dropout=config.dropout,
         target_modules=config.target_modules or spec.target_modules,
         bias="none",
+        trainable_token_indices=image_head_rows(config, spec),
     )
+
+
+#: the name PEFT gives the trainable rows of a head (TrainableTokensLayer)
+HEAD_ROWS = "trainable_tokens_delta"
+
+
+def image_head_rows(config: MossConfig, spec) -> dict[str, list[int]] | None:
+    """{head module: the image-code row ids} when ``train_image_head`` is on (PEFT trainable tokens)."""
+    if not config.train_image_head:
+        return None
+    if spec.image_head_module is None:
+        raise ValueError(f"train_image_head: {spec.name} predicts images with a head of its own (no image-code rows "
+                         "in lm_head to train)")
+    return {spec.image_head_module: spec.image_token_ids.tolist()}
+
+
+def is_adapter_tensor(name: str) -> bool:
+    """A tensor an adapter trains and saves: the LoRA / MoSS branches, and trainable head rows."""
+    return ".lora_" in name or HEAD_ROWS in name
 
 
 def apply_moss(model: nn.Module, config: MossConfig, spec) -> PeftModel:
@@ -224,7 +244,7 @@ def load_adapter(base_model: nn.Module, directory: str | Path, spec, *, is_train
         result = set_peft_model_state_dict(peft_model, state)
     except RuntimeError as err:  # size mismatch
         raise AdapterLoadError(f"{directory}: tensors do not fit a {config.variant} adapter: {err}") from err
-    missing = [k for k in result.missing_keys if ".lora_" in k]
+    missing = [k for k in result.missing_keys if is_adapter_tensor(k)]
     if result.unexpected_keys or missing:
         raise AdapterLoadError(
             f"{directory} does not match a {config.variant} adapter (conv_space={config.conv_space}): "
@@ -232,7 +252,7 @@ def load_adapter(base_model: nn.Module, directory: str | Path, spec, *, is_train
             f"{len(missing)} adapter tensors would stay uninitialised (e.g. {missing[:3]})"
         )
     for n, p in peft_model.named_parameters():
-        p.requires_grad_(is_trainable and ".lora_" in n)
+        p.requires_grad_(is_trainable and is_adapter_tensor(n))
     if not is_trainable:
         peft_model.eval()
     return peft_model
@@ -249,4 +269,8 @@ def expected_trainable_parameters(model: nn.Module, config: MossConfig, spec) ->
     for name, module in unwrap(model).named_modules():
         if re.fullmatch(pattern, name) and hasattr(module, "in_features"):
             total += trainable_params_per_layer(config, module.in_features, module.out_features)
+    rows = image_head_rows(config, spec)
+    if rows:  # one row of the head's input width per image code
+        head = unwrap(model).get_submodule(spec.image_head_module)
+        total += sum(len(ids) for ids in rows.values()) * head.weight.shape[1]
     return total

@@ -97,15 +97,21 @@ class Param(_Strict):
 
     def applies(self, tree: dict) -> bool:
         """Whether ``tree`` (a config tree; its defaults count) matches every `when` condition."""
-        try:
-            tree = RunConfig.model_validate(tree).model_dump(mode="json")
-        except ValidationError:
-            pass
-        for key, want in self.when.items():
-            have = get_dotted(tree, key)
-            if have not in (want if isinstance(want, list) else [want]):
-                return False
-        return True
+        return matches(tree, self.when)
+
+
+def matches(tree: dict, when: dict[str, Any]) -> bool:
+    """Whether a config tree (its defaults count) has, for every key of ``when``, that value or one of
+    that list of values."""
+    try:
+        tree = RunConfig.model_validate(tree).model_dump(mode="json")
+    except ValidationError:
+        pass
+    for key, want in when.items():
+        have = get_dotted(tree, key)
+        if have not in (want if isinstance(want, list) else [want]):
+            return False
+    return True
 
 
 class Search(_Strict):
@@ -122,28 +128,49 @@ class Scheduler(_Strict):
     max_t: int | None = Field(None, ge=1)  # steps; null: train.max_steps of the base config
 
 
-class Resources(_Strict):
-    """Per trial: the Ray Train worker group (overrides scaling.*) and the trial driver's own resources."""
+class WorkerResources(_Strict):
+    """The Ray Train worker group of a trial (each set field overrides that scaling.* key)."""
 
     workers: int | None = Field(None, ge=1)
     cpus_per_worker: float | None = Field(None, gt=0)
     gpus_per_worker: float | None = Field(None, ge=0)  # > 0 turns scaling.use_gpu on
-    #: the trial driver's Ray resources (it starts and watches the TorchTrainer; no compute). By default
-    #: memory only, no CPU: Ray Data needs whole free CPUs beside the workers. On clusters a custom
-    #: resource such as {TRAIN_DRIVER: 0.01} (cluster.yaml's head node) keeps drivers off spot nodes
-    driver: dict[str, float] = Field(default_factory=lambda: {"memory": float(2**28)})
+    node_type: str | None = None  # a cluster.yaml node type the workers must land on (scaling.node_type)
+    gpu_memory_gb: float | None = Field(None, gt=0)  # for `moss plan` without a cluster file
 
     def scaling_deltas(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if self.workers is not None:
-            out["scaling.num_workers"] = self.workers
-        if self.cpus_per_worker is not None:
-            out["scaling.cpus_per_worker"] = self.cpus_per_worker
+        for field, key in (("workers", "num_workers"), ("cpus_per_worker", "cpus_per_worker"),
+                           ("node_type", "node_type"), ("gpu_memory_gb", "gpu_memory_gb")):
+            if getattr(self, field) is not None:
+                out[f"scaling.{key}"] = getattr(self, field)
         if self.gpus_per_worker is not None:
             out["scaling.use_gpu"] = self.gpus_per_worker > 0
             if self.gpus_per_worker > 0:
                 out["scaling.gpus_per_worker"] = self.gpus_per_worker
         return out
+
+
+class CellResources(WorkerResources):
+    """Resources for the trials whose config matches ``when`` (e.g. the largest MoSS cells on an 8-GPU node
+    with FSDP), plus any other config deltas they need there (``set``: e.g. train.strategy, grad_accum)."""
+
+    when: dict[str, Any] = Field(min_length=1)
+    set: dict[str, Any] = Field(default_factory=dict)
+
+    def deltas(self) -> dict[str, Any]:
+        return {**self.scaling_deltas(), **self.set}
+
+
+class Resources(WorkerResources):
+    """Per trial: the Ray Train worker group (overrides scaling.*), per-cell exceptions, and the trial
+    driver's own resources."""
+
+    #: the trial driver's Ray resources (it starts and watches the TorchTrainer; no compute). By default
+    #: memory only, no CPU: Ray Data needs whole free CPUs beside the workers. On clusters a custom
+    #: resource such as {TRAIN_DRIVER: 0.01} (cluster.yaml's head node) keeps drivers off spot nodes
+    driver: dict[str, float] = Field(default_factory=lambda: {"memory": float(2**28)})
+    #: rules tried in order; the first whose `when` matches a trial's config applies to it
+    per_cell: list[CellResources] = Field(default_factory=list)
 
 
 class SearchSpace(_Strict):
@@ -220,6 +247,11 @@ class Space:
             if k not in applied and self.model.params[k].applies(tree):
                 set_dotted(tree, k, copy.deepcopy(v), f"params.{k}")
                 applied[k] = v
+        for i, rule in enumerate(self.model.resources.per_cell):
+            if matches(tree, rule.when):
+                for k, v in rule.deltas().items():
+                    set_dotted(tree, k, copy.deepcopy(v), f"resources.per_cell[{i}].{k}")
+                break
         return tree, applied
 
     def grid_points(self) -> list[dict[str, Any]]:
@@ -274,7 +306,8 @@ class Space:
             image_losses.add(_image_loss(validate_tree(tree, f"{self.path}: trial {point}")))
         self._check_image_metric(image_losses)
         dump = base.model_dump(mode="json")
-        for key in (k for p in m.params.values() for k in p.when):
+        whens = [k for p in m.params.values() for k in p.when] + [k for r in m.resources.per_cell for k in r.when]
+        for key in whens:
             if get_dotted(dump, key, _MISSING) is _MISSING and key not in m.params:
                 raise ConfigError(f"{self.path}: a `when` names {key!r}, which is neither a config key nor a param")
             if m.search.algorithm == "grid" and key in m.params and m.params[key].grid is None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import yaml
 
 from ..config import ConfigError, RunConfig, set_dotted
+from ..plan.report import enforce, plan_configs
 from ..tracking import mlflow as tracking
 from ..tracking.redact import redact, redact_text
 from ..training.driver import absolute, load_manifest, planned_steps, read_json, write_json
@@ -65,8 +66,11 @@ def latest_sweep(storage: str, space_name: str) -> str | None:
 
 
 def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: bool = False) -> SweepPlan:
-    """Every check that needs no Ray: the space, every trial's shards, the sweep name vs storage."""
+    """Every check that needs no Ray: the space, `moss plan` of every trial (checkpoints, image budget,
+    memory on the node each lands on), every trial's shards, the sweep name vs storage."""
     space = load_space(space_path, overrides)
+    preflight = preflight_space(space)
+    enforce(preflight, space.base_config().plan.enforce, "sweep")
     absolutize(space)  # load_space checked the space; this changes only paths
     base = space.base_config()
     storage = base.storage.path
@@ -91,6 +95,21 @@ def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: b
         raise ConfigError(f"sweep {name!r} already exists in {storage}: pass --resume to continue it, "
                           "or choose another --name")
     return plan
+
+
+def trial_configs(space: Space) -> list[tuple[str, dict, RunConfig]]:
+    """(label, searched values, config) of every trial the space enumerates (the grid, or the grid and
+    choice values of a random / Optuna search), in grid order."""
+    out = []
+    for i, point in enumerate(enumerable_points(space), 1):
+        cfg, applied = trial_config(space, {"grid": point}, "plan")
+        out.append((f"trial {i}", applied, cfg))
+    return out
+
+
+def preflight_space(space: Space):
+    """`moss plan` of every trial of ``space``."""
+    return plan_configs(str(space.path), trial_configs(space))
 
 
 def exists(path: str) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig
-from ..data.manifest import arrow_fs
+from ..data.manifest import arrow_fs, check_dropped
 from ..data.pipeline import output_dir
 from ..tracking import mlflow as tracking
 from ..tracking.redact import redact_text
@@ -130,6 +130,12 @@ def load_manifest(cfg: RunConfig) -> tuple[str, dict]:
     if (made_for["name"], made_for["checkpoint"]) != (cfg.backbone.name, cfg.backbone.checkpoint):
         raise ConfigError(f"the shards in {shards} were tokenized for {made_for['name']} ({made_for['checkpoint']}), "
                           f"not {cfg.backbone.name} ({cfg.backbone.checkpoint})")
+    area = {k: v for k, v in cfg.backbone.options().items() if k.endswith("_pixels")}
+    if made_for.get("image_area", {}) != area:
+        raise ConfigError(f"the shards in {shards} hold images resized to {made_for.get('image_area') or 'the default area'}"
+                          f", not {area or 'the default area'} (backbone.image_min_pixels / image_max_pixels): "
+                          "preprocess again with this config")
+    check_dropped(manifest, cfg.data.max_dropped_fraction, f"the shards in {shards}")
     return shards, manifest
 
 

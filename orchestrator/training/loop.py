@@ -171,7 +171,8 @@ def train_loop(loop_config: dict) -> dict:
         model, restored = setup_model(cfg, spec, ckpt_dir, bf16)
     n_trainable = trainable_parameters(model)  # before FSDP shards it
     weights = (tc.text_weight, tc.image_weight)
-    module = parallel.wrap(spec.loss_module(model, weights), tc.strategy, spec.decoder_layers(unwrap(model)), device)
+    module = parallel.wrap(spec.loss_module(model, weights, tc.loss_chunk_tokens), tc.strategy,
+                           spec.decoder_layers(unwrap(model)), device)
     optimizer, scheduler = build_optimizer(module, tc, run["total_steps"])
     state = TrainState(config_hash=run["config_hash"])
     if restored is not None:

@@ -1,0 +1,141 @@
+"""Checkpoint preflight: does ``backbone.checkpoint`` hold something ``from_pretrained`` can load?
+
+A local folder must hold a transformers checkpoint of the family (config.json naming it, safetensors;
+for Emu2 the remote-code files its config names). A hub id is checked through the hub's model-info API
+(its file list; ``HF_ENDPOINT`` points it elsewhere); offline or refused, it is "not verified" and the
+run goes on. Published checkpoints known to be in another format fail even offline.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass
+
+from ..backbones import get_backbone
+
+PICKLED = ("*.pth", "*.pt", "*.bin", "*.ckpt")
+#: seconds the model-info call may take (a machine without internet fails fast or times out)
+HUB_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class CheckpointCheck:
+    status: str  # ok | not verified | error | preset
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "error"
+
+
+def check_checkpoint(backbone: str, checkpoint: str) -> CheckpointCheck:
+    spec = get_backbone(backbone, checkpoint)
+    if spec.is_random:
+        return CheckpointCheck("preset", f"random-init preset {checkpoint!r}")
+    if os.path.isdir(os.path.expanduser(checkpoint)):
+        return _check_folder(spec, os.path.expanduser(checkpoint))
+    if checkpoint.startswith((".", "/", "~")):  # a path, not a hub id (org/name)
+        return CheckpointCheck("error", f"{checkpoint}: no such folder")
+    return _check_hub(spec, checkpoint)
+
+
+def _check_folder(spec, path: str) -> CheckpointCheck:
+    files = sorted(os.listdir(path))
+    if os.path.isfile(os.path.join(path, "model_index.json")) and spec.name == "emu2":
+        sub = os.path.join(path, "multimodal_encoder")  # Emu2-Gen: a diffusers pipeline folder
+        if not os.path.isdir(sub):
+            return CheckpointCheck("error", f"{path}: an Emu2-Gen pipeline folder without multimodal_encoder/")
+        return _check_files(spec, sub, sorted(os.listdir(sub)), _read_config(sub))
+    return _check_files(spec, path, files, _read_config(path))
+
+
+def _read_config(path: str) -> dict | None:
+    p = os.path.join(path, "config.json")
+    if not os.path.isfile(p):
+        return None
+    try:
+        return json.loads(open(p).read())
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_files(spec, where: str, files: list[str], config: dict | None) -> CheckpointCheck:
+    """The verdict on a checkpoint's file list (local folder or hub repo) and its config.json (None: absent;
+    {}: unreadable)."""
+    safetensors = [f for f in files if f.endswith(".safetensors")]
+    if config is None or not safetensors:
+        what = describe_format(files, config is not None, bool(safetensors))
+        return CheckpointCheck("error", f"{where} is not a transformers safetensors checkpoint ({what}): {fix_for(spec)}")
+    if not config:
+        return CheckpointCheck("error", f"{where}: config.json is not valid JSON")
+    model_type = config.get("model_type")
+    if spec.model_types and model_type not in spec.model_types:
+        return CheckpointCheck("error", f"{where}: config.json names model_type {model_type!r}, not "
+                                        f"{' / '.join(spec.model_types)}: a checkpoint of another family?")
+    if spec.name == "emu2" and model_type != "moss_emu2_standin" and "auto_map" in config:
+        code = sorted({v.split(".")[0] + ".py" for v in config["auto_map"].values() if isinstance(v, str)})
+        missing = [f for f in code if f not in files]
+        if missing:
+            return CheckpointCheck("error", f"{where}: Emu2 loads through its own code (config.json auto_map), but "
+                                            f"{', '.join(missing)} are missing")
+    return CheckpointCheck("ok", f"{where}: config.json ({model_type or 'model'}) + {len(safetensors)} safetensors file(s)")
+
+
+def describe_format(files: list[str], has_config: bool, has_safetensors: bool) -> str:
+    if not files:
+        return "an empty folder"
+    if any(f.endswith("consolidated.pth") for f in files):
+        return "Meta's consolidated.pth format"
+    pickled = [f for f in files if any(fnmatch.fnmatch(f.rsplit("/", 1)[-1], p) for p in PICKLED)]
+    if pickled and not has_safetensors:
+        return f"pickled weights only ({', '.join(pickled[:3])}); pickles can run code, so only safetensors load"
+    return "no " + " and no ".join(n for n, ok in (("config.json", has_config), ("*.safetensors", has_safetensors))
+                                    if not ok)
+
+
+def fix_for(spec) -> str:
+    """What to give instead: the family's transformers-format checkpoints."""
+    good = [k for k, v in spec.hub_checkpoints.items() if v.error is None]
+    conversion = (" or convert Meta's weights with transformers' convert_chameleon_weights_to_hf.py"
+                  if spec.name == "chameleon" else "")
+    return f"give a transformers checkpoint ({', '.join(good)}){conversion}"
+
+
+def _check_hub(spec, repo: str) -> CheckpointCheck:
+    """The hub's file list for ``repo`` (HF_ENDPOINT honoured, read at call time); offline: not verified,
+    unless the repo is known to be in another format."""
+    known = spec.hub_checkpoints.get(repo)
+    try:
+        files = hub_files(repo)
+    except Exception as e:  # offline, no token for a gated repo, timeout, missing repo
+        reason = _short(e)
+        if known is not None and known.error:
+            return CheckpointCheck("error", known.error)
+        if "RepositoryNotFound" in type(e).__name__:
+            return CheckpointCheck("error", f"{repo}: no such model on the hub ({reason})")
+        return CheckpointCheck("not verified", f"{repo}: not verified ({reason}); the nodes download it at run time")
+    where = repo
+    if spec.name == "emu2" and "model_index.json" in files:  # Emu2-Gen: the language model is one folder of it
+        files = [f.removeprefix("multimodal_encoder/") for f in files if f.startswith("multimodal_encoder/")]
+        where = f"{repo}/multimodal_encoder"
+    # the file list, not the files: config.json's content (model_type, auto_map) is checked for local folders
+    config = {"model_type": spec.model_types[0] if spec.model_types else None} if "config.json" in files else None
+    return _check_files(spec, where, files, config)
+
+
+def hub_files(repo: str) -> list[str]:
+    """The repo's file names from the hub's model-info API (no download)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ConnectionError("HF_HUB_OFFLINE is set")
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+    info = api.model_info(repo, timeout=HUB_TIMEOUT)
+    return [s.rfilename for s in info.siblings or []]
+
+
+def _short(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text[:160]}".rstrip(": ")
