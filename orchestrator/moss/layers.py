@@ -200,7 +200,10 @@ class MossLinear(nn.Module, LoraLayer):
         for name in self.active_adapters:
             if name not in self.lora_A:
                 continue
-            xa = self._cast_input_dtype(x, self.lora_A[name].weight.dtype)
+            # under autocast the adapter's matmuls run in the autocast dtype whatever x is: casting x up to the
+            # (fp32) adapter weights first would only keep one more copy of it alive for the backward pass
+            autocast = torch.is_autocast_enabled(x.device.type)
+            xa = x if autocast else self._cast_input_dtype(x, self.lora_A[name].weight.dtype)
             z, w = self._step_rank_space(name, xa, step) if step is not None else self._rank_space(name, xa, plan)
             flat = result.reshape(-1, result.shape[-1])
             if z.dtype == flat.dtype:  # result + scaling * z @ W.T in one fused op

@@ -42,13 +42,24 @@ def check_checkpoint(backbone: str, checkpoint: str) -> CheckpointCheck:
 
 
 def _check_folder(spec, path: str) -> CheckpointCheck:
-    files = sorted(os.listdir(path))
+    files = _list_files(path)
     if os.path.isfile(os.path.join(path, "model_index.json")) and spec.name == "emu2":
         sub = os.path.join(path, "multimodal_encoder")  # Emu2-Gen: a diffusers pipeline folder
         if not os.path.isdir(sub):
             return CheckpointCheck("error", f"{path}: an Emu2-Gen pipeline folder without multimodal_encoder/")
-        return _check_files(spec, sub, sorted(os.listdir(sub)), _read_config(sub))
+        return _check_files(spec, sub, _list_files(sub), _read_config(sub))
     return _check_files(spec, path, files, _read_config(path))
+
+
+def _list_files(root: str, limit: int = 10_000) -> list[str]:
+    """Relative paths of the files under ``root`` (as a hub repo lists them), at most ``limit``."""
+    out = []
+    for here, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [os.path.relpath(os.path.join(here, n), root) for n in sorted(names)]
+        if len(out) >= limit:
+            break
+    return out[:limit]
 
 
 def _read_config(path: str) -> dict | None:

@@ -25,7 +25,7 @@ from .sizing import ModelShape
 GiB = 2**30
 #: bytes saved per token and decoder layer, per unit of hidden and intermediate size (LLaMA-style layer,
 #: rank-16 LoRA), by activation dtype: measured 43 / 16.4 (fp32) and 34 / 9.1 (bf16 autocast) on
-#: Chameleon, 31 / 17 and 29 / 9.4 on Emu3 (GQA); the larger of each is used
+#: Chameleon, 31 / 17 and 29 / 9.4 on Emu3 (GQA); about the larger of each is used
 LAYER_BYTES = {"fp32": (42.0, 16.5), "bf16": (32.0, 9.5)}
 #: the backward pass's transient gradients, bytes per token per unit of intermediate size
 TRANSIENT_BYTES = 8.0

@@ -135,8 +135,8 @@ class Planner:
             fixes = []
             if not shape.positions or need <= shape.positions:
                 fixes.append(f"data.max_seq_len={need}")
-            side = _emu3_side_that_fits(seq - prompt - 2)
-            if b.pixels_per_code and side:  # a backbone whose image area is a setting (emu3)
+            side = _emu3_side_that_fits(seq - prompt - 2) - 1  # one code of slack: resizing rounds sides up
+            if b.pixels_per_code and side > 0:  # a backbone whose image area is a setting (emu3)
                 px = (side * b.pixels_per_code) ** 2
                 fixes.append(f"backbone.image_min_pixels={px} backbone.image_max_pixels={px} ({side}x{side} codes)")
             row.problems.append(
