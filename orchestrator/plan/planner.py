@@ -192,10 +192,11 @@ class Planner:
             return [(f"cpu (this machine, {s.num_workers} worker(s))", mem)]
         if s.gpu_memory_gb is not None:
             return [(f"{s.node_type or 'GPU'} ({s.gpu_memory_gb:g} GiB, scaling.gpu_memory_gb)", s.gpu_memory_gb)]
-        if self.cluster is None:
+        if s.node_type is None and not os.environ.get("RAY_ADDRESS"):  # a local Ray on this machine's GPUs
             local = _local_gpu()
-            if local is not None and not os.environ.get("RAY_ADDRESS"):
+            if local is not None:
                 return [local]
+        if self.cluster is None:
             why = self.cluster_error or f"no cluster file at {self.cluster_path}"
             row.warnings.append(f"GPU memory unknown ({why}): pass --cluster cluster.yaml or set scaling.gpu_memory_gb")
             return []

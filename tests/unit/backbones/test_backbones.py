@@ -118,3 +118,22 @@ def test_local_checkpoint_loads_only_from_safetensors(tmp_path):
     torch.save(state, tmp_path / "pytorch_model.bin")  # a pickle: loading it could run code
     with pytest.raises(OSError, match="model.safetensors"):
         get_backbone("chameleon", checkpoint=str(tmp_path)).build()
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_chunked_loss_equals_the_whole_loss(spec, chunk):
+    """train.loss_chunk_tokens: each chunk's logits recomputed in backward; same value and gradient."""
+    from orchestrator.moss import MossConfig, apply_moss
+    from tests.conftest import mixed_batch, randomize_adapter
+
+    results = []
+    for c in (None, chunk):
+        model = apply_moss(spec.build(seed=0), MossConfig(variant="moss", rank=4), spec)
+        randomize_adapter(model)
+        out = spec.loss(model, mixed_batch(spec), chunk=c)
+        out.loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None])
+        results.append((out.loss.detach(), out.text_loss, out.image_loss, grads))
+    (l0, t0, i0, g0), (l1, t1, i1, g1) = results
+    assert torch.allclose(l0, l1, rtol=1e-6) and torch.allclose(t0, t1, rtol=1e-6) and torch.allclose(i0, i1, rtol=1e-6)
+    assert torch.allclose(g0, g1, rtol=1e-5, atol=1e-7)

@@ -4,6 +4,7 @@ import gzip
 import json
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -69,3 +70,37 @@ def test_schema_rejects_keep_the_id(tmp_path):
 def test_glob_override_is_a_string(tmp_path):
     cfg = load_config(None, ["data.source=*.jsonl", "data.output=2024-01-01"])
     assert cfg.data.source == "*.jsonl" and cfg.data.output == "2024-01-01"
+
+
+def test_size_limits_are_counted_and_a_run_refuses_lossy_shards(tmp_path):
+    """Records (and answer images) dropped by `bounds` / `truncate` are counted in the manifest; train refuses
+    shards that lost more than data.max_dropped_fraction of them."""
+    from orchestrator.config import ConfigError
+    from orchestrator.training.driver import load_manifest
+
+    image = tmp_path / "img.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    picture = {"type": "image", "image": str(image)}
+    records = ([{**GOOD, "id": f"t{i}", "instruction": f"Say hi {i}."} for i in range(6)]
+               # the answer's text fits and its image is cut off: the record is kept without it
+               + [{"id": f"c{i}", "instruction": f"Draw {i}.", "output": [{"type": "text", "text": "Here:"}, picture]}
+                  for i in range(2)]
+               # an image-first answer cannot fit at all: the record is dropped
+               + [{"id": f"d{i}", "instruction": f"Paint {i}.", "output": [picture]} for i in range(2)])
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    # 60 tokens: a text record fits; an image (66 tokens in the tiny grid) does not
+    manifest, rejects = run(tmp_path, tmp_path / "a.jsonl", "data.max_seq_len=60", "data.val_fraction=0")
+    d = manifest["dropped"]
+    assert d["records_in"] == 10 and d["records"] == {"bounds": 0, "truncate": 2}
+    assert d["answer_images_in"] == 4 and d["answer_images"] == {"bounds": 0, "truncate": 4}
+    assert sorted(r["id"] for r in rejects) == ["d0", "d1"] and {r["stage"] for r in rejects} == {"truncate"}
+    out = [f"data.output={tmp_path / 'out'}"]
+    with pytest.raises(ConfigError, match=r"4 of 4 answer images \(100%\) were dropped by the size limits "
+                                          r"\(4 at `truncate`\), more than data.max_dropped_fraction=0.2"):
+        load_manifest(load_config(None, out))
+    with pytest.raises(ConfigError, match=r"2 of 10 records \(20%\)"):
+        load_manifest(load_config(None, [*out, "data.max_dropped_fraction=0.1"]))
+    assert load_manifest(load_config(None, [*out, "data.max_dropped_fraction=1"]))
+    # a bounds reject counts its answer images too
+    manifest, _ = run(tmp_path, tmp_path / "a.jsonl", "data.filters.max_images=0", "data.val_fraction=0")
+    assert manifest["dropped"]["records"]["bounds"] == 4 and manifest["dropped"]["answer_images"]["bounds"] == 4

@@ -17,7 +17,7 @@ from orchestrator.moss import (
     save_adapter,
     trainable_parameters,
 )
-from tests.conftest import image_embeds, mixed_batch, randomize_adapter, text_batch, two_image_example
+from tests.conftest import image_embeds, mixed_batch, randomize_adapter, spec_for, text_batch, two_image_example
 
 
 def hidden(spec, model, batch):
@@ -257,3 +257,42 @@ def test_pickled_adapter_weights_are_never_loaded(tmp_path):
     weights.unlink()
     with pytest.raises(AdapterLoadError, match="only from safetensors"):
         load_adapter(spec.build(seed=0), tmp_path, spec)
+
+
+@pytest.mark.parametrize("name", ["chameleon", "emu3"])
+def test_train_image_head_trains_exactly_the_image_rows(name, tmp_path):
+    """adapter.train_image_head: PEFT trainable tokens on lm_head's image-code rows; text rows stay frozen,
+    the rows learn, and they save and load with the adapter."""
+    from orchestrator.moss import load_adapter, save_adapter
+    from tests.conftest import mixed_batch
+
+    spec = spec_for(name)
+    cfg = MossConfig(variant="moss", rank=4, alpha=8, train_image_head=True)
+    model = apply_moss(spec.build(seed=0), cfg, spec)
+    head = model.get_base_model().lm_head
+    before = head.weight.detach().clone()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = mixed_batch(spec)
+    for _ in range(3):
+        spec.loss(model, batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = head.weight.detach()
+    rows = spec.image_token_ids
+    text = torch.ones(after.shape[0], dtype=torch.bool)
+    text[rows] = False
+    assert not torch.equal(after[rows], before[rows])  # the image-code rows moved
+    assert torch.equal(after[text], before[text])  # no other row did
+    model.eval()
+    with torch.no_grad():
+        ref = spec.loss(model, batch).loss
+    save_adapter(model, tmp_path)
+    restored = load_adapter(spec.build(seed=0), tmp_path, spec)
+    with torch.no_grad():
+        assert torch.equal(spec.loss(restored, batch).loss, ref)
+
+
+def test_train_image_head_refused_where_the_head_has_no_image_rows():
+    spec = spec_for("janus")
+    with pytest.raises(ValueError, match="head of its own"):
+        apply_moss(spec.build(), MossConfig(train_image_head=True), spec)

@@ -19,7 +19,8 @@ def write(tmp_path: Path, **fields) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name,trials", [("smoke", 12), ("paper_ablation", 32), ("paper_ablation_7b", 32), ("backbones", 8)])
+@pytest.mark.parametrize("name,trials", [("smoke", 12), ("paper_ablation", 32), ("paper_ablation_7b", 32),
+                                         ("paper_ablation_emu3", 32), ("backbones", 8)])
 def test_shipped_spaces_parse(name, trials):
     space = load_space(REPO / "search_spaces" / f"{name}.yaml")
     assert space.num_trials() == trials
@@ -106,6 +107,12 @@ BAD = {
     "ckpt not a multiple of eval": ({"set": {"train.eval_every": 3, "train.ckpt_every": 10}}, "multiple"),
     "missing base": ({"base": "nowhere.yaml"}, "not found"),
     "float range on an int key": ({"params": {"adapter.rank": {"uniform": [4, 16]}}}, "adapter.rank"),
+    "per-cell rule on an unknown key": ({"resources": {"per_cell": [{"when": {"adapter.rnak": 4}, "workers": 2}]}},
+                                        "adapter.rnak"),
+    "per-cell rule without when": ({"resources": {"per_cell": [{"workers": 2}]}}, "when"),
+    "per-cell rule setting a bad value": ({"resources": {"per_cell": [{"when": {"adapter.rank": 8},
+                                                                        "set": {"train.strategy": "zero3"}}]}},
+                                          "train.strategy"),
     "grid when on a sampled key": ({"params": {"adapter.variant": {"choice": ["lora", "moss"]},
                                                "adapter.kernel_size": {"grid": [1, 3], "when": {"adapter.variant": "moss"}}}},
                                    "sampled"),
@@ -168,3 +175,23 @@ def test_asha_never_ranks_emu2_regression_against_code_cross_entropy(tmp_path):
         load_space(write(tmp_path, set={"backbone.name": "emu2"}, metric="val/image_ppl"))
     paper = load_space(REPO / "search_spaces" / "paper_ablation.yaml").base_config()  # Emu2: 37B, FSDP over 8 GPUs
     assert (paper.backbone.name, paper.data.max_seq_len, paper.train.strategy) == ("emu2", 2048, "fsdp")
+
+
+def test_per_cell_resources_first_match_wins(tmp_path):
+    rules = [{"when": {"adapter.rank": 8, "adapter.variant": "moss"}, "workers": 4, "node_type": "gpu_8x",
+              "set": {"train.strategy": "fsdp"}},
+             {"when": {"adapter.rank": [8, 16]}, "workers": 2, "set": {"train.grad_accum": 3}}]
+    path = write(tmp_path, params={"adapter.rank": {"grid": [4, 8, 16]}, "adapter.variant": {"grid": ["lora", "moss"]}},
+                 resources={"workers": 1, "per_cell": rules})
+    space = load_space(path)
+    got = {}
+    for point in space.grid_points():
+        tree, _ = space.trial_tree(point)
+        cfg = space.base_config().model_validate(tree)
+        got[(point["adapter.rank"], point["adapter.variant"])] = (
+            cfg.scaling.num_workers, cfg.scaling.node_type, cfg.train.strategy, cfg.train.grad_accum)
+    assert got[(4, "lora")] == got[(4, "moss")] == (1, None, "ddp", 1)  # no rule: the space's resources
+    assert got[(8, "moss")] == (4, "gpu_8x", "fsdp", 1)  # the first rule, alone
+    assert got[(8, "lora")] == got[(16, "moss")] == (2, None, "ddp", 3)
+    assert space.digest != load_space(write(tmp_path, params={"adapter.rank": {"grid": [4, 8, 16]},
+                                                              "adapter.variant": {"grid": ["lora", "moss"]}})).digest
