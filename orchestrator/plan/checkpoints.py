@@ -9,6 +9,7 @@ run goes on. Published checkpoints known to be in another format fail even offli
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -137,14 +138,18 @@ def _check_hub(spec, repo: str) -> CheckpointCheck:
 
 
 def hub_files(repo: str) -> list[str]:
-    """The repo's file names from the hub's model-info API (no download)."""
+    """The repo's file names from the hub's model-info API (no download; asked once per process and endpoint)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise ConnectionError("HF_HUB_OFFLINE is set")
+    return list(_model_files(repo, os.environ.get("HF_ENDPOINT") or None))
+
+
+@functools.lru_cache(maxsize=64)
+def _model_files(repo: str, endpoint: str | None) -> tuple[str, ...]:
     from huggingface_hub import HfApi
 
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
-    info = api.model_info(repo, timeout=HUB_TIMEOUT)
-    return [s.rfilename for s in info.siblings or []]
+    info = HfApi(endpoint=endpoint).model_info(repo, timeout=HUB_TIMEOUT)
+    return tuple(s.rfilename for s in info.siblings or [])
 
 
 def _short(e: Exception) -> str:
