@@ -109,7 +109,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .runtime import init_ray
+    from .runtime import init_ray, refuse_unplaceable
     from .training.driver import format_summary, plan_run, run_training
 
     from .plan.report import enforce
@@ -120,6 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"train: run {plan.name!r}, {plan.total_steps} steps on {cfg.scaling.num_workers} worker(s); "
           f"checkpoints in {plan.run_dir}", flush=True)
     init_ray()
+    refuse_unplaceable([cfg.scaling.ray_resources()], "train")
     summary = run_training(cfg, plan)
     print(format_summary(summary))
     return 0

@@ -315,14 +315,38 @@ class RunConfig(Section):
     plan: PlanSection = Field(default_factory=PlanSection)
 
     def config_hash(self, *sections: str) -> str:
-        """sha256 (16 hex) of the resolved config, or of the named sections only."""
-        dump = self.model_dump(mode="json")
+        """sha256 (16 hex) of the resolved config, or of the named sections only. Keys added after runs were
+        first tracked are left out while at their defaults (LATER_DEFAULTS), so a run or sweep started
+        before them keeps its identity and resumes across the upgrade."""
+        dump = drop_later_defaults(self.model_dump(mode="json"))
         if sections:
             dump = {k: dump[k] for k in sections}
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+#: keys added after the first tracked runs, with their defaults (see RunConfig.config_hash); a new key
+#: goes here with its default, or every hash (run identity, shard identity, resume checks) changes
+LATER_DEFAULTS: dict[str, Any] = {
+    "backbone.image_min_pixels": None, "backbone.image_max_pixels": None, "adapter.train_image_head": False,
+    "data.max_dropped_fraction": 0.2, "train.loss_chunk_tokens": 1024, "scaling.node_type": None,
+    "scaling.gpu_memory_gb": None, "plan": PlanSection().model_dump(mode="json"),
+}
+
+
+def drop_later_defaults(dump: dict, keys: dict[str, Any] = LATER_DEFAULTS) -> dict:
+    """``dump`` without the keys of ``keys`` that hold their default (a copy; nested keys dotted)."""
+    out = json.loads(json.dumps(dump))
+    for dotted, default in keys.items():
+        *parents, last = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node and node[last] == default:
+            del node[last]
+    return out
 
 
 def apply_override(tree: dict, assignment: str) -> None:

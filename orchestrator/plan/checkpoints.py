@@ -38,6 +38,8 @@ def check_checkpoint(backbone: str, checkpoint: str) -> CheckpointCheck:
     if os.path.isdir(os.path.expanduser(checkpoint)):
         return _check_folder(spec, os.path.expanduser(checkpoint))
     if checkpoint.startswith((".", "/", "~")):  # a path, not a hub id (org/name)
+        if os.environ.get("RAY_ADDRESS"):  # a job on a cluster: the path may exist on the workers only
+            return CheckpointCheck("not verified", f"{checkpoint}: not on this node; the workers must have it")
         return CheckpointCheck("error", f"{checkpoint}: no such folder")
     return _check_hub(spec, checkpoint)
 
@@ -125,8 +127,8 @@ def _check_hub(spec, repo: str) -> CheckpointCheck:
         reason = _short(e)
         if known is not None and known.error:
             return CheckpointCheck("error", known.error)
-        if "RepositoryNotFound" in type(e).__name__:
-            return CheckpointCheck("error", f"{repo}: no such model on the hub ({reason})")
+        if "RepositoryNotFound" in type(e).__name__ and _have_token():
+            return CheckpointCheck("error", f"{repo}: no such model on the hub, or not visible to this token ({reason})")
         return CheckpointCheck("not verified", f"{repo}: not verified ({reason}); the nodes download it at run time")
     where = repo
     if spec.name == "emu2" and "model_index.json" in files:  # Emu2-Gen: the language model is one folder of it
@@ -150,6 +152,13 @@ def _model_files(repo: str, endpoint: str | None) -> tuple[str, ...]:
 
     info = HfApi(endpoint=endpoint).model_info(repo, timeout=HUB_TIMEOUT)
     return tuple(s.rfilename for s in info.siblings or [])
+
+
+def _have_token() -> bool:
+    """Without a token the hub answers "not found" for private and gated repos too."""
+    from huggingface_hub import get_token
+
+    return get_token() is not None
 
 
 def _short(e: Exception) -> str:

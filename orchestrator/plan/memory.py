@@ -8,7 +8,8 @@
     activations  saved for the backward pass: every decoder layer's (or, with activation checkpointing,
                  each layer's input plus one layer recomputed), the adapters' own, and the backward
                  pass's transient gradients
-    logits       one loss chunk's fp32 logits over the widest head, recomputed in the backward pass
+    logits       one loss chunk's fp32 logits over the widest head, recomputed in the backward pass (with
+                 trained head rows, also the merged head weight PEFT builds per call, and its gradient)
     margin       plan.margin_gb (CUDA context, NCCL / cuBLAS workspaces) + plan.margin_fraction of the rest
 
 The per-token coefficients were measured on CPU with torch's allocator profiler (tests/unit/plan/
@@ -31,7 +32,6 @@ LAYER_BYTES = {"fp32": (42.0, 16.5), "bf16": (32.0, 9.5)}
 TRANSIENT_BYTES = 8.0
 #: a loss chunk's logits per element: fp32 copy, log-softmax, their gradients, and the head's own output
 LOGIT_BYTES = {"fp32": 20.0, "bf16": 16.0}
-PROJS = 7  # adapted linears per decoder layer
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Workload:
     workers: int
     loss_chunk: int | None
     image_fraction: float  # of a sequence's tokens that are image cells, at most
+    head_rows: bool  # adapter.train_image_head: the head's weight is merged (a full copy) at each call
     variant: str
     rank: int
     kernel_size: int
@@ -114,20 +115,21 @@ def adapter_activation_bytes(shape: ModelShape, w: Workload, per: int) -> float:
     """One layer's adapter activations: rank-space vectors on every token; MoSS full also keeps the image
     rows it gathers (d_in each) and the conv taps (k^2 r, twice); the low-rank conv its rank-space canvas."""
     r, k = w.rank, w.kernel_size
+    projs = len(shape.targets) / max(shape.layers, 1)  # adapted linears per decoder layer (7 by default)
     if w.variant == "lora":
-        return w.tokens * PROJS * r * per
-    text = w.tokens * PROJS * 2 * r * per
+        return w.tokens * projs * r * per
+    text = w.tokens * projs * 2 * r * per
     if w.variant == "moe_lora":
         return text
     images = w.tokens * w.image_fraction
-    layer_targets = shape.targets[: len(shape.targets) // max(shape.layers, 1)]
     if w.conv_space == "full":
-        d_in = sum(d for d, _ in layer_targets)
-        return text + images * (d_in + 2 * PROJS * k * k * r) * per
-    return text + images * PROJS * (k * k / 2 + 3) * r * per
+        d_in = sum(d for d, _ in shape.targets) / max(shape.layers, 1)
+        return text + images * (d_in + 2 * projs * k * k * r) * per
+    return text + images * projs * (k * k / 2 + 3) * r * per
 
 
 def logit_bytes(shape: ModelShape, w: Workload) -> int:
     rows = w.tokens if w.loss_chunk is None else min(w.tokens, w.loss_chunk)
     per = 2 if w.precision == "bf16" else 4
-    return int(rows * shape.head_vocab * LOGIT_BYTES[w.precision] + w.tokens * shape.hidden * per)
+    merged = 2 * shape.head_vocab * shape.hidden * per if w.head_rows else 0  # merged weight + its gradient
+    return int(rows * shape.head_vocab * LOGIT_BYTES[w.precision] + w.tokens * shape.hidden * per + merged)

@@ -109,8 +109,8 @@ class Planner:
         if known is not None and known.warning and not a.train_image_head:
             row.warnings.append(known.warning)
         try:
-            shape = model_shape(cfg.backbone.name, cfg.backbone.checkpoint, tuple(cfg.backbone.options().items())
-                                if cfg.backbone.name == "emu3" else ())
+            area = tuple(cfg.backbone.options().items()) if cfg.backbone.name == "emu3" else ()
+            shape = model_shape(cfg.backbone.name, cfg.backbone.checkpoint, area, a.target_modules)
         except SizingError as e:
             row.warnings.append(f"memory not estimated: {e}")
             return row
@@ -157,6 +157,7 @@ class Planner:
         return Workload(micro_batch=t.micro_batch, seq_len=cfg.data.max_seq_len, precision="bf16" if bf16 else "fp32",
                         checkpointing=t.activation_checkpointing, strategy=t.strategy, workers=cfg.scaling.num_workers,
                         loss_chunk=t.loss_chunk_tokens, image_fraction=min(1.0, fit * cells / cfg.data.max_seq_len),
+                        head_rows=a.train_image_head,
                         variant=a.variant, rank=a.rank, kernel_size=a.kernel_size, conv_space=a.conv_space)
 
     def estimate(self, cfg: RunConfig, shape: ModelShape, trainable: int, w: Workload) -> Estimate:
@@ -196,13 +197,21 @@ class Planner:
             local = _local_gpu()
             if local is not None:
                 return [local]
+        if self.cluster_error:  # a cluster file that is there but cannot be read: its GPUs cannot be planned
+            row.problems.append(self.cluster_error)
+            return []
         if self.cluster is None:
-            why = self.cluster_error or f"no cluster file at {self.cluster_path}"
-            row.warnings.append(f"GPU memory unknown ({why}): pass --cluster cluster.yaml or set scaling.gpu_memory_gb")
+            row.warnings.append(f"GPU memory unknown (no cluster file at {self.cluster_path}): pass --cluster "
+                                "cluster.yaml or set scaling.gpu_memory_gb")
             return []
         candidates = self.candidates(cfg)
         if not candidates:
             row.problems.append(self._no_node_type(cfg))
+            return []
+        if s.node_type is not None and s.node_type not in candidates[0].resources:
+            row.problems.append(f"scaling.node_type={s.node_type!r}: node type {s.node_type} of {self.cluster_path} "
+                                f"does not offer the custom resource {s.node_type!r} its workers ask for, so Ray "
+                                f"would never place them: add `resources: {{{s.node_type}: 1}}` to it")
             return []
         row.placement = "|".join(n.name for n in candidates)
         return [(n.describe(), n.gpu.memory_gib) for n in candidates]

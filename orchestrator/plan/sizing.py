@@ -57,18 +57,30 @@ class SizingError(ValueError):
     """The checkpoint's config could not be read (offline, or not a checkpoint of this family)."""
 
 
-def model_shape(backbone: str, checkpoint: str, options: tuple = ()) -> ModelShape:
-    """The shape of ``checkpoint`` (cached per backbone, checkpoint and image options)."""
-    return _shape(backbone, checkpoint, tuple(sorted(options)))
+def model_shape(backbone: str, checkpoint: str, options: tuple = (), target_modules: str | None = None) -> ModelShape:
+    """The shape of ``checkpoint`` with adapters on ``target_modules`` (default: the backbone's projections);
+    cached per arguments, failures too (per hub endpoint: an unreachable hub is asked once)."""
+    key = (backbone, checkpoint, tuple(sorted(options)), target_modules,
+           os.environ.get("HF_ENDPOINT"), os.environ.get("HF_HUB_OFFLINE"))
+    if key in _FAILED:
+        raise _FAILED[key]
+    try:
+        return _shape(*key[:4])
+    except SizingError as e:
+        _FAILED[key] = e
+        raise
+
+
+_FAILED: dict[tuple, SizingError] = {}
 
 
 @lru_cache(maxsize=64)
-def _shape(backbone: str, checkpoint: str, options: tuple) -> ModelShape:
+def _shape(backbone: str, checkpoint: str, options: tuple, target_modules: str | None) -> ModelShape:
     spec = get_backbone(backbone, checkpoint, **dict(options))
     config, source = model_config(spec)
     with torch.device("meta"):
         model = spec.model_class(config)
-    return read_shape(spec, model, config, source)
+    return read_shape(spec, model, config, source, target_modules)
 
 
 def model_config(spec: BackboneSpec):
@@ -104,13 +116,15 @@ def _emu2_config(spec):
     return spec.real_size_config("37b"), "Emu2's published size (37b; remote-code config not executed)"
 
 
-def read_shape(spec: BackboneSpec, model: nn.Module, config, source: str) -> ModelShape:
+def read_shape(spec: BackboneSpec, model: nn.Module, config, source: str, target_modules: str | None = None) -> ModelShape:
     layers = spec.decoder_layers(model)
     per_layer = [sum(p.numel() for p in layer.parameters()) for layer in layers]
     targets, hidden, intermediate = [], 0, 0
+    pattern = target_modules or spec.target_modules
     for name, module in model.named_modules():
-        if re.fullmatch(spec.target_modules, name) and isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and re.fullmatch(pattern, name):
             targets.append((module.in_features, module.out_features))
+        if re.fullmatch(spec.target_modules, name):  # the decoder's own widths, whatever is adapted
             if name.endswith("q_proj"):
                 hidden = module.in_features
             if name.endswith("up_proj"):

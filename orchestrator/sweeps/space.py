@@ -30,9 +30,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import ConfigError, RunConfig, get_dotted, read_yaml, set_dotted, validate_tree
+from ..config import ConfigError, RunConfig, drop_later_defaults, get_dotted, read_yaml, set_dotted, validate_tree
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+#: space keys added after the first tracked sweeps: out of the digest while at their defaults (a sweep
+#: started before them resumes)
+SPACE_LATER_DEFAULTS = {"resources.node_type": None, "resources.gpu_memory_gb": None, "resources.per_cell": []}
 #: what a sweep can rank trials by: every metric the training loop reports
 METRICS = tuple(f"train/{m}" for m in ("loss", "text_loss", "image_loss", "grad_norm", "tokens_per_s")) + tuple(
     f"val/{m}" for m in ("loss", "text_loss", "image_loss", "ppl", "text_ppl", "image_ppl"))
@@ -230,7 +233,8 @@ class Space:
     @property
     def digest(self) -> str:
         """Hash of the space and its resolved base config: a resumed sweep must match it."""
-        payload = {"space": self.model.model_dump(mode="json"), "base": self.base_tree}
+        space = drop_later_defaults(self.model.model_dump(mode="json"), SPACE_LATER_DEFAULTS)
+        payload = {"space": space, "base": self.base_tree}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def base_config(self) -> RunConfig:

@@ -17,6 +17,7 @@ import yaml
 
 from ..config import ConfigError, RunConfig, set_dotted
 from ..plan.report import enforce, plan_configs
+from ..runtime import refuse_unplaceable
 from ..tracking import mlflow as tracking
 from ..tracking.redact import redact, redact_text
 from ..training.driver import absolute, load_manifest, planned_steps, read_json, write_json
@@ -99,9 +100,16 @@ def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: b
 
 def trial_configs(space: Space) -> list[tuple[str, dict, RunConfig]]:
     """(label, searched values, config) of every trial the space enumerates (the grid, or the grid and
-    choice values of a random / Optuna search), in grid order."""
+    choice values of a random / Optuna search), in grid order; a sampled range (uniform, loguniform, randint)
+    at both of its bounds, crossed with those, so the plan sees its extremes."""
+    points = enumerable_points(space)
+    bounds = {k: p.values_to_check()[:2] for k, p in space.model.params.items()
+              if p.kind in ("uniform", "loguniform", "randint")}
+    if bounds:
+        ends = list(itertools.product(*bounds.values()))
+        points = [{**point, **dict(zip(bounds, end))} for point in points for end in ends][:2000]
     out = []
-    for i, point in enumerate(enumerable_points(space), 1):
+    for i, point in enumerate(points, 1):
         cfg, applied = trial_config(space, {"grid": point}, "plan")
         out.append((f"trial {i}", applied, cfg))
     return out
@@ -192,6 +200,7 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
     if missing:
         raise ConfigError(f"resources.driver asks for {missing}, which no node of this Ray cluster has: trials "
                           "would wait forever (cluster.yaml gives the head node TRAIN_DRIVER)")
+    refuse_unplaceable([cfg.scaling.ray_resources() for _, _, cfg in trial_configs(space)], "a trial's workers")
     # what every trial needs besides its sampled params; kept out of the param space (Tune prints that)
     constants = {"name": plan.name, "parent_run_id": parent_run_id, "tracking_uri": plan.tracking_uri,
                  "space": space.to_state()}

@@ -6,7 +6,11 @@ import sys
 import pytest
 
 from orchestrator.cli import main
+from pathlib import Path
+
 from orchestrator.config import ConfigError, RunConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_are_valid_and_hash_is_stable():
@@ -93,3 +97,17 @@ def test_train_with_bad_config_or_missing_shards_exits_2_before_ray(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert needle in proc.stderr and "ray" not in (proc.stderr + proc.stdout).lower()
+
+
+def test_hashes_keep_their_values_across_added_keys():
+    """Keys added later stay out of the hashes at their defaults: a run, its shards and a sweep started before
+    them keep their identity (values recorded before the plan / image-area / head-rows keys existed)."""
+    from orchestrator.sweeps.space import load_space
+
+    cfg = load_config(REPO / "jobs/configs/sample.yaml")
+    assert cfg.config_hash("backbone", "adapter") == "cf1de3d97cd29bb0"  # run identity
+    assert cfg.config_hash("backbone", "data") == "faa8355b2cb50e93"  # shard identity
+    assert cfg.config_hash() == "f43b00f2028f467d"
+    assert load_space(REPO / "search_spaces/smoke.yaml").digest == "04584cbbe064a106"
+    changed = load_config(REPO / "jobs/configs/sample.yaml", ["adapter.train_image_head=true"])
+    assert changed.config_hash("backbone", "adapter") != "cf1de3d97cd29bb0"  # a set key still counts

@@ -68,16 +68,19 @@ def test_emu2_needs_the_code_its_config_names(tmp_path):
     assert check_checkpoint("emu2", path).status == "ok"
 
 
-def test_a_missing_local_path(tmp_path):
+def test_a_missing_local_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     check = check_checkpoint("chameleon", str(tmp_path / "nope"))
     assert check.status == "error" and "no such folder" in check.message
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # a job on a cluster: maybe on the workers only
+    assert check_checkpoint("chameleon", str(tmp_path / "nope")).status == "not verified"
 
 
 def test_presets_need_no_check():
     assert check_checkpoint("janus", "tiny").status == "preset"
 
 
-def test_hub_file_lists(monkeypatch):
+def test_hub_file_lists(monkeypatch, tmp_path):
     with fake_hub() as (endpoint, requests):
         monkeypatch.setenv("HF_ENDPOINT", endpoint)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -89,6 +92,11 @@ def test_hub_file_lists(monkeypatch):
         assert "leloy/Anole-7b-v0.1-hf" in bad.message
         pickled = check_checkpoint("chameleon", "someone/pickled-chameleon")
         assert pickled.status == "error" and "pickled weights only" in pickled.message
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setenv("HF_HOME", str(tmp_path))  # no stored token either
+        private = check_checkpoint("chameleon", "nobody/no-such-model")  # without a token: private or missing
+        assert private.status == "not verified"
+        monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 30)
         missing = check_checkpoint("chameleon", "nobody/no-such-model")
         assert missing.status == "error" and "no such model" in missing.message
     assert "/api/models/leloy/Anole-7b-v0.1-hf" in requests  # the checks went through the model-info API

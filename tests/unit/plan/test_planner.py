@@ -233,3 +233,42 @@ def test_image_head_rows_count_as_trainable():
 def test_load_config_knows_the_plan_section():
     cfg = load_config(REPO / "jobs/configs/sample.yaml", ["plan.prompt_tokens=64", "plan.enforce=false"])
     assert cfg.plan.prompt_tokens == 64 and not cfg.plan.enforce
+
+
+def test_sampled_ranges_are_planned_at_their_bounds(tmp_path, hub, capsys):
+    """A randint rank is planned at its low and high ends: the high end that cannot fit one L40S is found."""
+    path = write_space(tmp_path, params={"adapter.variant": {"grid": ["moss"]}, "adapter.rank": {"randint": [8, 257]},
+                                         "train.lr": {"loguniform": [1.0e-5, 1.0e-3]}},
+                       search={"algorithm": "random", "seed": 0})
+    plan = _plan_space(str(path))
+    assert sorted({(r.rank, r.params["train.lr"]) for r in plan.rows}) == [(8, 1e-5), (8, 1e-3), (256, 1e-5), (256, 1e-3)]
+    assert {r.rank: r.fits for r in plan.rows} == {8: True, 256: False}
+    assert main(["plan", str(path)]) == 2
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PROBLEM")]
+    high = [r.trial.removeprefix("trial ") for r in plan.rows if r.rank == 256]
+    assert len(problems) == 1 and problems[0].startswith(f"PROBLEM: trials {', '.join(high)}: out of memory")
+
+
+def test_target_modules_narrow_the_count_and_the_estimate(hub):
+    narrow = r"model\.layers\.\d+\.self_attn\.q_proj"
+    shape = model_shape("chameleon", "tiny", (), narrow)
+    cfg = MossConfig(variant="lora", rank=4, target_modules=narrow)
+    spec = spec_for("chameleon")
+    model = apply_moss(spec.build(), cfg, spec)
+    assert trainable_parameters(shape, cfg) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert len(shape.targets) == 2 and model_shape("chameleon", "tiny").targets != shape.targets
+
+
+def test_a_pinned_node_type_must_offer_its_resource(tmp_path, hub, capsys):
+    text = (REPO / "cluster.yaml").read_text().replace("resources: {gpu_8x: 1}", "resources: {}")
+    (tmp_path / "cluster.yaml").write_text(text)
+    assert main(["plan", "jobs/configs/leafinstruct_gpu.yaml", "--cluster", str(tmp_path / "cluster.yaml")]) == 2
+    assert "does not offer the custom resource 'gpu_8x'" in capsys.readouterr().out
+
+
+def test_an_unknown_gpu_instance_type_is_refused(tmp_path, hub, capsys):
+    text = (REPO / "cluster.yaml").read_text().replace("InstanceType: g6e.4xlarge", "InstanceType: g7.4xlarge")
+    (tmp_path / "cluster.yaml").write_text(text)
+    assert main(["plan", "jobs/configs/leafinstruct_gpu.yaml", "--cluster", str(tmp_path / "cluster.yaml")]) == 2
+    out = capsys.readouterr().out
+    assert "PROBLEM" in out and "g7.4xlarge" in out and "add it to INSTANCE_GPUS" in out
