@@ -266,3 +266,16 @@ def test_emu2_trains_evaluates_and_generates(workdir):
     import numpy as np
 
     assert np.load(out / image["embeddings"]).shape == (8, 8, 32)
+
+
+def test_a_local_cluster_refuses_node_types_it_cannot_place(ray_cluster, monkeypatch):
+    """scaling.node_type names a cluster.yaml node type; a local Ray has none: refuse, do not wait forever."""
+    from orchestrator import runtime
+
+    monkeypatch.setattr(runtime, "_STARTED_LOCALLY", True)  # as init_ray() without RAY_ADDRESS records it
+    cfg = load_config(None, ["scaling.node_type=gpu_8x"])
+    with pytest.raises(ConfigError, match=r"\['gpu_8x'\].*scaling.node_type=null"):
+        runtime.refuse_unplaceable([cfg.scaling.ray_resources()], "train")
+    runtime.refuse_unplaceable([load_config(None, []).scaling.ray_resources()], "train")  # CPU only: fine
+    monkeypatch.setattr(runtime, "_STARTED_LOCALLY", False)  # a cluster reached by address may autoscale
+    runtime.refuse_unplaceable([cfg.scaling.ray_resources()], "train")
