@@ -143,21 +143,23 @@ def test_a_checkpoint_in_the_wrong_format_exits_2(tmp_path, capsys):
         assert "Meta's consolidated.pth format" in text and "leloy/Anole-7b-v0.1-hf" in text, cmd
 
 
-def test_train_and_sweep_refuse_before_ray_starts(tmp_path, hub, capsys):
-    import ray
+def test_train_and_sweep_refuse_before_ray_starts(tmp_path, hub, capsys, monkeypatch):
+    from orchestrator import runtime
 
+    started = []
+    monkeypatch.setattr(runtime, "init_ray", lambda *a, **k: started.append(1))  # cmd_* import it when called
     tight = write_space(tmp_path)
     assert main(["sweep", str(tight)]) == 2
     assert "out of memory" in capsys.readouterr().err
     cfg = emu3_config(tmp_path)
     assert main(["train", str(cfg)]) == 2
     assert "answer image" in capsys.readouterr().err
-    assert not ray.is_initialized()
+    assert not started
     # an expert override: the plan only warns, and the next check (no shards here) is what stops it
     assert main(["train", str(cfg), "--set", "plan.enforce=false", "--set", f"data.output={tmp_path}/none"]) == 2
     err = capsys.readouterr().err
     assert "plan.enforce=false: going on" in err and "no shards" in err
-    assert not ray.is_initialized()
+    assert not started
 
 
 def test_trials_with_different_batches_are_refused(tmp_path, hub, capsys):
