@@ -25,6 +25,7 @@ from orchestrator.plan.sizing import model_shape, trainable_parameters
 from orchestrator.training.optim import build_optimizer
 from tests.conftest import draw
 
+pytestmark = pytest.mark.slow  # real training steps (~40 s): in `make test`, not `make test-fast`
 #: estimate / measured peak must fall in this band (measured 1.09-1.32 when written)
 LOW, HIGH = 0.95, 1.5
 SEQ, PROMPT = 1024, 256
