@@ -29,6 +29,20 @@ from .base import (
     unwrap,
 )
 
+def square_image_tokens(side: int) -> int:
+    """Tokens of a side x side image: start + "H*W" digits + image token + side rows of (side codes + EOL) +
+    eof + end (the digits count one token each, an upper bound)."""
+    return 1 + len(f"{side}*{side}") + 1 + side * (side + 1) + 2
+
+
+def largest_square_side(budget: int) -> int:
+    """The largest square grid side whose image fits ``budget`` tokens (0 if none)."""
+    side = math.isqrt(max(budget, 0))
+    while side > 0 and square_image_tokens(side) > budget:
+        side -= 1
+    return side
+
+
 #: Emu3ImageProcessor's defaults (transformers 5.24): every image is resized into this pixel area
 HUB_MIN_PIXELS, HUB_MAX_PIXELS = 512 * 512, 1024 * 1024
 
@@ -121,9 +135,7 @@ class Emu3Spec(BackboneSpec):
         # an image upscaled to min_pixels rounds each side up to a code: up to one more row and column
         hi_side = max(1, math.floor(math.sqrt(high) / f), lo_side + (1 if low > f * f else 0))
 
-        def tokens(side: int) -> int:
-            return 1 + len(f"{side}*{side}") + 1 + side * (side + 1) + 2
-
+        tokens = square_image_tokens
         size = f"{lo_side * f}-{hi_side * f} px square" if lo_side != hi_side else f"{lo_side * f} px square"
         return ImageBudget((lo_side, lo_side), (hi_side, hi_side), tokens(lo_side), tokens(hi_side), size, f)
 

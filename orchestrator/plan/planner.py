@@ -9,11 +9,11 @@ that cannot load); each names its fix. Warnings are worth reading but do not sto
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..backbones.emu3 import largest_square_side
 from ..config import RunConfig
 from .checkpoints import CheckpointCheck, check_checkpoint
 from .hardware import ClusterFileError, NodeType, load_cluster
@@ -135,7 +135,7 @@ class Planner:
             fixes = []
             if not shape.positions or need <= shape.positions:
                 fixes.append(f"data.max_seq_len={need}")
-            side = _emu3_side_that_fits(seq - prompt - 2) - 1  # one code of slack: resizing rounds sides up
+            side = largest_square_side(seq - prompt - 2) - 1  # one code of slack: resizing rounds sides up
             if b.pixels_per_code and side > 0:  # a backbone whose image area is a setting (emu3)
                 px = (side * b.pixels_per_code) ** 2
                 fixes.append(f"backbone.image_min_pixels={px} backbone.image_max_pixels={px} ({side}x{side} codes)")
@@ -376,13 +376,3 @@ def _label(rows: list[Row], total: int) -> str:
 def _searched_batch(rows: list[Row]) -> bool:
     keys = {k for r in rows for k in r.params}
     return bool(keys & {"train.micro_batch", "train.grad_accum", "scaling.num_workers"})
-
-
-def _emu3_side_that_fits(budget: int) -> int:
-    """The largest square Emu3 grid side whose image (start, "HxW", image token, rows + EOLs, eof, end)
-    fits ``budget`` tokens."""
-    side = int(math.isqrt(max(budget, 0)))
-    while side > 0 and 4 + len(f"{side}*{side}") + side * (side + 1) > budget:
-        side -= 1
-    return side
-
