@@ -13,6 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+def is_commit_sha(value: str | None) -> bool:
+    return value is not None and len(value) == 40 and all(c in "0123456789abcdef" for c in value.lower())
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the CLI prints it and exits with code 2."""
 
@@ -35,6 +39,11 @@ class BackboneSection(Section):
     #: The other backbones have a fixed image grid.
     image_min_pixels: int | None = Field(None, ge=1)
     image_max_pixels: int | None = Field(None, ge=1)
+    #: run the checkpoint's own Python code (Emu2's hub checkpoints ship modeling_emu.py). Opt-in, and a hub
+    #: id then needs ``revision`` pinned to a commit SHA, so the code that runs is the code you reviewed
+    trust_remote_code: bool = False
+    #: the hub commit (40 hex) or tag/branch every load of a hub checkpoint asks for; null: the default branch
+    revision: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$")
 
     @model_validator(mode="after")
     def _check(self) -> BackboneSection:
@@ -48,7 +57,18 @@ class BackboneSection(Section):
                              "fixed image grid")
         if len(pixels) == 2 and self.image_min_pixels > self.image_max_pixels:
             raise ValueError(f"image_min_pixels={self.image_min_pixels} > image_max_pixels={self.image_max_pixels}")
+        if self.trust_remote_code and self.is_hub_id() and not is_commit_sha(self.revision):
+            raise ValueError(f"trust_remote_code runs {self.checkpoint}'s own Python code: pin it with backbone.revision="
+                             "<40-hex commit SHA> (the hub page's 'History' lists them), got "
+                             f"{self.revision or 'no revision'}")
         return self
+
+    def is_hub_id(self) -> bool:
+        """A hub repository id (not a preset, not a local folder)."""
+        import os
+
+        return (self.checkpoint not in ("tiny", "small", "large") and not os.path.isdir(self.checkpoint)
+                and not self.checkpoint.startswith(("/", ".", "~")))
 
     def options(self) -> dict:
         """Backbone-specific settings for get_backbone (only those set)."""
@@ -132,6 +152,17 @@ class DataSection(Section):
     #: train / sweep refuse shards whose manifest shows more than this fraction of records, or of answer
     #: images, dropped by the `bounds` and `truncate` stages (sequence budget or image limits set too tight)
     max_dropped_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    #: folders local image paths must resolve into (symlinks followed); null: the folder of each data file.
+    #: Anything else (an absolute path elsewhere, ../ out of the root, a FIFO or device) is an `image` reject
+    image_roots: list[str] | None = None
+    #: URI schemes image references may use; null: those of data.source (a local source allows local files
+    #: only). http/https only when listed; fsspec chains ("a::b") never
+    allowed_schemes: list[str] | None = None
+    #: a JSON line longer than this is a `parse` reject, never decoded
+    max_record_bytes: int = Field(16 * 2**20, ge=1024)
+    #: formats read whole (a JSON array, a parquet row group, decompressed) above this are one counted
+    #: `parse` reject, never loaded
+    max_file_bytes: int = Field(2**30, ge=1024)
 
     @field_validator("source")
     @classmethod
@@ -181,6 +212,9 @@ class TrainSection(Section):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=-1)  # worker-group restarts from the latest checkpoint; -1: forever
     shuffle_buffer: int = Field(256, ge=0)  # rows in each worker's local shuffle buffer; 0: shard order
+    #: a worker whose data stream yields no batch for this long fails the attempt (naming the resources it
+    #: waits for), so max_failures retries it instead of waiting forever
+    stall_timeout_s: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> TrainSection:
@@ -244,6 +278,14 @@ class TrackingSection(Section):
     #: null: MLFLOW_TRACKING_URI, else sqlite:///<working dir>/mlflow.db (artifacts in <working dir>/mlruns)
     tracking_uri: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)  # extra MLflow tags on the run
+    #: while the tracking server is unreachable, what could not be sent goes to a journal in the run's folder
+    #: and is retried this often in the background (training never waits for MLflow)
+    retry_every_s: float = Field(15.0, gt=0)
+    #: how long the start of a run (creating or finding its MLflow run) waits for an unreachable server
+    startup_wait_s: float = Field(300.0, ge=0)
+    #: at the end of a run, how long to keep trying to send the journal before leaving it for
+    #: `moss tracking replay RUN_DIR`
+    flush_timeout_s: float = Field(60.0, ge=0)
 
 
 class StorageSection(Section):
@@ -333,6 +375,10 @@ LATER_DEFAULTS: dict[str, Any] = {
     "backbone.image_min_pixels": None, "backbone.image_max_pixels": None, "adapter.train_image_head": False,
     "data.max_dropped_fraction": 0.2, "train.loss_chunk_tokens": 1024, "scaling.node_type": None,
     "scaling.gpu_memory_gb": None, "plan": PlanSection().model_dump(mode="json"),
+    "backbone.trust_remote_code": False, "backbone.revision": None, "data.image_roots": None,
+    "data.allowed_schemes": None, "data.max_record_bytes": 16 * 2**20, "data.max_file_bytes": 2**30,
+    "train.stall_timeout_s": 600.0, "tracking.retry_every_s": 15.0, "tracking.startup_wait_s": 300.0,
+    "tracking.flush_timeout_s": 60.0,
 }
 
 
