@@ -1,8 +1,9 @@
 """Cross-set dedupe: which records repeat an earlier record's content, or reuse an earlier id.
 
 Rule: records are ordered by (file, line); among records with equal content the first wins; among the
-remaining, a reused id loses to its first use. Only records that parse, pass the schema and have
-readable images take part (the others are rejected at their own earlier stage).
+remaining, a reused id loses to its first use. Only records that parse, pass the schema and the bounds
+checked before images (text length, image count) and have readable images take part (the others are
+rejected at their own earlier stage).
 
 The input is the small key table (order, id, content hash: ~70 bytes a record, never the records or
 images), gathered from the workers; the answer holds the losers only: ``order -> reject reason``.

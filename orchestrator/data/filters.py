@@ -1,8 +1,10 @@
 """The filtering stages, each a small pure function of one record that returns or raises ``Reject``.
 
 Order (and the stage names used in rejects.jsonl and the manifest): parse -> schema -> image -> bounds
--> image_dedupe -> dedupe -> alignment -> tokenize -> truncate. Cross-set dedupe needs a global view;
-its verdicts come from ``dedupe.find_duplicates`` over content keys computed by ``content_key``.
+-> image_dedupe -> dedupe -> alignment -> tokenize -> truncate. The bounds that need no pixels (text
+length, image count) are checked before any image is read, still as `bounds`. Cross-set dedupe needs a
+global view; its verdicts come from ``dedupe.find_duplicates`` over content keys computed by ``content_key``.
+Every image read goes through ``read_images``: the reference policy first (refs.py), then the bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from PIL import Image
 
 from ..config import FilterSection
 from .images import ImageError, decode_image, hamming, phash, read_image_bytes
+from .refs import ImagePolicy
 from .schema import Record, SchemaError, parse_json, to_record
 
 STAGES = ("parse", "schema", "image", "bounds", "image_dedupe", "dedupe", "alignment", "tokenize", "truncate")
@@ -45,26 +48,35 @@ def parse(raw, base: str) -> Record:
     return run_stage("schema", to_record, obj, base)
 
 
-def load_images(record: Record, f: FilterSection) -> tuple[list[bytes], list[Image.Image]]:
-    """Stage "image": read and fully decode every image (missing, zero-size, corrupt, truncated, huge)."""
-    data, images = [], []
-    for i, seg in enumerate(record.images()):
-        raw = read_image_bytes(seg.image, f.max_image_bytes)
-        images.append(decode_image(raw, f.max_image_pixels, name=f"image {i}"))
-        data.append(raw)
-    return data, images
+def read_images(record: Record, base: str, f: FilterSection, policy: ImagePolicy) -> list[bytes]:
+    """The encoded bytes of every image of a record read from a file in ``base``; each reference is checked
+    against the policy before it is opened or fetched."""
+    return [read_image_bytes(s.image if isinstance(s.image, bytes) else policy.check(s.image, base), f.max_image_bytes)
+            for s in record.images()]
 
 
-def check_bounds(record: Record, images: list[Image.Image], f: FilterSection) -> None:
-    """Stage "bounds": text length, number of images, image size."""
+def load_images(record: Record, base: str, f: FilterSection,
+                policy: ImagePolicy) -> tuple[list[bytes], list[Image.Image]]:
+    """Stage "image": read and fully decode every image (refused, missing, zero-size, corrupt, truncated, huge)."""
+    data = read_images(record, base, f, policy)
+    return data, [decode_image(raw, f.max_image_pixels, name=f"image {i}") for i, raw in enumerate(data)]
+
+
+def check_record_bounds(record: Record, f: FilterSection) -> None:
+    """Stage "bounds", before any image is read: text length, number of images."""
     chars = sum(len(t) for t in record.texts())
     if chars > f.max_text_chars:
         raise Reject("bounds", f"{chars} text characters > max_text_chars={f.max_text_chars}")
     out_chars = sum(len(s.text) for s in record.output if not s.is_image)
     if out_chars < f.min_output_chars:
         raise Reject("bounds", f"{out_chars} output characters < min_output_chars={f.min_output_chars}")
-    if not f.min_images <= len(images) <= f.max_images:
-        raise Reject("bounds", f"{len(images)} images, outside min_images..max_images={f.min_images}..{f.max_images}")
+    n = len(record.images())
+    if not f.min_images <= n <= f.max_images:
+        raise Reject("bounds", f"{n} images, outside min_images..max_images={f.min_images}..{f.max_images}")
+
+
+def check_bounds(record: Record, images: list[Image.Image], f: FilterSection) -> None:
+    """Stage "bounds" once the images are decoded: image size."""
     for i, im in enumerate(images):
         if min(im.size) < f.min_image_side:
             raise Reject("bounds", f"image {i} is {im.size[0]}x{im.size[1]} px, a side < min_image_side={f.min_image_side}")
@@ -98,11 +110,12 @@ def content_hash(record: Record, image_bytes: list[bytes]) -> str:
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
 
-def content_key(raw, base: str, f: FilterSection) -> tuple[str, str] | None:
+def content_key(raw, base: str, f: FilterSection, policy: ImagePolicy) -> tuple[str, str] | None:
     """(id, content hash) for cross-set dedupe, or None when the record fails before that stage anyway."""
     try:
         record = parse(raw, base)
-        data = [read_image_bytes(s.image, f.max_image_bytes) for s in record.images()]
-    except Exception:  # parse, schema or unreadable images: rejected at their own stage in the main pass
+        run_stage("bounds", check_record_bounds, record, f)  # 5,000 image references: none is read
+        data = read_images(record, base, f, policy)
+    except Exception:  # parse, schema, bounds or refused / unreadable images: rejected at their stage in the main pass
         return None
     return record.id, content_hash(record, data)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -11,6 +13,12 @@ from PIL import Image, UnidentifiedImageError
 
 class ImageError(ValueError):
     """An image that cannot be used; the message is the reject reason."""
+
+
+#: raster formats PIL may open (no EPS/PS, which PIL hands to Ghostscript, nor other exotic plugins)
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")
+_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+          (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory"))
 
 
 def read_image_bytes(ref: str | bytes, max_bytes: int) -> bytes:
@@ -22,8 +30,6 @@ def read_image_bytes(ref: str | bytes, max_bytes: int) -> bytes:
             data = _read(ref, max_bytes)
         except FileNotFoundError:
             raise ImageError(f"missing file {ref}") from None
-        except IsADirectoryError:
-            raise ImageError(f"{ref} is a directory") from None
         except OSError as e:
             raise ImageError(f"cannot read {ref}: {e}") from None
     if len(data) == 0:
@@ -33,9 +39,23 @@ def read_image_bytes(ref: str | bytes, max_bytes: int) -> bytes:
     return data
 
 
+def not_regular(mode: int) -> str | None:
+    """What a file is when it is not a regular file (FIFO, device, socket, directory); None for a regular one."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
 def _read(ref: str, max_bytes: int) -> bytes:
     if "://" not in ref:
-        with open(ref, "rb") as f:
+        kind = not_regular(os.stat(ref).st_mode)  # before opening: opening a FIFO blocks, a device may act
+        if kind:
+            raise ImageError(f"{ref}: not a regular file: {kind}")
+        fd = os.open(ref, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # swapped for a FIFO since: no wait
+        with os.fdopen(fd, "rb") as f:
+            kind = not_regular(os.fstat(fd).st_mode)
+            if kind:
+                raise ImageError(f"{ref}: not a regular file: {kind}")
             return f.read(max_bytes + 1)
     import fsspec
 
@@ -48,7 +68,7 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=FORMATS)
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageError(f"{name} is {w}x{h} px, more than max_image_pixels={max_pixels}")

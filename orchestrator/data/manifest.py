@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from ..files import arrow_fs
 from .filters import STAGES
 from .shards import REJECTED, SPLITS, TOKEN_STATS
 
@@ -23,12 +24,6 @@ _LIGHT = ["split", "stage", "domain", "n_answer_images", *TOKEN_STATS]
 #: bounds what they may drop, of the records (and answer images) that reach `bounds`
 SIZE_STAGES = ("bounds", "truncate")
 _BEFORE_BOUNDS = ("parse", "schema", "image")
-
-
-def arrow_fs(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), path
 
 
 def _dataset(path: str):
@@ -70,7 +65,8 @@ def collect_stats(out_dir: str) -> dict:
     for s in SPLITS:
         n = by_split[s]
         mean = round(tokens[s]["n_tokens"] / n, 1) if n else 0.0
-        token_stats[s] = dict(records=n, **tokens[s], max_tokens=max_len[s], mean_tokens=mean)
+        sums = {k: tokens[s][k] for k in (*TOKEN_STATS, "truncated_records")}  # zeros for an empty split
+        token_stats[s] = dict(records=n, **sums, max_tokens=max_len[s], mean_tokens=mean)
     domains = {k: dict(v) for k, v in sorted(by_domain.items())}
     dropped = {"records_in": drops["records_in"], "answer_images_in": drops["answer_images_in"],
                "records": {s: drops[f"records:{s}"] for s in SIZE_STAGES},

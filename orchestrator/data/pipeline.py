@@ -11,7 +11,6 @@ then rejects.jsonl and manifest.json are derived from what was written (see mani
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
 import pyarrow as pa
@@ -21,9 +20,11 @@ import pyarrow.parquet as pq
 from ..backbones import backbone_from_config
 from ..config import ConfigError, RunConfig
 from .dedupe import find_duplicates
-from .manifest import arrow_fs, build_manifest, collect_stats, write_rejects
+from ..files import arrow_fs, write_json
+from .manifest import build_manifest, collect_stats, write_rejects
+from .refs import ImagePolicy
 from .shards import REJECTED, SPLITS
-from .sources import Chunk, list_files, plan_chunks
+from .sources import Chunk, Limits, list_files, plan_chunks
 from .tokenize import Tokenize
 from .validate import chunk_keys, keys_udf, validate_chunk, validate_udf
 
@@ -35,6 +36,7 @@ def output_dir(cfg: RunConfig) -> str:
 def preprocess(cfg: RunConfig, engine: str = "ray") -> dict:
     """Run the whole pipeline; returns the manifest (also written to <output>/<backbone>/manifest.json)."""
     out = output_dir(cfg)
+    reads = {"policy": ImagePolicy.from_config(cfg.data), "limits": Limits.from_config(cfg.data)}  # bad roots: stop now
     files = list_files(cfg.data.sources(), exclude=cfg.data.output)
     chunks = plan_chunks(files, cfg.data.chunk_bytes)
     fs, root = arrow_fs(out)
@@ -42,7 +44,7 @@ def preprocess(cfg: RunConfig, engine: str = "ray") -> dict:
     fs.create_dir(root)
     start, timings = time.perf_counter(), {}
     run = {"ray": _run_ray, "local": _run_local}[engine]
-    n_input = run(cfg, files, chunks, out, timings) if chunks else 0
+    n_input = run(cfg, files, chunks, out, timings, reads) if chunks else 0
     t = time.perf_counter()
     stats = collect_stats(out)  # before rejects.jsonl exists: the folder holds parquet only
     n_rejects = write_rejects(out)
@@ -50,15 +52,14 @@ def preprocess(cfg: RunConfig, engine: str = "ray") -> dict:
     timings["manifest_s"] = round(time.perf_counter() - t, 2)
     manifest = build_manifest(cfg, spec, files, n_input, stats, n_rejects, engine, time.perf_counter() - start)
     manifest["timings"] = timings
-    with fs.open_output_stream(f"{root}/manifest.json") as f:
-        f.write(json.dumps(manifest, indent=2).encode())
+    write_json(f"{out.rstrip('/')}/manifest.json", manifest)  # whole or not at all: train reads it
     return manifest
 
 
 # ---- Ray Data ------------------------------------------------------------------------------------
 
 
-def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, timings: dict) -> int:
+def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, timings: dict, reads: dict) -> int:
     import ray
 
     from ..runtime import init_ray
@@ -69,7 +70,7 @@ def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, ti
     t = time.perf_counter()
     d, f = cfg.data, cfg.data.filters
     source = ray.data.from_items([dataclasses.asdict(c) for c in chunks], override_num_blocks=len(chunks))
-    keys = source.map_batches(keys_udf, batch_size=1, batch_format="pyarrow", fn_kwargs={"filters": f})
+    keys = source.map_batches(keys_udf, batch_size=1, batch_format="pyarrow", fn_kwargs={"filters": f, **reads})
     keys = pa.concat_tables(list(keys.iter_batches(batch_format="pyarrow", batch_size=None)))
     verdicts = find_duplicates(keys, files) if f.dedupe else {}
     timings["dedupe_keys_s"], t = round(time.perf_counter() - t, 2), time.perf_counter()
@@ -87,7 +88,7 @@ def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, ti
     # each actor task reads one chunk, validates and tokenizes it, with no object-store hop between.
     ds = source.map_batches(
         validate_udf, batch_size=1, batch_format="pyarrow", num_cpus=task_cpu if align else tok_cpu,
-        fn_kwargs={"filters": f, "verdicts": verdicts, "val_fraction": d.val_fraction, "rows": d.batch_size},
+        fn_kwargs={"filters": f, "verdicts": verdicts, "val_fraction": d.val_fraction, "rows": d.batch_size, **reads},
     )
     if align:
         from .alignment import AlignmentScore
@@ -144,10 +145,11 @@ class _SplitWriter:
             w.close()
 
 
-def _run_local(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, timings: dict) -> int:
+def _run_local(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, timings: dict, reads: dict) -> int:
     d, f = cfg.data, cfg.data.filters
+    policy, limits = reads["policy"], reads["limits"]
     t = time.perf_counter()
-    keys = pa.concat_tables([chunk_keys(c, f) for c in chunks])
+    keys = pa.concat_tables([chunk_keys(c, f, policy, limits) for c in chunks])
     verdicts = find_duplicates(keys, files) if f.dedupe else {}
     timings["dedupe_keys_s"], t = round(time.perf_counter() - t, 2), time.perf_counter()
     stages = []
@@ -160,7 +162,7 @@ def _run_local(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, 
     writer = _SplitWriter(out, d.rows_per_file)
     try:
         for c in chunks:
-            for table in validate_chunk(c, f, verdicts, d.val_fraction, d.batch_size):
+            for table in validate_chunk(c, f, verdicts, d.val_fraction, d.batch_size, policy, limits):
                 for stage in stages:
                     table = stage(table)
                 writer.write(table)

@@ -15,7 +15,9 @@
 
 An image is a path (relative to the data file), a URI (s3://, gs://, hf://, https://), or a dict with
 encoded ``bytes`` (how parquet datasets often embed images). Schema errors raise ``SchemaError`` with a
-reason that names the field.
+reason that names the field. Every string is checked here: a lone UTF-16 surrogate (valid JSON as
+"\\ud800", but not storable as UTF-8) anywhere, and control characters in ids, domains and image paths,
+are schema errors, never a failure further on.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 from dataclasses import dataclass, field
 
 PLACEHOLDER = "<image>"
 MAX_ID_CHARS = 256
+_MAX_INT_ID = 10**MAX_ID_CHARS
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SchemaError(ValueError):
@@ -84,7 +89,34 @@ def parse_json(raw: bytes | str | dict) -> dict:
         obj = json.loads(raw)
     except json.JSONDecodeError as e:
         raise SchemaError(f"not valid JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise SchemaError("not valid JSON: nested too deeply") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise SchemaError(f"not valid JSON: {str(e)[:120]}") from None
     return obj
+
+
+def checked(value: str, where: str, control: bool = False) -> str:
+    """A string Arrow can store (no lone surrogate); with ``control``, one without control characters too."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SchemaError(f"{where} is not valid Unicode text (lone surrogate at character {e.start})") from None
+    if control and (m := _CONTROL.search(value)):
+        raise SchemaError(f"{where} holds a control character ({m.group()!r} at character {m.start()})")
+    return value
+
+
+def _show(value) -> str:
+    """A bad value, short and safe to put in a reason (no huge or deeply nested repr)."""
+    if isinstance(value, str):
+        return repr(value[:80]) + ("..." if len(value) > 80 else "")
+    if value is None or isinstance(value, (bool, int, float)):
+        try:
+            return repr(value)[:80]
+        except ValueError:  # int -> str of more than 4300 digits
+            return "a very large integer"
+    return f"a {type(value).__name__}"
 
 
 def resolve_ref(ref: str, base: str) -> str:
@@ -104,17 +136,22 @@ def to_record(obj, base: str = "") -> Record:
         raise SchemaError(f"a record must be a JSON object, got {type(obj).__name__}")
     obj = {k: v for k, v in obj.items() if v is not None}  # parquet stores absent fields as null
     rid = obj.get("id")
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or str(rid).strip() == "":
-        raise SchemaError(f"'id' must be a non-empty string or integer, got {rid!r}"[:200])
-    rid = str(rid)
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        rid = str(rid) if abs(rid) < _MAX_INT_ID else None  # (str() refuses ints of more than 4300 digits)
+    if not isinstance(rid, str) or rid.strip() == "":
+        raise SchemaError(f"'id' must be a non-empty string or integer, got {_show(obj.get('id'))}")
     if len(rid) > MAX_ID_CHARS:
         raise SchemaError(f"'id' is {len(rid)} characters (at most {MAX_ID_CHARS})")
-    domain = obj.get("domain", obj.get("task_name", "unknown"))
+    checked(rid, "'id'", control=True)
+    name = "domain" if "domain" in obj else "task_name"
+    domain = obj.get(name, "unknown")
     if not isinstance(domain, str) or not domain:
-        raise SchemaError(f"'domain' must be a non-empty string, got {domain!r}"[:200])
+        raise SchemaError(f"'{name}' must be a non-empty string, got {_show(domain)}")
+    checked(domain, f"'{name}'", control=True)
     instruction = obj.get("instruction", "")
     if not isinstance(instruction, str):
         raise SchemaError(f"'instruction' must be a string, got {type(instruction).__name__}")
+    checked(instruction, "'instruction'")
     if isinstance(obj.get("output"), list) or isinstance(obj.get("input"), list):
         inp, out = _segment_list(obj, "input", base), _segment_list(obj, "output", base)
     elif "context" in obj or isinstance(obj.get("output"), str) or isinstance(obj.get("input"), str):
@@ -141,10 +178,10 @@ def _segment(item, where: str, base: str) -> Segment:
         text = item.get("text")
         if not isinstance(text, str):
             raise SchemaError(f"{where}.text must be a string, got {type(text).__name__}")
-        return Segment("text", text=text)
+        return Segment("text", text=checked(text, f"{where}.text"))
     if kind == "image":
         return Segment("image", image=_image_ref(item.get("image"), where + ".image", base))
-    raise SchemaError(f"{where}.type must be 'text' or 'image', got {kind!r}"[:200])
+    raise SchemaError(f"{where}.type must be 'text' or 'image', got {_show(kind)}")
 
 
 def _image_ref(ref, where: str, base: str) -> str | bytes:
@@ -154,7 +191,7 @@ def _image_ref(ref, where: str, base: str) -> str | bytes:
         ref = ref["path"]
     if not isinstance(ref, str) or not ref.strip():
         raise SchemaError(f"{where} must be a path, URI or {{'bytes': ...}}, got {type(ref).__name__}")
-    return resolve_ref(ref, base)
+    return resolve_ref(checked(ref, where, control=True), base)
 
 
 def _split_placeholders(text: str, images: list, where: str, base: str) -> list[Segment]:
@@ -181,6 +218,7 @@ def _placeholder_form(obj: dict, instruction: str, base: str):
     for name, val in (("context", context), ("output", output)):
         if not isinstance(val, str):
             raise SchemaError(f"'{name}' must be a string in the placeholder form, got {type(val).__name__}")
+        checked(val, f"'{name}'")
     queue = list(images)
     instr = _split_placeholders(instruction, queue, "instruction", base)
     inp = _split_placeholders(context, queue, "context", base)

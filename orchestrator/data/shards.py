@@ -7,6 +7,8 @@ Shards live in ``<output>/<backbone>/split=train|val/part-*.parquet`` (hive part
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 
 import pyarrow as pa
 
@@ -38,6 +40,49 @@ SHARD_SCHEMA = pa.schema(
     + [("pixels", pa.list_(pa.large_binary()))]
     + [(k, pa.int32()) for k in TOKEN_STATS]
 )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def storable(text: str) -> str:
+    """A string Arrow can store and a terminal can print: lone surrogates and control characters become
+    backslash escapes (reject rows must always build; their ids and domains reach the summary)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text) if _CONTROL.search(text) else text
+
+
+def _empty(t: pa.DataType):
+    if pa.types.is_string(t):
+        return ""
+    if pa.types.is_floating(t):
+        return math.nan
+    return [] if pa.types.is_list(t) else 0
+
+
+def reject_row(row: dict, schema: pa.Schema, stage: str, reason: str) -> dict:
+    """``row`` turned into a reject of ``schema``: its position and names kept (made storable), the rest empty."""
+    out = {f.name: _empty(f.type) for f in schema}
+    out.update({k: row.get(k, 0) for k in ("order", "line")}, split=REJECTED, stage=stage, reason=storable(reason))
+    out.update({k: storable(row[k]) if isinstance(row.get(k), str) else "" for k in ("file", "id", "domain")})
+    return {k: v for k, v in out.items() if k in schema.names}
+
+
+def build_table(rows: list[dict], schema: pa.Schema, stage: str) -> pa.Table:
+    """Rows -> a table; if one row cannot be built, row by row, each failing row becoming a reject at ``stage``
+    (so no single record fails a block)."""
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except Exception:
+        pass
+    fixed = []
+    for row in rows:
+        try:
+            pa.Table.from_pylist([row], schema=schema)
+            fixed.append(row)
+        except Exception as e:
+            fixed.append(reject_row(row, schema, stage, f"cannot be stored: {type(e).__name__}: {str(e)[:200]}"))
+    return pa.Table.from_pylist(fixed, schema=schema)
 
 
 def split_of(record_id: str, val_fraction: float) -> str:

@@ -5,6 +5,11 @@ JSONL files larger than ``chunk_bytes`` are cut at line boundaries into byte ran
 file is read in parallel; the planner counts lines while cutting, so every record keeps its true line
 number. Parquet files are chunked by row group ("line" = row number); ``.json`` arrays and ``.gz``
 files are one chunk each ("line" = element number / line number).
+
+Work per record and per file is bounded (``Limits``, from data.max_record_bytes / data.max_file_bytes):
+lines are streamed in blocks (``.gz`` decompressed as they are read), a line longer than the record limit
+is one `parse` reject that is never decoded, and what must be read whole (a JSON array, a parquet row
+group, the decompressed bytes of a ``.gz``) is refused as one `parse` reject above the file limit.
 """
 
 from __future__ import annotations
@@ -21,7 +26,19 @@ from ..config import ConfigError
 
 EXTENSIONS = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
 _READ_BLOCK = 8 * 2**20
+_LINE_BLOCK = 2**20
+_PARQUET_BATCH = 64  # rows decoded at a time
 BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class Limits:
+    record_bytes: int = 16 * 2**20  # data.max_record_bytes
+    file_bytes: int = 2**30  # data.max_file_bytes
+
+    @classmethod
+    def from_config(cls, data) -> Limits:
+        return cls(data.max_record_bytes, data.max_file_bytes)
 
 
 @dataclass(frozen=True)
@@ -52,8 +69,9 @@ def _is_glob(path: str) -> bool:
 def list_files(sources: list[str], exclude: str | None = None) -> list[str]:
     """Every data file named by the sources (sorted, deduplicated); ConfigError when one names nothing.
 
-    Files under ``exclude`` (the output folder, which may sit inside a source folder) and hidden or
-    ``_``-prefixed files (``_SUCCESS``, ``.DS_Store``) are skipped.
+    Files under ``exclude`` (the output folder, which may sit inside a source folder), hidden or
+    ``_``-prefixed files (``_SUCCESS``, ``.DS_Store``) and, locally, anything but regular files (a FIFO
+    would block the read) are skipped.
     """
     skip = None if exclude is None else (exclude if "://" in exclude else os.path.abspath(exclude)).rstrip("/") + "/"
     files: list[str] = []
@@ -73,9 +91,9 @@ def _expand(src: str) -> list[str]:
         for p in paths:
             if os.path.isdir(p):
                 out += [os.path.join(r, f) for r, _, fs in os.walk(p) for f in fs]
-            elif os.path.isfile(p):
+            else:
                 out.append(p)
-        return [os.path.abspath(p) for p in out if p.endswith(EXTENSIONS)]
+        return [os.path.abspath(p) for p in out if p.endswith(EXTENSIONS) and os.path.isfile(p)]
     try:
         fs, path = _fs(src)
         if _is_glob(path):
@@ -170,55 +188,146 @@ def _line_chunks(path: str, index: int, chunk_bytes: int) -> list[Chunk]:
 
 
 class Unreadable(str):
-    """Stands in for the records of a chunk that could not be read; fails the "parse" stage."""
+    """Stands in for a record (or the rest of a chunk) that could not be read; fails the "parse" stage."""
 
 
-def read_chunk(chunk: Chunk) -> Iterator[tuple[int, object]]:
+class TooLarge(Exception):
+    """What must be read whole is over data.max_file_bytes: the rest of the chunk is one reject."""
+
+
+def read_chunk(chunk: Chunk, limits: Limits = Limits()) -> Iterator[tuple[int, object]]:
     """(line number, raw record) for every non-blank line / element / row of the chunk.
 
-    A file that cannot be read (truncated gzip, corrupt parquet, permissions) yields one Unreadable
-    record at the first line not read, so the failure is counted instead of stopping the run.
+    A file that cannot be read (truncated gzip, corrupt parquet, permissions) or is too large to read yields
+    one Unreadable record at the first line not read, so the failure is counted instead of stopping the run.
     """
     reader = {"parquet": _read_parquet, "json": _read_json_array}.get(chunk.kind, _read_lines)
     last = chunk.first_line - 1
     try:
-        for line, raw in reader(chunk):
+        for line, raw in reader(chunk, limits):
             last = line
             yield line, raw
+    except TooLarge as e:
+        yield last + 1, Unreadable(f"{chunk.path}: {e}")
     except Exception as e:
         yield last + 1, Unreadable(f"cannot read {chunk.path}: {type(e).__name__}: {str(e)[:200]}")
 
 
-def _read_lines(chunk: Chunk):
+class _Capped:
+    """A binary stream that ends at ``limit`` bytes, and raises TooLarge if read on when more follow."""
+
+    def __init__(self, f, limit: int, what: str):
+        self.f, self.left, self.limit, self.what = f, limit, limit, what
+
+    def read(self, n: int) -> bytes:
+        if self.left == 0:
+            if self.f.read(1):
+                raise TooLarge(f"{self.what} more than data.max_file_bytes={self.limit} bytes: not read further")
+            return b""
+        data = self.f.read(min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
+def _read_whole(f, limit: int, what: str) -> bytearray:
+    capped, buf = _Capped(f, limit, what), bytearray()
+    while block := capped.read(_READ_BLOCK):
+        buf += block
+    return buf
+
+
+def _read_lines(chunk: Chunk, limits: Limits):
     with _open(chunk.path) as f:
         if chunk.path.endswith(".gz"):
-            data = gzip.GzipFile(fileobj=f).read()
+            stream, n = _Capped(gzip.GzipFile(fileobj=f), limits.file_bytes, "decompresses to"), -1
         else:
             f.seek(chunk.start)
-            data = f.read() if chunk.end < 0 else f.read(chunk.end - chunk.start)
-    if chunk.start == 0:
-        data = data.removeprefix(BOM)
-    for i, line in enumerate(data.split(b"\n")):
-        if line.strip():
-            yield chunk.first_line + i, line
+            stream, n = f, (-1 if chunk.end < 0 else chunk.end - chunk.start)
+        yield from split_lines(stream, n, chunk.first_line, limits.record_bytes, bom=chunk.start == 0)
 
 
-def _read_json_array(chunk: Chunk):
-    with _open(chunk.path) as f:
-        data = (gzip.GzipFile(fileobj=f) if chunk.path.endswith(".gz") else f).read().removeprefix(BOM)
+def split_lines(f, n: int, first_line: int, limit: int, bom: bool = False):
+    """(line number, bytes) of the non-blank lines in the next ``n`` bytes of ``f`` (-1: to the end), read in
+    blocks; a line over ``limit`` bytes is skipped unread and yields one Unreadable instead."""
+    line, pending, dropped = first_line, b"", 0  # the unfinished line; or, once it is too long, its size
+    while n and (block := f.read(_LINE_BLOCK if n < 0 else min(_LINE_BLOCK, n))):
+        n = n - len(block) if n > 0 else n
+        if bom:
+            block, bom = block.removeprefix(BOM), False
+        *done, rest = block.split(b"\n")
+        for piece in done:
+            if (size := dropped + len(pending) + len(piece)) > limit:
+                yield line, _too_long(size, limit)
+            elif (data := pending + piece).strip():
+                yield line, data
+            line, pending, dropped = line + 1, b"", 0
+        if dropped or len(pending) + len(rest) > limit:
+            dropped, pending = dropped + len(pending) + len(rest), b""
+        else:
+            pending += rest
+    if dropped:
+        yield line, _too_long(dropped, limit)
+    elif pending.strip():
+        yield line, pending
+
+
+def _too_long(size: int, limit: int) -> Unreadable:
+    return Unreadable(f"a line of {size} bytes, more than data.max_record_bytes={limit}: not decoded")
+
+
+def _read_json_array(chunk: Chunk, limits: Limits):
+    """Whole-file failures (too large, not JSON) are one record at line 0."""
+    what = "a JSON array of"
+    try:
+        if not chunk.path.endswith(".gz") and (size := _size(chunk.path)) > limits.file_bytes:
+            raise TooLarge(f"{what} {size} bytes, more than data.max_file_bytes={limits.file_bytes}: not read")
+        with _open(chunk.path) as f:
+            stream = gzip.GzipFile(fileobj=f) if chunk.path.endswith(".gz") else f
+            data = _read_whole(stream, limits.file_bytes, what).removeprefix(BOM)
+    except TooLarge as e:
+        yield 0, Unreadable(f"{chunk.path}: {e}")
+        return
     try:
         items = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        yield 0, data  # the whole file fails "parse" as one record, with the decoder's message
+    except json.JSONDecodeError as e:
+        yield 0, Unreadable(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
+        return
+    except (UnicodeDecodeError, RecursionError, ValueError) as e:
+        yield 0, Unreadable(f"not valid JSON: {type(e).__name__}: {str(e)[:120]}")
         return
     for i, item in enumerate(items):
-        yield i + 1, item if isinstance(item, dict) else json.dumps(item)
+        yield i + 1, item if isinstance(item, dict) else _as_json(item)
 
 
-def _read_parquet(chunk: Chunk):
+def _as_json(item) -> str:
+    """A non-object element, back to JSON text so that the schema stage names its type."""
+    try:
+        return json.dumps(item)
+    except (RecursionError, ValueError) as e:
+        return Unreadable(f"an element that cannot be re-encoded as JSON: {type(e).__name__}")
+
+
+def _read_parquet(chunk: Chunk, limits: Limits):
+    """The footer's uncompressed size of the row group is checked first; then it is decoded in small batches,
+    and what the batches add up to is capped too (dictionary and run-length encodings expand past the footer's
+    figure)."""
     import pyarrow.parquet as pq
 
+    cap = limits.file_bytes
     with _open(chunk.path) as f:
-        table = pq.ParquetFile(f).read_row_group(chunk.start)
-    for i, row in enumerate(table.to_pylist()):
-        yield chunk.first_line + i, row
+        pf = pq.ParquetFile(f)
+        group = pf.metadata.row_group(chunk.start)
+        columns = sum(group.column(i).total_uncompressed_size for i in range(group.num_columns))
+        size = max(group.total_byte_size, columns)
+        if size > cap:
+            raise TooLarge(f"row group {chunk.start} holds {size} bytes uncompressed, more than "
+                           f"data.max_file_bytes={cap}: not read")
+        line, held = chunk.first_line, 0
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, row_groups=[chunk.start], use_threads=False):
+            held += batch.nbytes
+            if held > cap:
+                raise TooLarge(f"row group {chunk.start} decodes to more than data.max_file_bytes={cap} bytes: "
+                               "not read further")
+            for row in batch.to_pylist():
+                yield line, row
+                line += 1

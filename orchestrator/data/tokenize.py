@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..backbones import get_backbone
 from .filters import Reject, run_stage
-from .shards import SHARD_SCHEMA, TOKEN_STATS, layout_to_rows
+from .shards import SHARD_SCHEMA, TOKEN_STATS, build_table, layout_to_rows
 
 
 def fit_pieces(lengths: list[int], targets: list[bool], max_len: int, n_bos: int, n_eos: int) -> int:
@@ -66,7 +66,7 @@ class Tokenize:
         self.max_seq_len = max_seq_len
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return pa.Table.from_pylist([self.row(r) for r in batch.to_pylist()], schema=SHARD_SCHEMA)
+        return build_table([self.row(r) for r in batch.to_pylist()], SHARD_SCHEMA, "tokenize")
 
     def row(self, row: dict) -> dict:
         out = {k: row[k] for k in SHARD_SCHEMA.names if k in row}

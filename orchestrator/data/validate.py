@@ -1,7 +1,8 @@
 """The CPU stages before tokenization, composed per record; and the per-chunk functions both engines run.
 
-``validate_record`` runs parse -> schema -> image -> bounds -> image_dedupe -> dedupe and returns one
-row (VALIDATED_SCHEMA) whatever happens: a record that fails carries its stage and reason.
+``validate_record`` runs parse -> schema -> bounds (text, image count) -> image -> bounds (image sides) ->
+image_dedupe -> dedupe and returns one row (VALIDATED_SCHEMA) whatever happens: a record that fails carries
+its stage and reason. Tables are built so that a row Arrow cannot store becomes a reject, not a failed block.
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ import pyarrow as pa
 
 from ..config import FilterSection
 from .dedupe import KEY_SCHEMA, order_of
-from .filters import Reject, check_bounds, check_near_duplicates, content_key, load_images, run_stage
+from .filters import (Reject, check_bounds, check_near_duplicates, check_record_bounds, content_key, load_images,
+                      run_stage)
+from .refs import ImagePolicy
 from .schema import Record, parse_json, to_record
-from .shards import REJECTED, VALIDATED_SCHEMA, split_of
-from .sources import Chunk, read_chunk
+from .shards import REJECTED, VALIDATED_SCHEMA, build_table, split_of, storable
+from .sources import Chunk, Limits, read_chunk
+
+_DEFAULT_POLICY = ImagePolicy()
+
 
 def _row(chunk: Chunk, line: int, **kw) -> dict:
     row = dict(order=order_of(chunk.file_index, line), file=chunk.path, line=line, id="", domain="", split=REJECTED,
                stage="", reason="", content_hash="", alignment=math.nan, n_answer_images=0, segments="", images=[])
     row.update(kw)
+    for k in ("file", "id", "domain", "reason"):  # what a reject names may hold what the schema refuses
+        row[k] = storable(row[k])
     return row
 
 
@@ -43,11 +51,13 @@ def _known(obj) -> dict:
     if not isinstance(obj, dict):
         return {}
     fields = {"id": obj.get("id"), "domain": obj.get("domain") or obj.get("task_name")}
-    return {k: str(v)[:256] for k, v in fields.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
+    return {k: str(v)[:256] for k, v in fields.items()  # (str() refuses ints of more than 4300 digits)
+            if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) < 10**256)}
 
 
 def validate_record(
-    raw, chunk: Chunk, line: int, f: FilterSection, verdicts: dict[int, str], val_fraction: float
+    raw, chunk: Chunk, line: int, f: FilterSection, verdicts: dict[int, str], val_fraction: float,
+    policy: ImagePolicy = _DEFAULT_POLICY,
 ) -> dict:
     known: dict = {}  # id / domain as soon as they are known, so rejects can name them
     try:
@@ -55,7 +65,8 @@ def validate_record(
         known = _known(obj)
         record = run_stage("schema", to_record, obj, chunk.base)
         known = dict(id=record.id, domain=record.domain, n_answer_images=sum(s.is_image for s in record.output))
-        data, images = run_stage("image", load_images, record, f)
+        run_stage("bounds", check_record_bounds, record, f)
+        data, images = run_stage("image", load_images, record, chunk.base, f, policy)
         run_stage("bounds", check_bounds, record, images, f)
         run_stage("image_dedupe", check_near_duplicates, record, images, f)
         reason = verdicts.get(order_of(chunk.file_index, line)) if f.dedupe else None
@@ -68,27 +79,29 @@ def validate_record(
 
 
 def validate_chunk(
-    chunk: Chunk, f: FilterSection, verdicts: dict[int, str], val_fraction: float, rows_per_table: int = 16
+    chunk: Chunk, f: FilterSection, verdicts: dict[int, str], val_fraction: float, rows_per_table: int = 16,
+    policy: ImagePolicy = _DEFAULT_POLICY, limits: Limits = Limits(),
 ) -> Iterator[pa.Table]:
     """Validated rows of a chunk, handed on in tables of rows_per_table (bounded memory per task)."""
     rows = []
-    for line, raw in read_chunk(chunk):
-        rows.append(validate_record(raw, chunk, line, f, verdicts, val_fraction))
+    for line, raw in read_chunk(chunk, limits):
+        rows.append(validate_record(raw, chunk, line, f, verdicts, val_fraction, policy))
         if len(rows) == rows_per_table:
-            yield pa.Table.from_pylist(rows, schema=VALIDATED_SCHEMA)
+            yield build_table(rows, VALIDATED_SCHEMA, "schema")
             rows = []
     if rows:
-        yield pa.Table.from_pylist(rows, schema=VALIDATED_SCHEMA)
+        yield build_table(rows, VALIDATED_SCHEMA, "schema")
 
 
-def chunk_keys(chunk: Chunk, f: FilterSection) -> pa.Table:
+def chunk_keys(chunk: Chunk, f: FilterSection, policy: ImagePolicy = _DEFAULT_POLICY,
+               limits: Limits = Limits()) -> pa.Table:
     """Dedupe keys of a chunk: one row per input record (content_hash "" where it fails earlier)."""
     rows = []
-    for line, raw in read_chunk(chunk):
-        key = content_key(raw, chunk.base, f) if f.dedupe else None
+    for line, raw in read_chunk(chunk, limits):
+        key = content_key(raw, chunk.base, f, policy) if f.dedupe else None
         rid, h = key or ("", "")
         rows.append(dict(order=order_of(chunk.file_index, line), id=rid, content_hash=h))
-    return pa.Table.from_pylist(rows, schema=KEY_SCHEMA)
+    return build_table(rows, KEY_SCHEMA, "dedupe")
 
 
 # ---- map_batches UDFs over a dataset of chunk descriptors (this module stays free of torch imports) ----
@@ -98,10 +111,11 @@ def _chunks_of(batch: pa.Table) -> list[Chunk]:
     return [Chunk(**row) for row in batch.to_pylist()]
 
 
-def keys_udf(batch: pa.Table, filters: FilterSection) -> pa.Table:
-    return pa.concat_tables([chunk_keys(c, filters) for c in _chunks_of(batch)])
+def keys_udf(batch: pa.Table, filters: FilterSection, policy: ImagePolicy, limits: Limits) -> pa.Table:
+    return pa.concat_tables([chunk_keys(c, filters, policy, limits) for c in _chunks_of(batch)])
 
 
-def validate_udf(batch: pa.Table, filters: FilterSection, verdicts: dict[int, str], val_fraction: float, rows: int):
+def validate_udf(batch: pa.Table, filters: FilterSection, verdicts: dict[int, str], val_fraction: float, rows: int,
+                 policy: ImagePolicy, limits: Limits):
     for c in _chunks_of(batch):
-        yield from validate_chunk(c, filters, verdicts, val_fraction, rows)
+        yield from validate_chunk(c, filters, verdicts, val_fraction, rows, policy, limits)

@@ -6,7 +6,8 @@ root); CLIP-I and DINO = cosine similarity of the two images' embeddings (MagicB
 ViT-B/32 and DINO ViT-S/16). Those two need local checkpoints (editing.clip_model / dino_model);
 without them they are skipped with a note. code_match (the share of cells whose VQ code equals the
 target's, on the same grid) needs no pixels, so backbones without a pixel decoder (Chameleon/Anole)
-still get a score.
+still get a score. Image references go through the data pipeline's policy (data.image_roots,
+data.allowed_schemes): a record naming an image outside it is skipped ("refused_image"), never opened.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from PIL import Image
 from ..config import ConfigError, RunConfig
 from ..data.filters import Reject, parse
 from ..data.images import ImageError, decode_image, read_image_bytes
+from ..data.refs import ImagePolicy
+from ..data.schema import Record
 from ..data.shards import split_of
-from ..data.sources import list_files, plan_chunks, read_chunk
+from ..data.sources import Limits, list_files, plan_chunks, read_chunk
 from .generate import Generator, SamplingConfig
 
 MAX_BYTES = 64 * 2**20
@@ -38,13 +41,23 @@ def load_image(ref) -> Image.Image:
     return decode_image(read_image_bytes(ref, MAX_BYTES), 10**8).convert("RGB")
 
 
+def confined(rec: Record, policy: ImagePolicy, base: str) -> Record:
+    """The record with every image reference checked by the policy (ImageError when one is refused)."""
+    def fix(segments):
+        return tuple(replace(s, image=policy.check(s.image, base)) if isinstance(s.image, str) and s.is_image else s
+                     for s in segments)
+    return replace(rec, input=fix(rec.input), output=fix(rec.output))
+
+
 def editing_records(cfg: RunConfig) -> tuple[list, dict]:
     """Records of the editing domain and split, with exactly one output image; -> (records, skipped counts)."""
     e = cfg.editing
     sources = ([e.source] if isinstance(e.source, str) else list(e.source)) if e.source else cfg.data.sources()
-    records, skipped = [], {"other_domain": 0, "other_split": 0, "unreadable": 0, "not_an_edit": 0}
+    policy, limits = ImagePolicy.from_config(cfg.data, sources), Limits.from_config(cfg.data)
+    records = []
+    skipped = {"other_domain": 0, "other_split": 0, "unreadable": 0, "not_an_edit": 0, "refused_image": 0}
     for chunk in plan_chunks(list_files(sources), cfg.data.chunk_bytes):
-        for _, raw in read_chunk(chunk):
+        for _, raw in read_chunk(chunk, limits):
             try:
                 rec = parse(raw, chunk.base)
             except Reject:
@@ -57,7 +70,10 @@ def editing_records(cfg: RunConfig) -> tuple[list, dict]:
             elif sum(s.is_image for s in rec.output) != 1 or not any(s.is_image for s in rec.input):
                 skipped["not_an_edit"] += 1
             else:
-                records.append(rec)
+                try:
+                    records.append(confined(rec, policy, chunk.base))
+                except ImageError:
+                    skipped["refused_image"] += 1
             if e.max_records is not None and len(records) >= e.max_records:
                 return records, skipped
     return records, skipped

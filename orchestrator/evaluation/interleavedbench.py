@@ -11,6 +11,10 @@ absent. Predictions keep each record's fields and add ``output`` (the answer's t
 placeholder where each generated image sits) and ``output_image`` (their paths, relative to the
 predictions file), mirroring ``context`` / ``image``. The benchmark's own judge script was not
 available when this was written (see the README): check its expected field names before submitting.
+
+Image paths follow the data pipeline's policy (``data.refs``): by default they must resolve, symlinks
+followed, inside the bench file's folder, and no URI is fetched. A record naming anything else is
+rejected, so its images are never opened, nor sent to a judge.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from PIL import Image
 
 from ..config import ConfigError
 from ..data.images import ImageError
+from ..data.refs import ImagePolicy
+from ..data.schema import checked, resolve_ref
+from ..data.shards import storable
 from .editing import file_stem, load_image
 from .generate import interleave
 
@@ -50,14 +57,16 @@ def _records(path: Path) -> list:
     try:
         data = json.loads(text)
         return data if isinstance(data, list) else [data]
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply") from None
     except json.JSONDecodeError:
         try:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: neither a JSON list nor JSON lines ({e})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ConfigError(f"{path}: neither a JSON list nor JSON lines ({type(e).__name__}: {e})") from None
 
 
-def parse_item(obj, base: Path) -> BenchItem:
+def parse_item(obj, base: Path, policy: ImagePolicy = ImagePolicy()) -> BenchItem:
     """One record -> BenchItem; ValueError(reason) when it cannot be used."""
     if not isinstance(obj, dict):
         raise ValueError(f"a record must be an object, got {type(obj).__name__}")
@@ -75,6 +84,8 @@ def parse_item(obj, base: Path) -> BenchItem:
             raise ValueError("no 'context' (nor conversations[0].value)")
     if not isinstance(instruction, str) or not isinstance(context, str):
         raise ValueError("'instruction' and 'context' must be strings")
+    for name, val in (("id", str(rid)), ("task_name", task), ("instruction", instruction), ("context", context)):
+        checked(val, f"'{name}'", control=name in ("id", "task_name"))
     images = obj.get("image", obj.get("images", []))
     images = [images] if isinstance(images, str) else images
     if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
@@ -82,25 +93,28 @@ def parse_item(obj, base: Path) -> BenchItem:
     n = context.count(PLACEHOLDER)
     if n != len(images):
         raise ValueError(f"{n} {PLACEHOLDER} placeholder(s) in 'context' but {len(images)} image(s)")
-    resolved = [p if Path(p).is_absolute() else str(base / p) for p in images]
+    resolved = [policy.check(resolve_ref(checked(p, "'image'", control=True), str(base)), str(base)) for p in images]
     return BenchItem(str(rid), task, instruction, context, resolved, obj)
 
 
-def read_bench(path: str | Path, max_records: int | None = None) -> tuple[list[BenchItem], list[dict]]:
-    """-> (items, rejects [{"index", "id", "reason"}]); a bad record is rejected, never fatal."""
+def read_bench(path: str | Path, max_records: int | None = None,
+               policy: ImagePolicy = ImagePolicy()) -> tuple[list[BenchItem], list[dict]]:
+    """-> (items, rejects [{"index", "id", "reason"}]); a bad record is rejected, never fatal. ``policy``:
+    which image references are allowed (by default local files under the bench file's folder)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"interleavedbench.path {str(path)!r} is not a file")
     items, rejects, seen = [], [], set()
     for i, obj in enumerate(_records(path)):
         try:
-            item = parse_item(obj, path.parent)
+            item = parse_item(obj, path.parent, policy)
             if file_stem(item.id) in seen:
                 raise ValueError(f"id {item.id!r} repeats an earlier record's (as a file name)")
             seen.add(file_stem(item.id))
             items.append(item)
         except ValueError as e:
-            rejects.append({"index": i, "id": obj.get("id") if isinstance(obj, dict) else None, "reason": str(e)})
+            rid = obj.get("id") if isinstance(obj, dict) else None
+            rejects.append({"index": i, "id": storable(rid) if isinstance(rid, str) else rid, "reason": str(e)})
         if max_records is not None and len(items) >= max_records:
             break
     return items, rejects
@@ -120,7 +134,8 @@ def answer_fields(answer, item: BenchItem, out_dir: Path) -> dict:
 def write_predictions(items: list[BenchItem], outputs: list[dict], out_dir: Path) -> Path:
     preds = [{**item.raw, **out} for item, out in zip(items, outputs)]
     path = out_dir / PREDICTIONS
-    path.write_text(json.dumps(preds, indent=2, ensure_ascii=False))
+    # a lone surrogate in a field we pass through is written as its JSON escape (what it was read from)
+    path.write_text(json.dumps(preds, indent=2, ensure_ascii=False), encoding="utf-8", errors="backslashreplace")
     return path
 
 

@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 from orchestrator.config import FilterSection
 from orchestrator.data.dedupe import order_of
-from orchestrator.data.filters import Reject, check_bounds, check_near_duplicates, run_stage
+from orchestrator.data.filters import Reject, check_bounds, check_near_duplicates, check_record_bounds, run_stage
 from orchestrator.data.schema import Record, Segment
 from orchestrator.data.sources import Chunk
 from orchestrator.data.tokenize import Tokenize, fit_pieces
@@ -27,15 +27,18 @@ def record(inp=(), out=(Segment("text", text="ok"),), instruction="Do it.") -> R
 
 def test_bounds():
     f = FilterSection(max_text_chars=20, max_images=1, min_image_side=16, min_output_chars=2)
+    img = Segment("image", image="x.png")
+    check_record_bounds(record(out=(Segment("text", text="ok"), img)), f)
     check_bounds(record(), [picture("red")], f)
-    for rec, images, words in [
-        (record(instruction="x" * 30), [], "max_text_chars"),
-        (record(), [picture("red"), picture("blue")], "max_images"),
-        (record(), [picture("red", size=(64, 8))], "min_image_side"),
-        (record(out=(Segment("text", text="a"),)), [], "min_output_chars"),
+    for rec, words in [
+        (record(instruction="x" * 30), "max_text_chars"),
+        (record(out=(Segment("text", text="ok"), img, img)), "max_images"),  # counted before any image is read
+        (record(out=(Segment("text", text="a"),)), "min_output_chars"),
     ]:
         with pytest.raises(Reject, match=words):
-            check_bounds(rec, images, f)
+            check_record_bounds(rec, f)
+    with pytest.raises(Reject, match="min_image_side"):
+        check_bounds(record(), [picture("red", size=(64, 8))], f)
 
 
 def test_near_duplicates_only_within_one_side():

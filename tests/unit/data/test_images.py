@@ -59,3 +59,22 @@ def test_phash_separates_duplicates_from_different_pictures():
     assert hamming(phash(a), phash(resized)) <= 4
     assert hamming(phash(a), phash(b)) > 10
     assert hamming(phash(noise(0)), phash(noise(1))) > 10
+
+
+def test_pixel_bombs_are_refused_from_the_header():
+    from orchestrator.data.fuzz import declared_png
+
+    huge = declared_png(100_000, 100_000)  # 30 GB of pixels declared in 300 bytes
+    assert len(huge) < 1000
+    with pytest.raises(ImageError, match="DecompressionBomb"):
+        decode_image(huge, max_pixels=10**6)
+    with pytest.raises(ImageError, match="3000x3000 px, more than max_image_pixels=1000000"):
+        decode_image(declared_png(3000, 3000, rows=4), max_pixels=10**6)
+    assert decode_image(declared_png(20, 10, rows=10), max_pixels=10**6).size == (20, 10)
+
+
+def test_only_raster_formats_are_opened():
+    """EPS would go to Ghostscript: not a format we open."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(ImageError, match="not a recognised image format"):
+        decode_image(eps, max_pixels=10**6)

@@ -104,3 +104,23 @@ def test_size_limits_are_counted_and_a_run_refuses_lossy_shards(tmp_path):
     # a bounds reject counts its answer images too
     manifest, _ = run(tmp_path, tmp_path / "a.jsonl", "data.filters.max_images=0", "data.val_fraction=0")
     assert manifest["dropped"]["records"]["bounds"] == 4 and manifest["dropped"]["answer_images"]["bounds"] == 4
+
+
+def test_lone_surrogates_are_counted_rejects_and_an_empty_split_still_gets_its_summary(tmp_path):
+    """The issue's two crashes: a lone surrogate ("\\ud800" in JSON) stopped the run when rows were built, and a
+    split left empty stopped the summary (KeyError 'n_tokens') after the shards were written."""
+    from orchestrator.data.manifest import format_summary
+
+    lines = [json.dumps({**GOOD, "id": "a\ud800"}), json.dumps(GOOD),
+             json.dumps({**GOOD, "id": "b", "output": [{"type": "text", "text": "x\ud800"}]})]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    manifest, rejects = run(tmp_path, tmp_path / "a.jsonl", "data.val_fraction=0")
+    assert manifest["outputs"] == {"train": 1, "val": 0, "rejected": 2}
+    assert [(r["line"], r["id"], r["stage"], r["reason"]) for r in rejects] == [
+        (1, "a\\ud800", "schema", "'id' is not valid Unicode text (lone surrogate at character 1)"),
+        (3, "b", "schema", "output[0].text is not valid Unicode text (lone surrogate at character 1)")]
+    summary = format_summary(manifest, "out")
+    assert "val: 0 records, 0 tokens (0 trained on" in summary and "train: 1 records" in summary
+    (tmp_path / "a.jsonl").write_text(lines[0] + "\n")  # everything rejected: both splits empty
+    manifest, _ = run(tmp_path, tmp_path / "a.jsonl")
+    assert manifest["tokens"]["train"]["n_tokens"] == 0 and "train: 0 records" in format_summary(manifest, "out")

@@ -78,3 +78,48 @@ def test_url_joins_stay_inside_their_bucket_or_root():
     assert resolve_ref("img/a.png", "file:///data/set") == "file:///data/set/img/a.png"
     assert resolve_ref("../img/a.png", "s3://bucket") == "s3://bucket/img/a.png"
     assert resolve_ref("../../a.png", "s3://bucket/x") == "s3://bucket/a.png"
+
+
+S = "\ud800"  # a lone surrogate: valid JSON as "\\ud800", not storable as UTF-8
+
+
+@pytest.mark.parametrize(
+    "record, words",
+    [
+        ({**SEGMENTS, "id": "a" + S}, "'id' is not valid Unicode text (lone surrogate at character 1)"),
+        ({**SEGMENTS, "domain": S}, "'domain' is not valid Unicode text (lone surrogate at character 0)"),
+        ({**PLACEHOLDERS, "task_name": "st" + S}, "'task_name' is not valid Unicode"),
+        ({**SEGMENTS, "instruction": "Go" + S}, "'instruction' is not valid Unicode"),
+        ({**PLACEHOLDERS, "context": S + "<image>"}, "'context' is not valid Unicode"),
+        ({**PLACEHOLDERS, "output": "x <image>" + S}, "'output' is not valid Unicode"),
+        ({**SEGMENTS, "output": [{"type": "text", "text": S}]}, "output[0].text is not valid Unicode"),
+        ({**SEGMENTS, "input": [{"type": "image", "image": "a" + S + ".png"}]}, "input[0].image is not valid Unicode"),
+        ({**SEGMENTS, "input": [{"type": "image", "image": {"path": S}}]}, "input[0].image is not valid Unicode"),
+        ({**PLACEHOLDERS, "images": ["a.png", "b" + S]}, "output image 0 is not valid Unicode"),
+        ({**SEGMENTS, "id": "a\x00b"}, "'id' holds a control character ('\\x00' at character 1)"),
+        ({**SEGMENTS, "id": "\x1b[31mred"}, "'id' holds a control character"),
+        ({**SEGMENTS, "domain": "vqa\n"}, "'domain' holds a control character"),
+        ({**SEGMENTS, "input": [{"type": "image", "image": "a.png\x00"}]}, "input[0].image holds a control character"),
+        ({**SEGMENTS, "id": 10**5000}, "'id' must be a non-empty string or integer, got a very large integer"),
+        ({**SEGMENTS, "output": [{"type": ["x"] * 10**5}]}, "got a list"),  # no huge repr in a reason
+    ],
+)
+def test_every_string_is_checked(record, words):
+    with pytest.raises(SchemaError) as e:
+        to_record(record, "/data")
+    assert words in str(e.value) and len(str(e.value)) < 300
+    str(e.value).encode("utf-8")  # the reason itself is storable
+
+
+def test_text_may_hold_newlines_and_surrogate_pairs():
+    rec = to_record({**SEGMENTS, "output": [{"type": "text", "text": "line one\nline two \U0001F600"}]})
+    assert rec.output[0].text.endswith("\U0001F600")
+    assert to_record(json.loads('{"id": "p", "output": [{"type": "text", "text": "\\ud83d\\ude00"}]}')).output[0].text \
+        == "\U0001F600"
+
+
+def test_deep_nesting_and_huge_numbers_are_parse_errors():
+    with pytest.raises(SchemaError, match="nested too deeply"):
+        parse_json(b'{"id": "d", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    with pytest.raises(SchemaError, match="not valid JSON"):
+        parse_json(b'{"id": ' + b"9" * 5000 + b"}")

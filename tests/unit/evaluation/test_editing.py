@@ -125,3 +125,29 @@ def test_similarity_metrics_are_skipped_with_a_note(sample, tmp_path):
     result = evaluate_editing(apply_moss(spec.build(seed=0), ADAPTERS["lora"], spec).eval(), spec, cfg, tmp_path)
     assert "clip_i" not in result["metrics"] and "dino" not in result["metrics"] and "l1" in result["metrics"]
     assert any("CLIP-I skipped" in n for n in result["notes"]) and any("DINO skipped" in n for n in result["notes"])
+
+
+def test_editing_records_naming_images_outside_the_roots_are_skipped_unopened(tmp_path):
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, color in (("src.png", "red"), ("out.png", "blue")):
+        draw(color).save(data / name)
+    draw("green").save(tmp_path / "secret.png")
+    os.symlink(tmp_path / "secret.png", data / "link.png")
+
+    def edit(rid, src, out):
+        return {"id": rid, "domain": "editing", "instruction": "Make it blue.",
+                "input": [{"type": "image", "image": src}], "output": [{"type": "image", "image": out}]}
+
+    recs = [edit("ok", "src.png", "out.png"), edit("up", "../secret.png", "out.png"),
+            edit("link", "src.png", "link.png"), edit("http", "http://127.0.0.1:9/a.png", "out.png"),
+            edit("abs", "src.png", str(tmp_path / "secret.png"))]
+    (data / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = load_config(None, [f"data.source={data}", "editing.split=all", "editing.max_records=null"])
+    records, skipped = editing_records(cfg)
+    assert [r.id for r in records] == ["ok"] and skipped["refused_image"] == 4
+    assert records[0].input[0].image == str((data / "src.png").resolve())
+    allowed = load_config(None, [f"data.source={data}", "editing.split=all", f"data.image_roots=[{tmp_path}]"])
+    assert [r.id for r in editing_records(allowed)[0]] == ["ok", "up", "link", "abs"]

@@ -578,3 +578,54 @@ def test_aspect_means_leave_text_aspects_out_where_they_do_not_apply():
     means = aspect_means([story, edit])
     assert means["text_quality"] == 4.0 and means["text_image_coherence"] == 4.0  # the editing zeros left out
     assert means["perceptual_quality"] == 3.0 and means["average"] == pytest.approx(3.4)
+
+
+# --------------------------------------------------------------------------------------- image confinement
+
+
+def confined_bench(bench_dir):
+    """bench_dir/sub/bench.json, whose folder holds ok.png, a FIFO and a symlink out; the rest of bench_dir
+    (imgs/, secret.png) is outside its root."""
+    import os
+
+    sub = bench_dir / "sub"
+    png(sub / "ok.png", "blue")
+    png(bench_dir / "secret.png", "green", (9, 9))
+    os.symlink(bench_dir / "secret.png", sub / "link.png")
+    os.mkfifo(sub / "pipe.png")
+    one = dict(context="<image>")
+    recs = [record("ok", **one, images=["ok.png"]), record("up", **one, images=["../secret.png"]),
+            record("abs", **one, images=[str(bench_dir / "secret.png")]), record("link", **one, images=["link.png"]),
+            record("http", **one, images=["http://127.0.0.1:9/x.png"]),
+            record("chain", **one, images=["simplecache::file:///etc/hostname"]),
+            record("fifo", **one, images=["pipe.png"])]
+    (sub / "bench.json").write_text(json.dumps(recs))
+    return sub / "bench.json"
+
+
+def test_read_bench_confines_images_to_the_bench_folder(bench_dir):
+    from orchestrator.data.images import ImageError
+
+    items, rejects = read_bench(confined_bench(bench_dir))
+    assert [i.id for i in items] == ["ok", "fifo"]
+    reasons = {r["id"]: r["reason"] for r in rejects}
+    assert set(reasons) == {"up", "abs", "link", "http", "chain"}
+    assert all("resolves outside the data file's folder" in reasons[k] for k in ("up", "abs", "link"))
+    assert "URI scheme 'http' is not allowed" in reasons["http"] and "fsspec chains" in reasons["chain"]
+    with pytest.raises(ImageError, match="not a regular file: FIFO"):  # refused from stat, never opened
+        items[1].prompt()
+
+
+def test_run_interleavedbench_never_sends_an_image_from_outside(tiny_model, bench_dir, tmp_path, monkeypatch):
+    model, spec = tiny_model
+    path = confined_bench(bench_dir)
+    with judge_server() as server:
+        monkeypatch.setenv("MOSS_JUDGE_BASE_URL", server.base_url)
+        result = run_interleavedbench(model, spec, bench_config(path), tmp_path / "eval", judge=True)
+    assert result["records"] == 2 and len(result["rejected"]) == 5
+    assert [f["id"] for f in result["generation_failures"]] == ["fifo"]
+    assert len(server.requests) == 1
+    sent = [decode_data_url(u).convert("RGB") for r in server.requests
+            for u in image_urls(r["body"]["messages"][1]["content"])]
+    assert sent[0].getpixel((0, 0)) == COLORS["blue"]
+    assert all(im.getpixel((0, 0)) != COLORS["green"] for im in sent)  # the secret's colour
