@@ -19,7 +19,8 @@ BACKBONES: dict[str, type[BackboneSpec]] = {
 
 def get_backbone(name: str, checkpoint: str = TINY, **options) -> BackboneSpec:
     """``options``: backbone-specific settings (emu2: ``regression="mse" | "cosine"``; emu3: ``min_pixels``,
-    ``max_pixels``)."""
+    ``max_pixels``) and, for every family, ``revision`` (the hub commit every load asks for) and
+    ``trust_remote_code``."""
     try:
         cls = BACKBONES[name]
     except KeyError:

@@ -207,8 +207,14 @@ class BackboneSpec(ABC):
     #: the output-head rows ``adapter.train_image_head`` can train (image codes in lm_head), or None
     image_head_module: str | None = None
 
-    def __init__(self, checkpoint: str = TINY):
+    def __init__(self, checkpoint: str = TINY, revision: str | None = None, trust_remote_code: bool = False):
         self.checkpoint = checkpoint
+        self.revision, self.trust_remote_code = revision, trust_remote_code
+
+    @property
+    def hub(self) -> dict:
+        """What every from_pretrained / hub download of the checkpoint passes: the pinned revision."""
+        return {"revision": self.revision} if self.revision else {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(checkpoint={self.checkpoint!r})"
@@ -250,7 +256,7 @@ class BackboneSpec(ABC):
             model = model.to(dtype) if dtype is not None else model
         else:
             # safetensors only: a pickled .bin checkpoint can run code when loaded
-            model = self.model_class.from_pretrained(checkpoint, dtype=dtype or "auto", use_safetensors=True)
+            model = self.model_class.from_pretrained(checkpoint, dtype=dtype or "auto", use_safetensors=True, **self.hub)
         return model.eval()
 
     @abstractmethod
@@ -312,7 +318,7 @@ class BackboneSpec(ABC):
             return self.random_config()
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.checkpoint)
+        return AutoConfig.from_pretrained(self.checkpoint, **self.hub)
 
     #: transformers' class mapping VQ codes <-> vocabulary ids (backbones whose codes are tokens)
     vocab_mapping_class: type | None = None
@@ -341,7 +347,7 @@ class BackboneSpec(ABC):
             return build_byte_tokenizer(self.tiny_tokenizer_specials())
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.checkpoint)
+        return AutoTokenizer.from_pretrained(self.checkpoint, **self.hub)
 
     def token_id(self, token: str) -> int:
         tid = self.tokenizer.convert_tokens_to_ids(token)
@@ -360,7 +366,7 @@ class BackboneSpec(ABC):
     def vq(self) -> nn.Module:
         if self.is_random:
             return self.tiny_vq()
-        return load_submodule(self.checkpoint, self.model_class, self.vq_module, self.vq_prefixes).eval()
+        return load_submodule(self.checkpoint, self.model_class, self.vq_module, self.vq_prefixes, self.revision).eval()
 
     vq_prefixes = ("model.vqmodel.", "vqmodel.")
 
@@ -370,7 +376,7 @@ class BackboneSpec(ABC):
             return None
         from transformers import AutoImageProcessor
 
-        return AutoImageProcessor.from_pretrained(self.checkpoint)
+        return AutoImageProcessor.from_pretrained(self.checkpoint, **self.hub)
 
     @abstractmethod
     def tiny_image_size(self, image: Image.Image) -> tuple[int, int]:
@@ -667,7 +673,7 @@ def build_byte_tokenizer(specials: list[str]):
 TINY_TEXT_VOCAB = 512  # specials + bytes fit below; tiny image codes start here
 
 
-def load_submodule(checkpoint: str, model_class, get_sub, prefixes: tuple[str, ...]) -> nn.Module:
+def load_submodule(checkpoint: str, model_class, get_sub, prefixes: tuple[str, ...], revision: str | None = None) -> nn.Module:
     """Load one submodule (e.g. the VQ) of a checkpoint without loading the language model weights.
 
     Saved key layouts differ from module names (transformers 5 converts some on save, e.g. Emu3 writes
@@ -676,23 +682,23 @@ def load_submodule(checkpoint: str, model_class, get_sub, prefixes: tuple[str, .
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(checkpoint)
+    config = AutoConfig.from_pretrained(checkpoint, revision=revision)
     with torch.device("meta"):
         shell = model_class(config)
     sub = get_sub(shell)
-    keys = _weight_index(checkpoint)
+    keys = _weight_index(checkpoint, revision)
     prefix = next((p for p in prefixes if any(k.startswith(p) for k in keys)), None)
     if prefix is None:
         raise KeyError(f"no weights under any of {prefixes} in {checkpoint}")
     state = {}
     for name in sorted({f for k, f in keys.items() if k.startswith(prefix)}):
-        with safe_open(checkpoint_file(checkpoint, name), framework="pt") as f:
+        with safe_open(checkpoint_file(checkpoint, name, revision), framework="pt") as f:
             state.update({k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
     sub.load_state_dict(state, strict=True, assign=True)
     return sub
 
 
-def checkpoint_file(checkpoint: str, name: str) -> str | None:
+def checkpoint_file(checkpoint: str, name: str, revision: str | None = None) -> str | None:
     if os.path.isdir(checkpoint):
         p = os.path.join(checkpoint, name)
         return p if os.path.exists(p) else None
@@ -700,17 +706,17 @@ def checkpoint_file(checkpoint: str, name: str) -> str | None:
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        return hf_hub_download(checkpoint, name)
+        return hf_hub_download(checkpoint, name, revision=revision)
     except EntryNotFoundError:
         return None
 
 
-def _weight_index(checkpoint: str) -> dict[str, str]:
+def _weight_index(checkpoint: str, revision: str | None = None) -> dict[str, str]:
     """Tensor name -> safetensors file name, for a single-file or sharded checkpoint."""
-    index = checkpoint_file(checkpoint, "model.safetensors.index.json")
+    index = checkpoint_file(checkpoint, "model.safetensors.index.json", revision)
     if index is not None:
         return json.loads(open(index).read())["weight_map"]
-    single = checkpoint_file(checkpoint, "model.safetensors")
+    single = checkpoint_file(checkpoint, "model.safetensors", revision)
     if single is None:
         raise FileNotFoundError(f"{checkpoint}: no model.safetensors(.index.json)")
     from safetensors import safe_open

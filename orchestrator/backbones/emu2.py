@@ -80,8 +80,8 @@ class Emu2Spec(BackboneSpec):
     img, img_end, image = "[IMG]", "[/IMG]", "<image>"
     continuous_images = True
 
-    def __init__(self, checkpoint: str = "tiny", regression: Regression = "mse"):
-        super().__init__(checkpoint)
+    def __init__(self, checkpoint: str = "tiny", regression: Regression = "mse", **hub):
+        super().__init__(checkpoint, **hub)
         if regression not in ("mse", "cosine"):
             raise ValueError(f"regression must be 'mse' or 'cosine', not {regression!r}")
         self.regression = regression
@@ -117,13 +117,15 @@ class Emu2Spec(BackboneSpec):
         else:
             from transformers import AutoModelForCausalLM
 
-            # Emu2's code ships with its checkpoint: loading runs it, so only load checkpoints you trust.
-            # A stand-in exported by export_tiny loads through the same call (its class is registered).
+            # Emu2's code ships with its checkpoint: loading runs it, so only with backbone.trust_remote_code
+            # (and, from the hub, a pinned backbone.revision). A stand-in exported by export_tiny loads through
+            # the same call without it (its class is registered here).
             path = self.model_path
             if self.pipeline_root is not None:
                 self.fetch("multimodal_encoder/*")
-            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, use_safetensors=True,
-                                                         variant=weight_variant(path), dtype=dtype or "auto")
+            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=self.trust_remote_code,
+                                                         use_safetensors=True, variant=weight_variant(path),
+                                                         dtype=dtype or "auto", **self._model_hub)
         return model.eval()
 
     def export_tiny(self, directory: str, seed: int = 0) -> str:
@@ -146,7 +148,7 @@ class Emu2Spec(BackboneSpec):
             return None
         if os.path.isdir(self.checkpoint):
             return self.checkpoint if is_pipeline_dir(self.checkpoint) else None
-        if checkpoint_file(self.checkpoint, "model_index.json") is None:
+        if checkpoint_file(self.checkpoint, "model_index.json", self.revision) is None:
             return None
         return self.fetch("model_index.json", "tokenizer/*", "multimodal_encoder/*.json", "multimodal_encoder/*.py")
 
@@ -156,7 +158,12 @@ class Emu2Spec(BackboneSpec):
             return self.checkpoint
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(self.checkpoint, allow_patterns=list(patterns))
+        return snapshot_download(self.checkpoint, allow_patterns=list(patterns), **self.hub)
+
+    @property
+    def _model_hub(self) -> dict:
+        """The revision for loads of model_path: a hub id (a pipeline's folder was fetched at that revision)."""
+        return self.hub if self.pipeline_root is None else {}
 
     @property
     def model_path(self) -> str:
@@ -170,7 +177,8 @@ class Emu2Spec(BackboneSpec):
         from transformers import AutoTokenizer
 
         root = self.pipeline_root
-        return AutoTokenizer.from_pretrained(os.path.join(root, "tokenizer") if root else self.checkpoint)
+        return AutoTokenizer.from_pretrained(os.path.join(root, "tokenizer"), trust_remote_code=self.trust_remote_code) \
+            if root else AutoTokenizer.from_pretrained(self.checkpoint, trust_remote_code=self.trust_remote_code, **self.hub)
 
     @cached_property
     def model_config(self):
@@ -178,7 +186,7 @@ class Emu2Spec(BackboneSpec):
             return self.random_config()
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.model_path, trust_remote_code=True)
+        return AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code, **self._model_hub)
 
     def decoder_layers(self, model):
         return unwrap(model).model.decoder.lm.model.layers

@@ -66,10 +66,10 @@ class Emu3Spec(BackboneSpec):
     image_start, image_token, image_end = "<|image start|>", "<|image token|>", "<|image end|>"
     eol, eof = "<|extra_200|>", "<|extra_201|>"
 
-    def __init__(self, checkpoint: str = "tiny", min_pixels: int | None = None, max_pixels: int | None = None):
+    def __init__(self, checkpoint: str = "tiny", min_pixels: int | None = None, max_pixels: int | None = None, **hub):
         """``min_pixels`` / ``max_pixels``: the image area bounds (backbone.image_min_pixels / _max_pixels);
         None keeps the checkpoint's image processor settings (random presets: fit in max_side px)."""
-        super().__init__(checkpoint)
+        super().__init__(checkpoint, **hub)
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
 
     @property
@@ -82,7 +82,7 @@ class Emu3Spec(BackboneSpec):
             return None
         from transformers import AutoImageProcessor
 
-        return AutoImageProcessor.from_pretrained(self.checkpoint, **self.pixel_bounds)
+        return AutoImageProcessor.from_pretrained(self.checkpoint, **self.pixel_bounds, **self.hub)
 
     def image_fingerprint(self) -> dict:
         return {**super().image_fingerprint(), **({"image_area": self.pixel_bounds} if self.pixel_bounds else {})}

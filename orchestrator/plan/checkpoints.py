@@ -31,8 +31,9 @@ class CheckpointCheck:
         return self.status != "error"
 
 
-def check_checkpoint(backbone: str, checkpoint: str) -> CheckpointCheck:
-    spec = get_backbone(backbone, checkpoint)
+def check_checkpoint(backbone: str, checkpoint: str, revision: str | None = None,
+                     trust_remote_code: bool = False) -> CheckpointCheck:
+    spec = get_backbone(backbone, checkpoint, revision=revision, trust_remote_code=trust_remote_code)
     if spec.is_random:
         return CheckpointCheck("preset", f"random-init preset {checkpoint!r}")
     if os.path.isdir(os.path.expanduser(checkpoint)):
@@ -94,6 +95,10 @@ def _check_files(spec, where: str, files: list[str], config: dict | None) -> Che
         if missing:
             return CheckpointCheck("error", f"{where}: Emu2 loads through its own code (config.json auto_map), but "
                                             f"{', '.join(missing)} are missing")
+        if not spec.trust_remote_code:
+            return CheckpointCheck("error", f"{where}: Emu2 loads through its own code ({', '.join(code)}), which runs "
+                                            "on every node: review it, then set backbone.trust_remote_code=true"
+                                            + ("" if os.path.isdir(where) else " and backbone.revision=<commit SHA>"))
     return CheckpointCheck("ok", f"{where}: config.json ({model_type or 'model'}) + {len(safetensors)} safetensors file(s)")
 
 
@@ -122,7 +127,7 @@ def _check_hub(spec, repo: str) -> CheckpointCheck:
     unless the repo is known to be in another format."""
     known = spec.hub_checkpoints.get(repo)
     try:
-        files = hub_files(repo)
+        files = hub_files(repo, spec.revision)
     except Exception as e:  # offline, no token for a gated repo, timeout, missing repo
         reason = _short(e)
         if known is not None and known.error:
@@ -136,21 +141,24 @@ def _check_hub(spec, repo: str) -> CheckpointCheck:
         where = f"{repo}/multimodal_encoder"
     # the file list, not the files: config.json's content (model_type, auto_map) is checked for local folders
     config = {"model_type": spec.model_types[0] if spec.model_types else None} if "config.json" in files else None
+    code = [f for f in files if f.startswith("modeling_") and f.endswith(".py")]
+    if config is not None and spec.name == "emu2" and code:  # BAAI's repos load through the code they ship
+        config["auto_map"] = {f"AutoModel{i}": f"{f[:-3]}.Model" for i, f in enumerate(code)}
     return _check_files(spec, where, files, config)
 
 
-def hub_files(repo: str) -> list[str]:
+def hub_files(repo: str, revision: str | None = None) -> list[str]:
     """The repo's file names from the hub's model-info API (no download; asked once per process and endpoint)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise ConnectionError("HF_HUB_OFFLINE is set")
-    return list(_model_files(repo, os.environ.get("HF_ENDPOINT") or None))
+    return list(_model_files(repo, os.environ.get("HF_ENDPOINT") or None, revision))
 
 
 @functools.lru_cache(maxsize=64)
-def _model_files(repo: str, endpoint: str | None) -> tuple[str, ...]:
+def _model_files(repo: str, endpoint: str | None, revision: str | None = None) -> tuple[str, ...]:
     from huggingface_hub import HfApi
 
-    info = HfApi(endpoint=endpoint).model_info(repo, timeout=HUB_TIMEOUT)
+    info = HfApi(endpoint=endpoint).model_info(repo, revision=revision, timeout=HUB_TIMEOUT)
     return tuple(s.rfilename for s in info.siblings or [])
 
 

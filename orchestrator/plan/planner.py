@@ -87,7 +87,8 @@ class Planner:
         self._checks: dict[tuple, CheckpointCheck] = {}
 
     def checkpoint(self, cfg: RunConfig) -> CheckpointCheck:
-        key = (cfg.backbone.name, cfg.backbone.checkpoint)
+        b = cfg.backbone
+        key = (b.name, b.checkpoint, b.revision, b.trust_remote_code)
         if key not in self._checks:
             self._checks[key] = check_checkpoint(*key)
         return self._checks[key]

@@ -95,7 +95,7 @@ def model_config(spec: BackboneSpec):
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(spec.checkpoint)
+        config = AutoConfig.from_pretrained(spec.checkpoint, **spec.hub)
     except Exception as e:  # offline, gated, missing, not a config
         raise SizingError(f"cannot read the config of {spec.checkpoint}: {type(e).__name__}: {str(e)[:200]}") from None
     where = "local config.json" if os.path.isdir(spec.checkpoint) else "the hub's config.json"

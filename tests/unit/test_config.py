@@ -111,3 +111,22 @@ def test_hashes_keep_their_values_across_added_keys():
     assert load_space(REPO / "search_spaces/smoke.yaml").digest == "04584cbbe064a106"
     changed = load_config(REPO / "jobs/configs/sample.yaml", ["adapter.train_image_head=true"])
     assert changed.config_hash("backbone", "adapter") != "cf1de3d97cd29bb0"  # a set key still counts
+
+
+def test_remote_code_is_opt_in_and_pinned_for_hub_ids(tmp_path):
+    with pytest.raises(ConfigError, match="backbone.revision=<40-hex commit SHA>"):
+        load_config(None, ["backbone.name=emu2", "backbone.checkpoint=BAAI/Emu2", "backbone.trust_remote_code=true"])
+    with pytest.raises(ConfigError, match="got main"):  # a branch moves: only a commit pins the code
+        load_config(None, ["backbone.name=emu2", "backbone.checkpoint=BAAI/Emu2", "backbone.trust_remote_code=true",
+                           "backbone.revision=main"])
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    cfg = load_config(None, ["backbone.name=emu2", "backbone.checkpoint=BAAI/Emu2", "backbone.trust_remote_code=true",
+                             f"backbone.revision={sha}"])
+    assert cfg.backbone.options() == {"revision": sha, "trust_remote_code": True}
+    from orchestrator.backbones import backbone_from_config
+
+    spec = backbone_from_config(cfg)
+    assert spec.hub == {"revision": sha} and spec.trust_remote_code
+    # a local folder is code on your disk: no revision to pin
+    assert load_config(None, ["backbone.name=emu2", f"backbone.checkpoint={tmp_path}",
+                              "backbone.trust_remote_code=true"]).backbone.trust_remote_code

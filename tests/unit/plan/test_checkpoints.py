@@ -65,7 +65,9 @@ def test_emu2_needs_the_code_its_config_names(tmp_path):
     check = check_checkpoint("emu2", path)
     assert check.status == "error" and "modeling_emu.py" in check.message
     (tmp_path / "modeling_emu.py").write_text("")
-    assert check_checkpoint("emu2", path).status == "ok"
+    check = check_checkpoint("emu2", path)  # complete, but its code runs only when the user opts in
+    assert check.status == "error" and "backbone.trust_remote_code=true" in check.message
+    assert check_checkpoint("emu2", path, trust_remote_code=True).status == "ok"
 
 
 def test_a_missing_local_path(tmp_path, monkeypatch):
@@ -86,7 +88,10 @@ def test_hub_file_lists(monkeypatch, tmp_path):
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         assert check_checkpoint("anole", "leloy/Anole-7b-v0.1-hf").status == "ok"
         assert check_checkpoint("emu3", "BAAI/Emu3-Gen-hf").status == "ok"
-        assert check_checkpoint("emu2", "BAAI/Emu2").status == "ok"
+        refused = check_checkpoint("emu2", "BAAI/Emu2")  # its code would run: opt in, pinned
+        assert refused.status == "error" and "trust_remote_code=true and backbone.revision=" in refused.message
+        sha = "0123456789abcdef0123456789abcdef01234567"
+        assert check_checkpoint("emu2", "BAAI/Emu2", revision=sha, trust_remote_code=True).status == "ok"
         bad = check_checkpoint("anole", "GAIR/Anole-7b-v0.1")
         assert bad.status == "error" and "Meta's consolidated.pth format" in bad.message
         assert "leloy/Anole-7b-v0.1-hf" in bad.message
@@ -100,6 +105,7 @@ def test_hub_file_lists(monkeypatch, tmp_path):
         missing = check_checkpoint("chameleon", "nobody/no-such-model")
         assert missing.status == "error" and "no such model" in missing.message
     assert "/api/models/leloy/Anole-7b-v0.1-hf" in requests  # the checks went through the model-info API
+    assert f"/api/models/BAAI/Emu2/revision/{sha}" in requests  # at the pinned revision
 
 
 def test_offline_is_not_verified_unless_known_bad(monkeypatch):
