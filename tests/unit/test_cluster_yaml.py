@@ -44,13 +44,33 @@ def test_dashboard_listens_on_localhost_only(config):
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head.split("mlflow-server")[0]
 
 
-def test_security_group_opens_no_ray_or_mlflow_port(config):
-    sg = config["provider"].get("security_group", {})
-    assert not sg.get("IpPermissions"), "Ray adds SSH + intra-cluster rules; nothing else may be opened"
-    for node in config["available_node_types"].values():
-        assert "SecurityGroupIds" not in node["node_config"]
+def test_every_node_is_in_your_security_group_and_none_opens_a_port(config):
+    assert not config["provider"].get("security_group"), "a group Ray creates opens SSH to 0.0.0.0/0"
+    groups = {tuple(n["node_config"]["SecurityGroupIds"]) for n in config["available_node_types"].values()}
+    assert len(groups) == 1  # one group: SSH from your CIDR + intra-cluster (docs/cluster.md creates it)
+    setup = (REPO / "docs" / "cluster.md").read_text()
+    assert "--port 22 --cidr $MY_CIDR" in setup and "--source-group $SG" in setup
+    assert not [p for p in RAY_PORTS if f"--port {p}" in setup]
     # and the MLflow server on the head is started with basic auth through `moss mlflow-server`
     assert any("moss mlflow-server" in c for c in config["head_start_ray_commands"])
+
+
+def test_least_privilege_profiles_and_imdsv2(config):
+    import json
+
+    types = dict(config["available_node_types"])
+    head = types.pop(config["head_node_type"])
+    assert head["node_config"]["IamInstanceProfile"] == {"Name": "moss-head"}
+    assert {n["node_config"]["IamInstanceProfile"]["Name"] for n in types.values()} == {"moss-worker"}
+    for node in [head, *types.values()]:
+        assert node["node_config"]["MetadataOptions"]["HttpTokens"] == "required"
+    for role in ("head", "worker"):
+        policy = json.loads((REPO / "docs" / "iam" / f"{role}-policy.json").read_text())
+        actions = [a for st in policy["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])]
+        assert not [a for a in actions if a.endswith("*")], actions  # no wildcard actions
+        s3 = [st for st in policy["Statement"] if any(str(a).startswith("s3:") for a in st["Action"])]
+        assert all("BUCKET" in json.dumps(st["Resource"]) and st["Resource"] != "*" for st in s3)
+        assert (role == "worker") == (not [a for a in actions if a.startswith(("ec2:", "iam:"))])
 
 
 def test_no_secret_in_the_file():
