@@ -83,7 +83,8 @@ def validate_space(args: argparse.Namespace) -> int:
 def train_check(cfg) -> str:
     """What `moss train` would do with this config, when its shards exist (raises ConfigError otherwise)."""
     from .data.pipeline import output_dir
-    from .training.driver import absolute, plan_run, read_json
+    from .files import read_json
+    from .training.driver import absolute, plan_run
 
     if read_json(f"{absolute(output_dir(cfg))}/manifest.json") is None:
         return f"no shards yet in {output_dir(cfg)} (moss preprocess builds them)"
@@ -110,6 +111,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runtime import init_ray, refuse_unplaceable
+    from .lease import Lease
     from .training.driver import format_summary, plan_run, run_training
 
     from .plan.report import enforce
@@ -117,23 +119,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     enforce(preflight(args.config, args.set), cfg.plan.enforce, "train")  # checkpoint, images, GPU memory
     plan = plan_run(cfg)  # shards, run name, MLflow: everything that can fail before Ray starts
-    print(f"train: run {plan.name!r}, {plan.total_steps} steps on {cfg.scaling.num_workers} worker(s); "
-          f"checkpoints in {plan.run_dir}", flush=True)
-    init_ray()
-    refuse_unplaceable([cfg.scaling.ray_resources()], "train")
-    summary = run_training(cfg, plan)
+    with Lease(plan.run_dir, f"run {plan.name!r}"):  # a second launch of this name exits 2 here
+        print(f"train: run {plan.name!r}, {plan.total_steps} steps on {cfg.scaling.num_workers} worker(s); "
+              f"checkpoints in {plan.run_dir}", flush=True)
+        init_ray()
+        refuse_unplaceable([cfg.scaling.ray_resources()], "train")
+        summary = run_training(cfg, plan)
     print(format_summary(summary))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .runtime import init_ray
+    from .lease import Lease
     from .sweeps.tuner import describe_plan, format_summary, plan_sweep, run_sweep
 
     plan = plan_sweep(args.space, args.set, name=args.name, resume=args.resume)
-    print(f"sweep: {describe_plan(plan)}; Tune state in {plan.sweep_dir}", flush=True)
-    init_ray()
-    summary = run_sweep(plan, report_dir=args.report_dir)
+    with Lease(plan.sweep_dir, f"sweep {plan.name!r}"):  # a second --resume of this sweep exits 2 here
+        print(f"sweep: {describe_plan(plan)}; Tune state in {plan.sweep_dir}", flush=True)
+        init_ray()
+        summary = run_sweep(plan, report_dir=args.report_dir)
     print(format_summary(summary))
     return 0 if summary["errors"] == 0 and not summary["interrupted"] else 1
 
@@ -156,6 +161,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if c.parent_run_id:
         print(f"logged to MLflow run {c.parent_run_id} (artifacts: report/)")
     return 0
+
+
+def cmd_tracking_replay(args: argparse.Namespace) -> int:
+    from .tracking.outage import Unreachable
+    from .tracking.replay import replay
+
+    try:
+        done = replay(args.run_dir, args.tracking_uri)
+    except Unreachable as e:
+        print(f"moss tracking replay: {e}", file=sys.stderr)
+        return 1
+    for line in done.rejected:
+        print(f"moss tracking replay: refused by the server, set aside: {line}", file=sys.stderr)
+    print(f"tracking replay: sent {done.sent} write(s) from {args.run_dir}"
+          + (f"; {len(done.rejected)} refused" if done.rejected else ""))
+    return 1 if done.rejected else 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -356,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     compare.add_argument("--out", default="report/compare", help="folder for report.md, results.json and plots")
     compare.set_defaults(func=cmd_compare)
+    tracking = sub.add_parser("tracking", help="the local journal of MLflow writes a run kept while its server was away")
+    tracking_sub = tracking.add_subparsers(dest="tracking_command", required=True)
+    replay = tracking_sub.add_parser("replay", help="send RUN_DIR/journal to MLflow in order, deleting what was sent; "
+                                                    "exit 1 while the server is unreachable")
+    replay.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder, <storage.path>/<run name> (a sweep's: "
+                                                           "<storage.path>/<sweep name>)")
+    replay.add_argument("--tracking-uri", help="default: the URI the journal recorded (none when it held a password), "
+                                               "else MLFLOW_TRACKING_URI")
+    replay.set_defaults(func=cmd_tracking_replay)
     gen = _config_command(sub, "generate", cmd_generate,
                           "interleaved text + image answer to a prompt (KV cache + MoSS conv cache)")
     _adapter_args(gen)

@@ -71,9 +71,10 @@ class BackboneSection(Section):
                 and not self.checkpoint.startswith(("/", ".", "~")))
 
     def options(self) -> dict:
-        """Backbone-specific settings for get_backbone (only those set)."""
+        """Settings for get_backbone (only those set): backbone-specific ones and the hub revision / remote code."""
         out = {"regression": self.image_regression, "min_pixels": self.image_min_pixels,
-               "max_pixels": self.image_max_pixels}
+               "max_pixels": self.image_max_pixels, "revision": self.revision,
+               "trust_remote_code": self.trust_remote_code or None}
         return {k: v for k, v in out.items() if v is not None}
 
 

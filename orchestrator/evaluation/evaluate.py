@@ -149,6 +149,7 @@ def log_to_mlflow(cfg: RunConfig, source: AdapterSource, results: dict, out_dir:
     from mlflow.entities import Metric, Param
 
     from ..tracking.mlflow import client, ensure_experiment, flatten, tracking_uri
+    from ..tracking.redact import redact
 
     uri = tracking_uri(cfg.tracking.tracking_uri)
     mlc = client(uri)
@@ -171,7 +172,7 @@ def log_to_mlflow(cfg: RunConfig, source: AdapterSource, results: dict, out_dir:
     run_id = mlc.create_run(experiment_id, tags=tags).info.run_id
     sections = {k: cfg.model_dump(mode="json")[k] for k in ("backbone", "generate", "evaluate", "editing",
                                                             "interleavedbench")}
-    params = [Param(k, v) for k, v in flatten(sections).items()]
+    params = [Param(k, v) for k, v in flatten(redact(sections)).items()]
     status = "FAILED"
     try:
         mlc.log_batch(run_id, metrics=metrics, params=params)

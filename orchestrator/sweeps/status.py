@@ -1,20 +1,39 @@
 """The sweep driver's view of each trial's MLflow child run: its final status.
 
 A trial that ASHA stops is killed with its actor, so the trial itself never writes its end; this Tune
-callback (on the sweep driver) does: finished (every planned step), early_stopped, or failed.
+callback (on the sweep driver) does: finished (every planned step), early_stopped, or failed. Its writes go
+through the sweep's Tracker (journal in the sweep's folder), naming the child run by its run name, so an
+unreachable server never raises into Tune and a child run that does not exist yet is created when sent.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray.tune import Callback
 
+from ..config import TrackingSection
 from ..tracking import mlflow as tracking
+from ..tracking.journal import Journal
 from ..tracking.redact import redact_text
-from .trial import STATUS_TAG, child_tags, find_child, trial_run_name
+from ..tracking.resilient import Tracker
+from .trial import STATUS_TAG, child_tags, trial_run_name
 
 MLFLOW_STATUS = {"finished": "FINISHED", "early_stopped": "KILLED", "failed": "FAILED"}
+
+
+@dataclass
+class SweepTracking:
+    """The sweep driver's Tracker, the trials it saw start, and those not ended (interrupted, if fit() returns)."""
+
+    tracker: Tracker
+    started: set[str] = field(default_factory=set)
+    running: set[str] = field(default_factory=set)
+
+
+#: per sweep name, set by run_sweep (the callback is pickled with Tune's state, so it holds no Tracker)
+SWEEPS: dict[str, SweepTracking] = {}
 
 
 class ChildRunStatus(Callback):
@@ -22,22 +41,31 @@ class ChildRunStatus(Callback):
         self.sweep, self.parent_run_id, self.uri, self.experiment = sweep, parent_run_id, tracking_uri, experiment
         self.max_t = max_t  # ASHA stops every trial at max_t: reaching it is finishing
 
-    def _child(self, trial) -> str:
-        """The trial's child run id; created here (failed) when the trial died before creating it."""
-        mlc, exp_id, run = find_child(self.uri, self.experiment, self.sweep, trial.trial_id)
-        if run is not None:
-            return run.info.run_id
-        name = trial_run_name(self.sweep, trial.trial_id)
-        tags = {tracking.RUN_NAME_TAG: name, **child_tags(self.sweep, self.parent_run_id, trial.trial_id)}
-        return mlc.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    def _tracking(self, trial) -> SweepTracking:
+        """run_sweep's; else (a Tuner fitted directly) one journaling in the sweep's folder, default settings."""
+        if self.sweep not in SWEEPS:
+            journal = Journal.on(trial.storage.storage_filesystem, trial.storage.experiment_fs_path)
+            settings = TrackingSection()
+            SWEEPS[self.sweep] = SweepTracking(Tracker(self.uri, journal, settings.retry_every_s,
+                                                       settings.flush_timeout_s))
+        return SWEEPS[self.sweep]
+
+    def child(self, trial_id: str) -> dict:
+        return child_run(self.sweep, self.parent_run_id, self.experiment, trial_id)
 
     def _end(self, trial, status: str, error: str | None = None) -> None:
-        mlc = tracking.client(self.uri)
-        run_id = self._child(trial)
-        mlc.set_tag(run_id, STATUS_TAG, status)
+        sweep = self._tracking(trial)
+        sweep.running.discard(trial.trial_id)
+        run = self.child(trial.trial_id)
+        sweep.tracker.set_tags(run, {STATUS_TAG: status})
         if error:
-            mlc.log_text(run_id, redact_text(error), "error.txt")
-        mlc.set_terminated(run_id, status=MLFLOW_STATUS[status])
+            sweep.tracker.log_text(run, redact_text(error), "error.txt")
+        sweep.tracker.terminate(run, MLFLOW_STATUS[status])
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        sweep = self._tracking(trial)
+        sweep.started.add(trial.trial_id)
+        sweep.running.add(trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
@@ -53,10 +81,32 @@ class ChildRunStatus(Callback):
         self._end(trial, "failed", _error_text(trial))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        mlc = tracking.client(self.uri)
-        run_id = self._child(trial)
-        mlc.set_tag(run_id, STATUS_TAG, "retrying")
-        mlc.set_tag(run_id, "moss.retries", str(trial.run_metadata.num_failures))
+        self._tracking(trial).tracker.set_tags(self.child(trial.trial_id), {
+            STATUS_TAG: "retrying", "moss.retries": str(trial.run_metadata.num_failures)})
+
+
+def child_run(sweep: str, parent_run_id: str, experiment: str, trial_id: str) -> dict:
+    """A trial's child run named for a Tracker (ops.py); created when sent if the trial died before creating it."""
+    name = trial_run_name(sweep, trial_id)
+    return {"experiment": experiment, "name": name,
+            "tags": {tracking.RUN_NAME_TAG: name, **child_tags(sweep, parent_run_id, trial_id)}}
+
+
+def send_trial_journals(storage: str, sweep: str, trial_ids, tracking_uri: str) -> list[str]:
+    """Send what trials left in their run folders' journals (a trial stopped by ASHA dies with its actor,
+    its rank 0 with it, whatever MLflow's state); -> the folders still holding some: MLflow is unreachable."""
+    from ..tracking.outage import Unreachable, say
+    from ..tracking.replay import replay
+
+    left = []
+    for trial_id in sorted(trial_ids):
+        run_dir = f"{storage.rstrip('/')}/{trial_run_name(sweep, trial_id)}"
+        try:
+            for line in replay(run_dir, tracking_uri).rejected:
+                say(f"refused by the server, set aside: {line}")
+        except Unreachable:
+            left.append(run_dir)
+    return left
 
 
 def _error_text(trial) -> str:

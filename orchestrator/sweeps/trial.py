@@ -36,9 +36,10 @@ def trial_config(space: Space, config: dict, run_name: str):
     return validate_tree(tree, f"trial {run_name}"), applied
 
 
-def find_child(uri: str, experiment: str, sweep: str, trial_id: str):
-    """(client, experiment id, the trial's child run or None), found by the trial's run name."""
-    mlc = tracking.client(uri)
+def find_child(uri: str, experiment: str, sweep: str, trial_id: str, wait_s: float | None = None):
+    """(client, experiment id, the trial's child run or None), found by the trial's run name; with ``wait_s``,
+    each call waits that long for an unreachable server."""
+    mlc = tracking.client(uri, wait_s)
     exp_id = tracking.ensure_experiment(mlc, experiment, uri)
     return mlc, exp_id, tracking.find_run(mlc, exp_id, trial_run_name(sweep, trial_id))
 
@@ -48,9 +49,10 @@ def child_tags(sweep: str, parent_run_id: str, trial_id: str) -> dict[str, str]:
 
 
 def ensure_child_run(cfg, run_name: str, sweep: dict, trial_id: str, applied: dict) -> str:
-    """The trial's MLflow run under the sweep's parent: found by run name, else created."""
+    """The trial's MLflow run under the sweep's parent: found by run name, else created (waiting for an
+    unreachable server for up to tracking.startup_wait_s)."""
     uri = sweep["tracking_uri"]
-    mlc, _, run = find_child(uri, cfg.tracking.experiment, sweep["name"], trial_id)
+    mlc, _, run = find_child(uri, cfg.tracking.experiment, sweep["name"], trial_id, cfg.tracking.startup_wait_s)
     if run is not None:
         if run.data.tags.get(PARENT_TAG) != sweep["parent_run_id"]:
             raise ConfigError(f"MLflow run {run.info.run_id} named {run_name!r} is not a child of sweep "
@@ -76,7 +78,7 @@ def run_trial(config: dict, sweep: dict) -> None:
     cfg, applied = trial_config(space, config, run_name)
     run_id = ensure_child_run(cfg, run_name, sweep, trial_id, applied)  # first: a trial that fails has its run too
     plan = plan_run(cfg, mlflow_run_id=run_id)
-    mlc = tracking.client(sweep["tracking_uri"])
+    mlc = tracking.client(sweep["tracking_uri"], cfg.tracking.startup_wait_s)  # reads the trial needs to start
     child = mlc.get_run(run_id)
     final = {"step": plan.total_steps, "total_steps": plan.total_steps}
     if plan.relaunch and child.info.status == "FINISHED":

@@ -17,10 +17,11 @@ import yaml
 
 from ..config import ConfigError, RunConfig, set_dotted
 from ..plan.report import enforce, plan_configs
-from ..runtime import refuse_unplaceable
+from ..runtime import OrphanReaper, refuse_unplaceable
 from ..tracking import mlflow as tracking
-from ..tracking.redact import redact, redact_text
-from ..training.driver import absolute, load_manifest, planned_steps, read_json, write_json
+from ..tracking.redact import redact, redact_document, redact_text
+from ..files import exists, read_json, write_json
+from ..training.driver import absolute, load_manifest, planned_steps
 from .space import Space, derive_concurrency, load_space
 from .trial import SWEEP_TAG, trial_config
 
@@ -53,10 +54,11 @@ def absolutize(space: Space) -> None:
 
 
 def latest_sweep(storage: str, space_name: str) -> str | None:
-    from ..data.manifest import arrow_fs
+    from pyarrow.fs import FileSelector
+
+    from ..files import arrow_fs
 
     fs, root = arrow_fs(storage)
-    from pyarrow.fs import FileSelector
 
     found = []
     for info in fs.get_file_info(FileSelector(root, allow_not_found=True)):
@@ -82,7 +84,8 @@ def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: b
     name = name or f"{space.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     plan = SweepPlan(name=name, space=space, base=base, storage=storage, tracking_uri=base.tracking.tracking_uri,
                      steps=trial_steps(space), overrides=tuple(overrides))
-    marker = read_json(f"{plan.sweep_dir}/{MARKER}")
+    marker = read_json(f"{plan.sweep_dir}/{MARKER}", hint=f"it records the space and MLflow parent run of sweep {name!r}: "
+                       "restore it from your storage's versions or backups, or start a new sweep under another --name")
     if resume:
         if marker is None:
             raise ConfigError(f"no sweep {name!r} in {storage} to resume (no {MARKER})")
@@ -120,13 +123,6 @@ def preflight_space(space: Space):
     return plan_configs(str(space.path), trial_configs(space))
 
 
-def exists(path: str) -> bool:
-    from ..data.manifest import arrow_fs
-
-    fs, p = arrow_fs(path)
-    return fs.get_file_info(p).type.name != "NotFound"
-
-
 def enumerable_points(space: Space, cap: int = 2000) -> list[dict]:
     """The grid, or (random / optuna search) the combinations of every grid and choice param's values."""
     if space.model.search.algorithm == "grid":
@@ -159,8 +155,10 @@ def trial_steps(space: Space) -> dict[str, int]:
 
 
 def open_parent(plan: SweepPlan) -> str:
-    """Create the sweep's parent run (space, resolved base config, status) or reopen it on resume."""
-    mlc = tracking.client(plan.tracking_uri)
+    """Create the sweep's parent run (space, resolved base config, status) or reopen it on resume; waits for an
+    unreachable server for up to tracking.startup_wait_s."""
+    wait_s = plan.base.tracking.startup_wait_s
+    mlc = tracking.client(plan.tracking_uri, wait_s)
     if plan.parent_run_id is not None:
         mlc.update_run(plan.parent_run_id, status="RUNNING")
         relaunches = int(mlc.get_run(plan.parent_run_id).data.tags.get("moss.resumes", "0")) + 1
@@ -170,7 +168,7 @@ def open_parent(plan: SweepPlan) -> str:
     exp_id = tracking.ensure_experiment(mlc, plan.base.tracking.experiment, plan.tracking_uri)
     tags = redact({KIND_TAG: "sweep", SWEEP_TAG: plan.name, "moss.space": m.name, "moss.metric": m.metric,
                    "moss.mode": m.mode, tracking.RUN_NAME_TAG: plan.name, **plan.base.tracking.tags})
-    run_id = mlc.create_run(exp_id, run_name=plan.name, tags=tags).info.run_id
+    run_id = tracking.create_run(tracking.client(plan.tracking_uri), exp_id, plan.name, tags, plan.tracking_uri, wait_s)
     write_json(f"{plan.sweep_dir}/{MARKER}", {
         "space": m.name, "digest": plan.space.digest, "parent_run_id": run_id,
         "overrides": [redact_text(o) for o in plan.overrides],
@@ -181,7 +179,7 @@ def open_parent(plan: SweepPlan) -> str:
               "space_digest": plan.space.digest, **tracking.provenance()}
     params.update({f"searched.{k}": f"{p.kind} {getattr(p, p.kind)}"[:500] for k, p in m.params.items()})
     tracking.log_params_once(mlc, run_id, params)
-    mlc.log_text(run_id, redact_text(plan.space.text), f"space/{plan.space.path.name}")
+    mlc.log_text(run_id, redact_document(plan.space.text, plan.space.path.name), f"space/{plan.space.path.name}")
     mlc.log_text(run_id, yaml.safe_dump(redact(plan.base.model_dump(mode="json")), sort_keys=False),
                  "space/base_config.yaml")
     mlc.log_text(run_id, json.dumps(tracking.environment(), indent=2), "environment.json")
@@ -223,38 +221,85 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
 
 
 def run_sweep(plan: SweepPlan, report_dir: str | None = None) -> dict:
-    """Open the parent run, fit the Tuner, close the parent, write the comparison report. Ray must be up."""
+    """Open the parent run, fit the Tuner, close the parent, write the comparison report. Ray must be up.
+
+    Once the parent is open MLflow never fails the sweep: the parent's and the child runs' writes go through
+    one Tracker journaling in the sweep's folder, and a report MLflow cannot give is skipped, saying how to
+    write it later.
+    """
     from ..tracking.compare import build_report
+    from ..tracking.outage import say, unreachable
+    from ..tracking.resilient import Tracker
+    from .status import SWEEPS, SweepTracking, send_trial_journals
 
     parent = open_parent(plan)
     plan.parent_run_id = plan.parent_run_id or parent
-    mlc = tracking.client(plan.tracking_uri)
+    tracker = Tracker.for_run(plan.tracking_uri, plan.sweep_dir, plan.base.tracking)
+    tracker.adopt()  # what an earlier driver of this sweep left in the journal goes first
+    SWEEPS[plan.name] = sweep = SweepTracking(tracker)
+    out_dir = report_dir or f"report/{plan.name}"
     try:
-        results = build_tuner(plan, parent).fit()
+        with OrphanReaper():  # trials killed by the scheduler or by a fault must not starve later ones
+            results = build_tuner(plan, parent).fit()
+        sent = tracker.flush(plan.base.tracking.flush_timeout_s)  # the children's statuses, before reading them
         # Ctrl-C: Tune saves its state and fit() returns; trials it stopped never reached the callback
-        interrupted = mark_interrupted(plan, parent)
-        mlc.set_tag(parent, "moss.trials", str(len(results)))
-        mlc.set_tag(parent, "moss.failed_trials", str(results.num_errors))
-        report = build_report(plan.tracking_uri, parent_run_id=parent, out_dir=report_dir or f"report/{plan.name}")
+        interrupted = mark_interrupted(plan, parent, sweep, read=sent)
+        tracker.set_tags(parent, {"moss.trials": str(len(results)), "moss.failed_trials": str(results.num_errors)})
+        trial_ids = sweep.started | {r.metrics["trial_id"] for r in results if (r.metrics or {}).get("trial_id")}
+        pending = ([] if sent else [plan.sweep_dir]) + send_trial_journals(plan.storage, plan.name, trial_ids,
+                                                                           plan.tracking_uri)
+        report = None
+        if not pending:
+            try:
+                report = build_report(plan.tracking_uri, parent_run_id=parent, out_dir=out_dir)
+            except Exception as err:
+                if not unreachable(err):
+                    raise
+        if report is None:  # MLflow is away: the sweep still ends, saying how to get the report later
+            later = "when MLflow is back: " + "; ".join(
+                [f"moss tracking replay {d}" for d in pending]
+                + [f"moss compare --parent-run {parent} --tracking-uri {redact_text(plan.tracking_uri)} --out {out_dir}"])
+            say(f"no comparison report (MLflow at {redact_text(plan.tracking_uri)} is unreachable); {later}")
+            report = {"table_text": "(no comparison table: MLflow was unreachable at the end of the sweep)",
+                      "markdown": f"not written; {later}", "plots": [], "best": None, "comparison": None,
+                      "skipped": True}
     except BaseException as err:
-        tracking.finish_run(plan.tracking_uri, parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        tracker.terminate(parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        tracker.close()
         raise
+    finally:
+        SWEEPS.pop(plan.name, None)
     status = "KILLED" if interrupted else "FINISHED" if results.num_errors == 0 else "FAILED"
-    tracking.finish_run(plan.tracking_uri, parent, status)
+    tracker.terminate(parent, status)
+    tracker.close(timeout=None if sent else 0)  # MLflow was away for the last flush: do not wait twice
     return {"name": plan.name, "parent_run_id": parent, "trials": len(results), "errors": results.num_errors,
             "interrupted": interrupted, "overrides": plan.overrides,
             "report": report, "sweep_dir": plan.sweep_dir, "tracking_uri": plan.tracking_uri,
             "space": str(plan.space.path)}
 
 
-def mark_interrupted(plan: SweepPlan, parent: str) -> int:
-    """Child runs still running after fit() returned (an interrupted sweep): KILLED, tag interrupted."""
-    mlc = tracking.client(plan.tracking_uri)
-    exp_id = mlc.get_run(parent).info.experiment_id
-    running = mlc.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}' and tags.`moss.status` = 'running'")
+def mark_interrupted(plan: SweepPlan, parent: str, sweep, read: bool = True) -> int:
+    """Child runs still running after fit() returned (an interrupted sweep): KILLED, tag interrupted. Which:
+    those MLflow has tagged running (``read``: the callback's statuses are all in); while MLflow is away, the
+    trials the callback (``sweep``: status.SweepTracking) saw start and not end."""
+    from ..tracking.outage import unreachable
+    from .status import child_run
+
+    running = None
+    if read:
+        try:
+            mlc = tracking.client(plan.tracking_uri)
+            exp_id = mlc.get_run(parent).info.experiment_id
+            running = [r.info.run_id for r in mlc.search_runs(
+                [exp_id], f"tags.`mlflow.parentRunId` = '{parent}' and tags.`moss.status` = 'running'")]
+        except Exception as err:
+            if not unreachable(err):
+                raise
+    if running is None:
+        running = [child_run(plan.name, parent, plan.base.tracking.experiment, t) for t in sorted(sweep.running)]
     for run in running:
-        mlc.set_tag(run.info.run_id, "moss.status", "interrupted")
-        mlc.set_terminated(run.info.run_id, "KILLED")
+        sweep.tracker.set_tags(run, {"moss.status": "interrupted"})
+        sweep.tracker.terminate(run, "KILLED")
     return len(running)
 
 

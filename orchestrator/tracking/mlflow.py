@@ -2,6 +2,8 @@
 
 The driver opens the run (params, resolved config, data manifest) and closes it (status); rank 0 of
 the worker group logs metrics and the final adapter into it. Relaunching a run name finds the same run.
+Opening waits for an unreachable server (tracking.startup_wait_s); every later write goes through a
+Tracker (resilient.py), which never fails the run.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import json
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
 
 from ..config import ConfigError
-from .redact import redact, redact_text, secret_env_values
+from .outage import PatientClient, wait_for
+from .redact import redact, redact_text, redacting_client, secret_env_values
 
 RUN_NAME_TAG = "moss.run_name"
 PACKAGES = ("torch", "transformers", "peft", "ray", "mlflow", "moss-orchestrator")
@@ -49,10 +51,10 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
-def client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
+def client(uri: str, wait_s: float | None = None):
+    """An MlflowClient; with ``wait_s``, each call waits that long for an unreachable server."""
+    mlc = redacting_client(uri)  # every write of the package passes its one redaction
+    return mlc if wait_s is None else PatientClient(mlc, uri, wait_s)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -125,25 +127,42 @@ def run_tags(cfg, run_name: str) -> dict[str, str]:
 
 
 def open_run(cfg, run_name: str, uri: str, run_id: str | None = None, extra_tags: dict | None = None) -> str:
-    """Create the run (tagged with its name), or reopen ``run_id`` (a relaunch, or a sweep's child run)."""
-    mlc = client(uri)
+    """Create the run (tagged with its name), or reopen ``run_id`` (a relaunch, or a sweep's child run);
+    waits for an unreachable server for up to tracking.startup_wait_s."""
+    wait_s = cfg.tracking.startup_wait_s
+    mlc = client(uri, wait_s)
     if run_id is not None:
         mlc.update_run(run_id, status="RUNNING")
         return run_id
     exp_id = ensure_experiment(mlc, cfg.tracking.experiment, uri)
-    return mlc.create_run(exp_id, run_name=run_name, tags={**run_tags(cfg, run_name), **(extra_tags or {})}).info.run_id
+    return create_run(client(uri), exp_id, run_name, {**run_tags(cfg, run_name), **(extra_tags or {})}, uri, wait_s)
 
 
-def log_run_inputs(cfg, uri: str, run_id: str, resumed: bool) -> None:
-    """Params (new ones; changes on a relaunch as tags) and the resolved config, all redacted."""
-    mlc = client(uri)
-    log_params_once(mlc, run_id, run_params(cfg))
-    launches = int(mlc.get_run(run_id).data.tags.get("moss.relaunches", "-1")) + 1
-    mlc.set_tag(run_id, "moss.relaunches", str(launches))
+def create_run(mlc, experiment_id: str, run_name: str, tags: dict, uri: str, wait_s: float) -> str:
+    """A new run tagged ``run_name``, waiting for an unreachable server; a retry first looks for the run
+    (its creation may have gone through with the answer lost), so there is never a second one."""
+    tries = []
+
+    def create() -> str:
+        if tries and (found := find_run(mlc, experiment_id, run_name)) is not None:
+            return found.info.run_id
+        tries.append(1)
+        return mlc.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+    return wait_for(create, f"create run {run_name!r}", uri, wait_s)
+
+
+def log_run_inputs(cfg, tracker, run_id: str, resumed: bool) -> None:
+    """Params (new ones; changes on a relaunch as tags) and the resolved config, all redacted, sent by
+    ``tracker``; the launch count is read (waiting for the server: it names the artifacts)."""
+    launches = int(client(tracker.uri, cfg.tracking.startup_wait_s).get_run(run_id).data.tags
+                   .get("moss.relaunches", "-1")) + 1
+    tracker.log_params(run_id, run_params(cfg))
+    tracker.set_tags(run_id, {"moss.relaunches": str(launches)})
     text = yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
     prefix = f"relaunch-{launches}/" if resumed else ""
-    mlc.log_text(run_id, text, f"{prefix}config.yaml")
-    mlc.log_text(run_id, json.dumps(environment(), indent=2), f"{prefix}environment.json")
+    tracker.log_text(run_id, text, f"{prefix}config.yaml")
+    tracker.log_text(run_id, json.dumps(environment(), indent=2), f"{prefix}environment.json")
 
 
 def log_params_once(mlc, run_id: str, params: dict[str, str]) -> None:
@@ -159,15 +178,8 @@ def log_params_once(mlc, run_id: str, params: dict[str, str]) -> None:
         mlc.log_batch(run_id, tags=changed)
 
 
-def log_manifest(uri: str, run_id: str, manifest: dict) -> None:
-    client(uri).log_text(run_id, json.dumps(redact(manifest), indent=2), "data/manifest.json")
-
-
-def finish_run(uri: str, run_id: str, status: str, only_if_running: bool = False) -> None:
-    mlc = client(uri)
-    if only_if_running and mlc.get_run(run_id).info.status != "RUNNING":
-        return
-    mlc.set_terminated(run_id, status=status)
+def log_manifest(tracker, run_id: str, manifest: dict) -> None:
+    tracker.log_text(run_id, json.dumps(redact(manifest), indent=2), "data/manifest.json")
 
 
 def run_summary(uri: str, run_id: str) -> dict:
@@ -181,27 +193,3 @@ def ui_hint(uri: str) -> str:
     if urlparse(uri).scheme in ("http", "https"):
         return f"open {redact_text(uri)}"
     return f"mlflow ui --backend-store-uri {redact_text(uri)}"
-
-
-class MetricsLogger:
-    """Rank 0's handle on the run: metrics per step, the final adapter as an artifact."""
-
-    def __init__(self, uri: str, run_id: str):
-        self.uri, self.run_id = uri, run_id
-        self.mlc = client(uri)
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.mlc.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-    def log_params(self, params: dict[str, str]) -> None:
-        log_params_once(self.mlc, self.run_id, params)
-
-    def has_artifact(self, path: str) -> bool:
-        parent, _, name = path.rpartition("/")
-        return any(f.path == path for f in self.mlc.list_artifacts(self.run_id, parent or None))
-
-    def log_dir(self, directory: str | Path, artifact_path: str) -> None:
-        self.mlc.log_artifacts(self.run_id, str(directory), artifact_path)

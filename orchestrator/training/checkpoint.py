@@ -3,10 +3,13 @@
 Only tensors and JSON, no pickle: ``adapter/`` is what ``save_adapter`` writes (loadable with
 ``load_adapter``), ``optimizer.safetensors`` holds AdamW's per-parameter tensors keyed by parameter
 name, ``trainer_state.json`` the rest (step, epoch, position, scheduler, param groups, metrics).
+``checksums.json``, written last, holds the SHA-256 of every other file: a resume verifies it and falls
+back to the previous kept checkpoint when the latest is incomplete or damaged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ ADAPTER_DIR = "adapter"
 FINAL_ADAPTER = "adapter"  # MLflow artifact path of a training run's final adapter
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
+CHECKSUMS = "checksums.json"
 SEP = "::"
 
 
@@ -65,3 +69,40 @@ def load_train_state(directory: Path) -> tuple[dict, dict, TrainState]:
     payload = json.loads((directory / STATE_FILE).read_text())
     osd = unflatten_optimizer_state(load_file(str(directory / OPTIMIZER_FILE)), payload["optimizer"])
     return osd, payload["scheduler"], TrainState(**payload["state"])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(2**20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    """SHA-256 of every file under ``directory`` (after all of them are written)."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    sums = {str(p.relative_to(directory)): _sha256(p) for p in files}
+    (directory / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+
+
+class DamagedCheckpoint(RuntimeError):
+    pass
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """DamagedCheckpoint naming what is missing or differs; a checkpoint without checksums.json (written
+    before they existed) must at least hold its state file."""
+    sums_file = directory / CHECKSUMS
+    if not sums_file.is_file():
+        if not (directory / STATE_FILE).is_file():
+            raise DamagedCheckpoint(f"{directory} has neither {CHECKSUMS} nor {STATE_FILE}: incomplete")
+        return
+    try:
+        sums = json.loads(sums_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedCheckpoint(f"{directory}/{CHECKSUMS} is damaged: {e}") from None
+    bad = [name for name, digest in sums.items()
+           if not (directory / name).is_file() or _sha256(directory / name) != digest]
+    if bad:
+        raise DamagedCheckpoint(f"{directory}: {', '.join(bad)} missing or not as written (SHA-256 differs)")

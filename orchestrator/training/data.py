@@ -52,8 +52,10 @@ class ValRows:
     set): every read starts a Ray Data execution, which cost seconds per eval on a small split.
     """
 
-    def __init__(self, dataset, micro_batch: int, rank: int, world: int, max_batches: int | None):
+    def __init__(self, dataset, micro_batch: int, rank: int, world: int, max_batches: int | None,
+                 stall_timeout_s: float | None = None):
         self.dataset, self.micro_batch, self.rank, self.world = dataset, micro_batch, rank, world
+        self.stall_timeout_s = stall_timeout_s
         self.limit = max_batches * micro_batch if max_batches is not None else None
         self.table = None
 
@@ -61,7 +63,10 @@ class ValRows:
         import pyarrow as pa
 
         parts, n = [], 0
-        for table in self.dataset.iter_batches(batch_size=256, batch_format="pyarrow"):
+        tables = self.dataset.iter_batches(batch_size=256, batch_format="pyarrow")
+        if self.stall_timeout_s is not None:
+            tables = watched(tables, self.stall_timeout_s, "val")
+        for table in tables:
             mine = table.filter(pa.array(table["order"].to_numpy() % self.world == self.rank))
             if self.limit is not None:
                 mine = mine.slice(0, self.limit - n)
@@ -78,3 +83,71 @@ class ValRows:
             return
         for start in range(0, self.table.num_rows, self.micro_batch):
             yield collate_rows(spec, self.table.slice(start, self.micro_batch).to_pylist())
+
+
+class DataStall(RuntimeError):
+    """A worker's data stream yielded nothing for train.stall_timeout_s."""
+
+
+def watched(batches: Iterator, timeout_s: float, what: str) -> Iterator:
+    """``batches`` read ahead by one in a thread; DataStall when the next item takes longer than timeout_s.
+
+    Raised in the training thread, so the attempt fails and FailureConfig restarts the worker group
+    (whose placement group is released first) instead of every worker waiting forever.
+    """
+    import queue
+    import threading
+
+    box: queue.Queue = queue.Queue(maxsize=1)
+    done = object()
+
+    def pump():
+        try:
+            for item in batches:
+                box.put((True, item))
+            box.put((True, done))
+        except BaseException as e:  # handed to the training thread
+            box.put((False, e))
+
+    threading.Thread(target=pump, name=f"moss-data-{what}", daemon=True).start()
+    while True:
+        try:
+            ok, item = box.get(timeout=timeout_s)
+        except queue.Empty:
+            raise DataStall(f"the {what} data stream yielded no batch for {timeout_s:g} s "
+                            f"(train.stall_timeout_s): {starved_resources()}") from None
+        if not ok:
+            raise item
+        if item is done:
+            return
+        yield item
+
+
+def starved_resources() -> str:
+    """What the cluster has left and what placement groups hold: the usual reason Ray Data waits."""
+    try:
+        import ray
+
+        total, free = ray.cluster_resources(), ray.available_resources()
+        held = reserved_in_placement_groups()
+    except Exception as e:  # the message must not fail
+        return f"(cluster state unavailable: {type(e).__name__})"
+    parts = [f"{k} {free.get(k, 0):g}/{total[k]:g} free" for k in ("CPU", "GPU", "memory") if k in total]
+    note = ", ".join(parts)
+    if held:
+        note += "; placement groups hold " + ", ".join(f"{k} {v:g}" for k, v in sorted(held.items()))
+    return (note + ". Ray Data's read tasks need CPU outside the workers' placement groups; a placement group "
+            "of a dead run that was never released starves them")
+
+
+def reserved_in_placement_groups() -> dict[str, float]:
+    import ray
+
+    out: dict[str, float] = {}
+    for pg in ray.util.placement_group_table().values():
+        if pg.get("state") == "CREATED":
+            for bundle in pg.get("bundles", {}).values():
+                for k, v in bundle.items():
+                    if k in ("CPU", "GPU"):
+                        out[k] = out.get(k, 0.0) + v
+    return out

@@ -15,13 +15,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig
-from ..data.manifest import arrow_fs, check_dropped
+from ..data.manifest import check_dropped
+from ..files import exists, read_json, write_json
+from ..runtime import OrphanReaper
 from ..data.pipeline import output_dir
 from ..tracking import mlflow as tracking
 from ..tracking.redact import redact_text
 from .data import train_columns
 
 MARKER = "moss_run.json"
+DAMAGED_MARKER = ("it records which config and MLflow run {run!r} belongs to. Restore it from your storage's versions "
+                  "or backups, or start over under a new train.run_name (or delete {dir})")
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
@@ -53,21 +57,6 @@ class RunPlan:
 
 def absolute(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
-def read_json(path: str) -> dict | None:
-    fs, p = arrow_fs(path)
-    if fs.get_file_info(p).type.name == "NotFound":
-        return None
-    with fs.open_input_stream(p) as f:
-        return json.loads(f.read())
-
-
-def write_json(path: str, payload: dict) -> None:
-    fs, p = arrow_fs(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(p) as f:
-        f.write(json.dumps(payload, indent=2).encode())
 
 
 def micro_batches_per_epoch(cfg: RunConfig, train_rows: int) -> int:
@@ -122,7 +111,7 @@ def new_run_name(cfg: RunConfig) -> str:
 def load_manifest(cfg: RunConfig) -> tuple[str, dict]:
     """The config's shards (absolute) and their manifest; ConfigError when missing or for another backbone."""
     shards = absolute(output_dir(cfg))
-    manifest = read_json(f"{shards}/manifest.json")
+    manifest = read_json(f"{shards}/manifest.json", hint="run `moss preprocess` with this config again")
     if manifest is None:
         raise ConfigError(f"no shards at {shards} (manifest.json missing): run `moss preprocess` with this config "
                           f"(backbone {cfg.backbone.name}) first")
@@ -159,14 +148,14 @@ def plan_run(cfg: RunConfig, mlflow_run_id: str | None = None) -> RunPlan:
 
 def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
     """Same name: same identity and tracking store, then resume; a new name must be new everywhere."""
-    marker = read_json(f"{plan.run_dir}/{MARKER}")
+    marker = read_json(f"{plan.run_dir}/{MARKER}", hint=DAMAGED_MARKER.format(run=plan.name, dir=plan.run_dir))
     if marker is None:
-        if read_json(f"{plan.run_dir}/{RAY_SNAPSHOT}") is not None:
+        if exists(f"{plan.run_dir}/{RAY_SNAPSHOT}"):
             raise ConfigError(f"{plan.run_dir} holds a Ray Train run that `moss train` did not create: choose another "
                               "train.run_name or storage.path")
         if plan.mlflow_run_id is not None:  # given by the caller, who created it for this name
             return
-        mlc = tracking.client(plan.tracking_uri)
+        mlc = tracking.client(plan.tracking_uri, cfg.tracking.startup_wait_s)  # waits out a restarting server
         exp = mlc.get_experiment_by_name(cfg.tracking.experiment)
         if exp is not None and tracking.find_run(mlc, exp.experiment_id, plan.name) is not None:
             raise ConfigError(f"MLflow experiment {cfg.tracking.experiment!r} already has a run named {plan.name!r}, "
@@ -182,7 +171,8 @@ def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in changed.items())
         raise ConfigError(f"run {plan.name!r} cannot resume with changed {listed} (they fix its data position, "
                           "objective or optimizer state): keep them, or choose a new train.run_name")
-    if marker["tracking_uri"] != redact_text(plan.tracking_uri) or marker["experiment"] != cfg.tracking.experiment:
+    if marker["experiment"] != cfg.tracking.experiment or (
+            marker["tracking_uri"] != redact_text(plan.tracking_uri) and not same_store(plan, marker)):
         raise ConfigError(f"run {plan.name!r} is tracked in experiment {marker['experiment']!r} at "
                           f"{marker['tracking_uri']}; relaunch it with the same tracking settings")
     if plan.mlflow_run_id not in (None, marker["mlflow_run_id"]):
@@ -190,6 +180,16 @@ def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
                           f"not {plan.mlflow_run_id}")
     plan.mlflow_run_id = marker["mlflow_run_id"]
     plan.relaunch = True
+
+
+def same_store(plan: RunPlan, marker: dict) -> bool:
+    """The tracking URI changed (a new head node has a new address) but the store is the same one: it holds
+    the run's MLflow run. Markers record an address, and must not pin a run to a head that is gone."""
+    try:
+        run = tracking.client(plan.tracking_uri).get_run(marker["mlflow_run_id"])
+    except Exception:  # not in this store, or unreachable: the plain refusal stands
+        return False
+    return run.data.tags.get(tracking.RUN_NAME_TAG) == plan.name
 
 
 def ordered_ingest(names: list[str]) -> dict:
@@ -237,8 +237,12 @@ def build_trainer(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()):
 def run_training(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()) -> dict:
     """Open (or reopen) the MLflow run, fit, close the run; -> the summary. Ray must be initialised.
 
-    ``callbacks``: Ray Train callbacks (a sweep trial passes Tune's TuneReportCallback).
+    ``callbacks``: Ray Train callbacks (a sweep trial passes Tune's TuneReportCallback). Opening waits for an
+    unreachable tracking server (tracking.startup_wait_s); after that MLflow never fails the run: writes go
+    through a Tracker that journals in the run's folder, and the summary falls back to what Ray Train returned.
     """
+    from ..tracking.resilient import Tracker
+
     run_id = tracking.open_run(cfg, plan.name, plan.tracking_uri, plan.mlflow_run_id)
     plan.mlflow_run_id = run_id
     resumed = plan.relaunch
@@ -248,37 +252,67 @@ def run_training(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()) ->
             "experiment": cfg.tracking.experiment, "tracking_uri": redact_text(plan.tracking_uri),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         })
+    tracker = Tracker.for_run(plan.tracking_uri, plan.run_dir, cfg.tracking)
+    tracker.adopt()  # what an earlier launch left in the journal goes first
     try:
-        tracking.log_run_inputs(cfg, plan.tracking_uri, run_id, resumed)
+        tracking.log_run_inputs(cfg, tracker, run_id, resumed)
         if not resumed:
-            tracking.log_manifest(plan.tracking_uri, run_id, plan.manifest)
-        result = build_trainer(cfg, plan, callbacks).fit()
+            tracking.log_manifest(tracker, run_id, plan.manifest)
+        with OrphanReaper():  # a killed earlier attempt's placement group must not starve this one
+            result = build_trainer(cfg, plan, callbacks).fit()
     except BaseException as err:
+        tracker.adopt()
         # a run already ended from outside (a sweep marks trials it stopped early) keeps that status
-        tracking.finish_run(plan.tracking_uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
-                            only_if_running=True)
+        tracker.terminate(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", only_if_running=True)
+        tracker.close()
         raise
-    tracking.finish_run(plan.tracking_uri, run_id, "FINISHED")
-    summary = tracking.run_summary(plan.tracking_uri, run_id)
+    tracker.adopt()  # what rank 0 could not send (it ended, or died, while MLflow was away)
+    tracker.terminate(run_id, "FINISHED")
+    summary = final_summary(plan, run_id, result, left=tracker.close())
     returned = getattr(result, "return_value", None) or {}
     summary.update(run_name=plan.name, resumed=resumed, total_steps=plan.total_steps, step=returned.get("step"),
                    checkpoint=result.checkpoint.path if result.checkpoint else None,
-                   adapter=f"{summary['artifact_uri']}/adapter", plan={k: v for k, v in asdict(plan).items() if k != "manifest"})
+                   adapter=f"{summary['artifact_uri'] or f'runs:/{run_id}'}/adapter",
+                   plan={k: v for k, v in asdict(plan).items() if k != "manifest"})
     return summary
+
+
+def final_summary(plan: RunPlan, run_id: str, result, left: int) -> dict:
+    """MLflow's view of the finished run; while MLflow is away (``left`` writes still in the journal, or the
+    read fails), Ray Train's last report and return value, and ``tracking`` saying what is pending."""
+    from ..tracking.outage import brief, unreachable
+
+    if left:
+        note = (f"{left} write(s) not yet in MLflow, kept in {plan.run_dir}/journal: when the server is back, "
+                f"run `moss tracking replay {plan.run_dir}`")
+    else:
+        try:
+            return {**tracking.run_summary(plan.tracking_uri, run_id), "tracking": None}
+        except Exception as err:
+            if not unreachable(err):
+                raise
+            note = f"everything was sent, but MLflow was unreachable for the summary ({brief(err)})"
+    reported = {**(getattr(result, "metrics", None) or {}), **(getattr(result, "return_value", None) or {})}
+    metrics = {k: v for k, v in reported.items()
+               if isinstance(v, (int, float)) and k not in ("step", "epoch", "total_steps")}
+    return {"run_id": run_id, "experiment_id": None, "status": "FINISHED", "artifact_uri": None, "metrics": metrics,
+            "tracking": note}
 
 
 def format_summary(summary: dict) -> str:
     m = summary["metrics"]
+    pending = summary.get("tracking")
     lines = [f"train: run {summary['run_name']!r} {'resumed' if summary['resumed'] else 'finished'} "
              f"at step {summary['step']}/{summary['total_steps']} "
-             f"(MLflow status {summary['status']})"]
+             + (f"(MLflow status {summary['status']})" if not pending else "(MLflow unreachable: metrics from Ray Train)")]
     keys = [k for k in ("train/loss", "train/text_loss", "train/image_loss", "val/loss", "val/text_loss",
                         "val/image_loss", "val/text_ppl", "val/image_ppl", "train/tokens_per_s") if k in m]
     lines += [f"  {k:<20} {m[k]:.4f}" for k in keys]
+    where = f" in experiment {summary['experiment_id']}" if summary["experiment_id"] else ""
     lines += [f"adapter:     {summary['adapter']}  (orchestrator.moss.load_adapter)",
               f"checkpoint:  {summary['checkpoint']}",
-              f"MLflow run:  {summary['run_id']} in experiment {summary['experiment_id']} at "
-              f"{redact_text(summary['plan']['tracking_uri'])}",
+              f"MLflow run:  {summary['run_id']}{where} at {redact_text(summary['plan']['tracking_uri'])}",
+              *([f"tracking:    {pending}"] if pending else []),
               f"browse:      {tracking.ui_hint(summary['plan']['tracking_uri'])}",
               f"resume:      --set train.run_name={summary['run_name']}"]
     return "\n".join(lines)

@@ -8,7 +8,6 @@ hands back the latest checkpoint, which restores the adapter, optimizer, schedul
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import tempfile
 import time
@@ -23,10 +22,13 @@ from ..backbones import backbone_from_config
 from ..backbones.base import IGNORE_INDEX
 from ..config import RunConfig
 from ..moss import apply_moss, load_adapter, save_adapter, trainable_parameters, unwrap
-from ..tracking.mlflow import MetricsLogger
+from ..tracking.journal import Journal
+from ..tracking.resilient import MetricsLogger
 from . import parallel
-from .checkpoint import ADAPTER_DIR, FINAL_ADAPTER, TrainState, load_train_state, save_train_state
-from .data import ValRows, train_batches
+from .checkpoint import (ADAPTER_DIR, FINAL_ADAPTER, TrainState, load_train_state, save_train_state,
+                         write_checksums)
+from .resume import intact_checkpoint
+from .data import ValRows, train_batches, watched
 from .metrics import add_loss, loss_metrics, peak_memory_mb, reset_peak_memory, use_bf16
 from .optim import build_optimizer
 
@@ -87,6 +89,7 @@ def save_checkpoint(module, optimizer, scheduler, state: TrainState, directory: 
     if rank == 0:
         save_adapter(parallel.inner(module).model, directory / ADAPTER_DIR, state_dict=adapter)
         save_train_state(directory, optim, scheduler.state_dict(), state)
+        write_checksums(directory)  # last: a checkpoint without it was not fully written
 
 
 def report(metrics: dict, state: TrainState, total: int, module, optimizer, scheduler, with_checkpoint: bool,
@@ -166,8 +169,7 @@ def train_loop(loop_config: dict) -> dict:
     bf16 = use_bf16(cfg, device)
     tc = cfg.train
 
-    ckpt = ray.train.get_checkpoint()
-    with ckpt.as_directory() if ckpt else contextlib.nullcontext(None) as ckpt_dir:
+    with intact_checkpoint(ray.train.get_checkpoint()) as ckpt_dir:
         model, restored = setup_model(cfg, spec, ckpt_dir, bf16)
     n_trainable = trainable_parameters(model)  # before FSDP shards it
     weights = (tc.text_weight, tc.image_weight)
@@ -179,7 +181,11 @@ def train_loop(loop_config: dict) -> dict:
         optim_state, sched_state, state = restored
         parallel.load_optimizer_state(module, optimizer, optim_state)
         scheduler.load_state_dict({**sched_state, "lr_lambdas": [None] * len(optimizer.param_groups)})
-    logger = MetricsLogger(run["tracking_uri"], run["mlflow_run_id"]) if rank == 0 else None
+    logger = None
+    if rank == 0:  # never raises nor waits on MLflow; its journal goes in the run's folder (Ray's storage)
+        storage = ctx.get_storage()
+        logger = MetricsLogger(run["tracking_uri"], run["mlflow_run_id"], cfg.tracking,
+                               Journal.on(storage.storage_filesystem, storage.experiment_fs_path))
     if logger is not None:
         logger.log_params({"trainable_parameters": str(n_trainable), "world_size": str(ctx.get_world_size())})
         if restored is not None:
@@ -190,12 +196,12 @@ def train_loop(loop_config: dict) -> dict:
 
     total = run["total_steps"]
     val_rows = (ValRows(ray.train.get_dataset_shard("val"), tc.micro_batch, rank, ctx.get_world_size(),
-                        tc.eval_max_batches) if run["has_val"] else None)
+                        tc.eval_max_batches, tc.stall_timeout_s) if run["has_val"] else None)
     epoch, skip = state.epoch, state.batch_in_epoch
     if skip >= run["micro_per_epoch"]:  # the checkpoint ended an epoch: start the next, no rows to skip
         epoch, skip = epoch + 1, 0
-    batches = train_batches(ray.train.get_dataset_shard("train"), spec, tc.micro_batch, tc.shuffle_buffer, tc.seed,
-                            epoch, skip, tc.max_epochs)
+    batches = watched(train_batches(ray.train.get_dataset_shard("train"), spec, tc.micro_batch, tc.shuffle_buffer,
+                                    tc.seed, epoch, skip, tc.max_epochs), tc.stall_timeout_s, "train")
     trainable = [p for p in module.parameters() if p.requires_grad]
     start_step = state.step
     module.train()
@@ -223,4 +229,6 @@ def train_loop(loop_config: dict) -> dict:
             report(metrics, state, total, module, optimizer, scheduler, checkpoint, rank, logger, final)
     if state.step == start_step:  # relaunch of a finished run: no step, no report
         ensure_final_adapter(module, logger, rank)
+    if logger is not None:  # sends what is queued (tracking.flush_timeout_s at most); the rest stays journaled
+        logger.close()
     return {**state.metrics, "step": state.step}

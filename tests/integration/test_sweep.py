@@ -19,7 +19,10 @@ from orchestrator.data.pipeline import preprocess
 from orchestrator.data.sample import write_sample
 from orchestrator.sweeps.tuner import plan_sweep, run_sweep
 
+from .secrets_scan import store_texts
+
 pytestmark = pytest.mark.slow
+SECRET = "tok-9c2e71d0a5b3f48e"  # in the base config and the driver's environment: must reach no MLflow store
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,8 @@ def root(ray_cluster, tmp_path_factory):
     base = {"data": {"source": str(root / "sample"), "output": str(root / "shards"), "val_fraction": 0.25},
             "train": {"lr": 3e-3, "warmup_steps": 1, "shuffle_buffer": 16, "max_steps": 8, "eval_every": 2,
                       "ckpt_every": 4},
-            "tracking": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
+            "tracking": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+                         "tags": {"hf_token": SECRET}},
             "storage": {"path": str(root / "ray_results")}}
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     preprocess(load_config(root / "base.yaml"))
@@ -71,8 +75,14 @@ def steps(mlc, run_id: str, key: str = "train/loss") -> list[int]:
 def test_asha_sweep_one_parent_four_children_and_report(root):
     space = write_space(root, "asha", scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
     plan = plan_sweep(str(space), name="asha-sweep")
-    summary = run_sweep(plan, report_dir=str(root / "report-asha"))
+    os.environ["MOSS_TEST_API_TOKEN"] = SECRET
+    try:
+        summary = run_sweep(plan, report_dir=str(root / "report-asha"))
+    finally:
+        del os.environ["MOSS_TEST_API_TOKEN"]
     assert summary["trials"] == 4 and summary["errors"] == 0
+    texts = store_texts(f"sqlite:///{root / 'mlflow.db'}", root / "store-scan")  # parent, children, report
+    assert texts and not [t for t in texts if SECRET in t]
 
     parents, children = sweep_runs(root, "asha-sweep")
     assert len(parents) == 1 and len(children) == 4

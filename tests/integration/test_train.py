@@ -22,6 +22,8 @@ from orchestrator.moss import load_adapter
 from orchestrator.training.data import collate_rows
 from orchestrator.training.driver import plan_run, run_training
 
+from .secrets_scan import store_texts
+
 pytestmark = pytest.mark.slow
 SECRET = "tok-5f1d9a7c33e2b804"  # a value that must never reach MLflow
 
@@ -144,6 +146,9 @@ def test_evaluate_scores_what_training_logged(workdir, finished, capsys):
     assert json.loads((workdir / "eval3" / "results.json").read_text())["adapter"] == runs_uri
     assert main(["evaluate", "--run", "0" * 32, *uri]) == 2  # an unknown run: a clear error, exit 2
     assert "cannot read MLflow run" in capsys.readouterr().err
+    # the training runs and these evaluation runs: the canaries of `finished` reached none of the store
+    texts = store_texts(f"sqlite:///{workdir / 'mlflow.db'}", workdir / "store-scan")
+    assert not [t for t in texts if SECRET in t or "abc123xyz" in t]
 
 
 def test_relaunching_a_finished_run_repeats_no_work(workdir, finished):
@@ -279,3 +284,69 @@ def test_a_local_cluster_refuses_node_types_it_cannot_place(ray_cluster, monkeyp
     runtime.refuse_unplaceable([load_config(None, []).scaling.ray_resources()], "train")  # CPU only: fine
     monkeypatch.setattr(runtime, "_STARTED_LOCALLY", False)  # a cluster reached by address may autoscale
     runtime.refuse_unplaceable([cfg.scaling.ray_resources()], "train")
+
+
+def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one(workdir):
+    cfg = run_config(workdir, "damaged", "train.max_steps=6", "train.ckpt_every=2", "train.eval_every=100",
+                     "scaling.num_workers=1", "scaling.cpus_per_worker=1")
+    plan = plan_run(cfg)
+    run_training(cfg, plan)
+    kept = sorted(Path(plan.run_dir).glob("checkpoint_*"))
+    assert len(kept) == 2  # keep_checkpoints: steps 4 and 6
+    state = kept[-1] / "optimizer.safetensors"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # the upload of step 6 was cut short
+    more = run_config(workdir, "damaged", "train.max_steps=8", "train.ckpt_every=2", "train.eval_every=100",
+                      "scaling.num_workers=1", "scaling.cpus_per_worker=1")
+    summary = run_training(more, plan_run(more))
+    assert summary["status"] == "FINISHED" and summary["step"] == 8
+    mlc, run = mlflow_run(workdir, "damaged")
+    assert history(mlc, run.info.run_id, "resumed_from_step") == [(4, 4.0)]  # not 6: that one was damaged
+    assert {s for s, _ in history(mlc, run.info.run_id, "train/loss")} == set(range(1, 9))
+
+
+def _sleep_loop(config):
+    time.sleep(600)
+
+
+def test_a_train_controller_killed_while_its_workers_start_leaves_no_reservation(ray_cluster, tmp_path):
+    """The leak behind hung retries: Tune kills a trial while its Train controller's worker group is starting
+    (after its placement group exists, before Ray Train registers the group with its own cleaner). Ray keeps
+    such a group for the job's lifetime; the reaper releases it."""
+    import ray
+
+    from orchestrator.runtime import OrphanReaper, orphaned_placement_groups
+
+    @ray.remote(num_cpus=0)
+    class TrialDriver:
+        def pid(self):
+            return os.getpid()
+
+        def fit(self, storage):
+            import ray.train
+            from ray.train.torch import TorchTrainer
+
+            TorchTrainer(_sleep_loop, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+                         run_config=ray.train.RunConfig(storage_path=storage, name="killed-early")).fit()
+
+    def worker_groups():
+        return [k for k, v in ray.util.placement_group_table().items()
+                if v["state"] != "REMOVED" and any("CPU" in b for b in v["bundles"].values())]
+
+    total = ray.cluster_resources()["CPU"]
+    driver = TrialDriver.remote()
+    pid = ray.get(driver.pid.remote())
+    driver.fit.remote(str(tmp_path))
+    deadline = time.time() + 300
+    while not worker_groups():
+        assert time.time() < deadline, "the controller never made its workers' placement group"
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)  # the trial dies; its controller with it
+    deadline = time.time() + 60
+    while not orphaned_placement_groups():
+        assert time.time() < deadline, "the dead controller's group was never seen as orphaned"
+        time.sleep(0.5)
+    with OrphanReaper(every_s=1):
+        deadline = time.time() + 60
+        while worker_groups() or ray.available_resources().get("CPU", 0) < total:
+            assert time.time() < deadline, f"still reserved: {worker_groups()}"
+            time.sleep(0.5)

@@ -158,6 +158,26 @@ def test_sweep_plan_checks_shards_names_and_resume(tmp_path, capsys):
     (tmp_path / "runs" / "fixed" / MARKER).write_text(
         f'{{"space": "t", "digest": "{plan.space.digest}", "parent_run_id": "p1", "created": "2026-01-01"}}')
     assert plan_sweep(str(path), name="fixed", resume=True).parent_run_id == "p1"
+    # one writer per sweep: a --resume while another --resume of it is live exits 2, before Ray
+    import subprocess
+    import sys
+
+    import ray
+
+    from tests.unit.test_lease import HOLD
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "runs" / "fixed")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["sweep", str(path), "--name", "fixed", "--resume"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "is live elsewhere" in capsys.readouterr().err and not ray.is_initialized()
+    (tmp_path / "runs" / "fixed" / MARKER).write_text('{"space": "t", "dig')  # torn
+    assert main(["sweep", str(path), "--name", "fixed", "--resume"]) == 2
+    assert "moss_sweep.json is damaged" in capsys.readouterr().err
 
 
 def test_asha_never_ranks_emu2_regression_against_code_cross_entropy(tmp_path):

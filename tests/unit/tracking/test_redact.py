@@ -70,3 +70,51 @@ def test_tracking_uri_without_a_host_is_a_config_error(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://")  # runtime_env.yaml on a node without MOSS_MLFLOW_ADDRESS
     with pytest.raises(ConfigError, match="MOSS_MLFLOW_ADDRESS"):
         tracking_uri(None)
+
+
+def test_everything_under_a_secret_key_is_masked_whatever_its_shape():
+    tree = {"creds": {"api_key": 12345678, "aws_credentials": {"user": "u", "pass": "p4ssw0rd"},
+                      "tokens_list": ["a"], "hf_token": ["hf_x", "hf_y"], "enabled_secret": True, "no_key": None}}
+    out = redact(tree, [])["creds"]
+    assert out["api_key"] == out["aws_credentials"] == out["hf_token"] == MASK
+    assert out["tokens_list"] == ["a"] and out["enabled_secret"] is True and out["no_key"] is None
+
+
+def test_yaml_and_json_documents_are_redacted_as_trees():
+    from orchestrator.tracking.redact import redact_document
+
+    space = "name: s\nbase:\n  tracking:\n    tags:\n      mlflow_password:\n        nested: p4ssw0rd-xyz\n"
+    out = redact_document(space, "space.yaml", [])
+    assert "p4ssw0rd-xyz" not in out and MASK in out
+    assert "p4ssw0rd-xyz" not in redact_document('{"secret": {"v": "p4ssw0rd-xyz"}}', "a.json", [])
+    # text that is not YAML / JSON by name keeps its shape; known secret values still go
+    assert redact_document("RuntimeError: boom hf_abcdef123456", "error.txt", ["hf_abcdef123456"]) == (
+        f"RuntimeError: boom {MASK}")
+
+
+def test_the_mlflow_client_redacts_every_write(tmp_path, monkeypatch):
+    from mlflow.entities import Param, RunTag
+
+    from orchestrator.tracking.mlflow import client
+
+    canary = "sk-canary-77c1e0d9b3"
+    monkeypatch.setenv("MOSS_JUDGE_API_KEY", canary)
+    mlc = client(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = mlc.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    run = mlc.create_run(exp, tags={"note": f"key {canary}", "hf_token": "abc"}).info.run_id
+    mlc.log_batch(run, params=[Param("judge.api_key", "plain"), Param("url", f"http://u:{canary}@h/")],
+                  tags=[RunTag("t", canary)])
+    mlc.set_tag(run, "x", f"see {canary}")
+    mlc.log_text(run, f"a:\n  secret_token:\n    - {canary}\n", "c.yaml")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "r.json").write_text(f'{{"v": "{canary}"}}')
+    (tmp_path / "d" / "w.bin").write_bytes(b"\x00weights")
+    mlc.log_artifacts(run, str(tmp_path / "d"), "out")
+    got = mlc.get_run(run).data
+    texts = [*got.params.values(), *got.tags.values()]
+    dest = tmp_path / "dl"
+    mlc.download_artifacts(run, "", str(dest))
+    texts += [p.read_text(errors="replace") for p in dest.rglob("*") if p.suffix in (".yaml", ".json")]
+    assert not [t for t in texts if canary in t]
+    assert got.params["judge.api_key"] == MASK and got.tags["hf_token"] == MASK
+    assert (dest / "out" / "w.bin").read_bytes() == b"\x00weights"

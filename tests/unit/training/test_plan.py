@@ -79,3 +79,54 @@ def test_validate_reports_what_train_would_do(tmp_path, capsys):
     assert "# train: starts run 'r3': 7 steps over 40 train rows, 8 val rows" in capsys.readouterr().out
     assert main(["validate", *base, "--set", "train.micro_batch=50"]) == 2
     assert "fewer than train.micro_batch=50" in capsys.readouterr().err
+
+
+def test_a_second_launch_of_a_live_run_exits_2_before_ray(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import ray
+
+    from orchestrator.cli import main
+    from tests.unit.test_lease import HOLD
+
+    fake_manifest(tmp_path)
+    run_dir = tmp_path / "runs" / "r1"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["train", "--set", f"data.output={tmp_path / 'shards'}", "--set", f"storage.path={tmp_path / 'runs'}",
+                "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "--set", "train.run_name=r1"]
+        assert main(args) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"is live elsewhere" in capsys.readouterr().err and not ray.is_initialized()
+
+
+def test_a_damaged_marker_is_exit_2_with_what_to_do(tmp_path):
+    fake_manifest(tmp_path)
+    cfg = cfg_for(tmp_path, "train.run_name=r1")
+    marker = tmp_path / "runs" / "r1" / MARKER
+    marker.parent.mkdir(parents=True)
+    marker.write_text('{"identity": "abc", "fix')
+    with pytest.raises(ConfigError, match=r"moss_run.json is damaged .* new train.run_name"):
+        plan_run(cfg)
+
+
+def test_a_new_head_address_resumes_when_the_store_holds_the_run(tmp_path):
+    from orchestrator.tracking.mlflow import client, ensure_experiment
+
+    fake_manifest(tmp_path)
+    cfg = cfg_for(tmp_path, "train.run_name=r1")
+    plan = plan_run(cfg)
+    uri = plan.tracking_uri
+    mlc = client(uri)
+    run = mlc.create_run(ensure_experiment(mlc, "moss", uri), tags={"moss.run_name": "r1"}).info.run_id
+    marker = {"identity": plan.identity, "fixed": fixed_settings(cfg), "mlflow_run_id": run, "experiment": "moss",
+              "tracking_uri": "http://10.0.0.12:5000"}  # the old head's server
+    write_json(f"{plan.run_dir}/{MARKER}", marker)
+    assert plan_run(cfg).mlflow_run_id == run  # the same store under a new address
+    write_json(f"{plan.run_dir}/{MARKER}", {**marker, "mlflow_run_id": "0" * 32})
+    with pytest.raises(ConfigError, match="same tracking settings"):
+        plan_run(cfg)
