@@ -130,7 +130,7 @@ def test_bad_spaces_are_config_errors_and_exit_2(tmp_path, capsys, case):
     assert message in capsys.readouterr().err
 
 
-def test_sweep_plan_checks_shards_names_and_resume(tmp_path, capsys):
+def test_sweep_plan_checks_shards_names_and_resume(tmp_path, capsys, monkeypatch):
     from orchestrator.config import load_config
     from orchestrator.data.pipeline import preprocess
     from orchestrator.data.sample import write_sample
@@ -162,9 +162,11 @@ def test_sweep_plan_checks_shards_names_and_resume(tmp_path, capsys):
     import subprocess
     import sys
 
-    import ray
-
+    from orchestrator import runtime
     from tests.unit.test_lease import HOLD
+
+    started = []  # the suite may share one Ray cluster, so watch for the call rather than Ray's state
+    monkeypatch.setattr(runtime, "init_ray", lambda *a, **k: started.append(a))
 
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "runs" / "fixed")], stdout=subprocess.PIPE,
                               text=True)
@@ -174,7 +176,7 @@ def test_sweep_plan_checks_shards_names_and_resume(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
-    assert "is live elsewhere" in capsys.readouterr().err and not ray.is_initialized()
+    assert "is live elsewhere" in capsys.readouterr().err and not started
     (tmp_path / "runs" / "fixed" / MARKER).write_text('{"space": "t", "dig')  # torn
     assert main(["sweep", str(path), "--name", "fixed", "--resume"]) == 2
     assert "moss_sweep.json is damaged" in capsys.readouterr().err
