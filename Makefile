@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-data bench-train bench-sweep bench-generation clean
+.PHONY: install docs demo test test-fast bench bench-data bench-train bench-sweep bench-generation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+docs: $(STAMP)
+	$(BIN)/python -m orchestrator.config_doc docs/configuration.md
 
 demo: $(STAMP)
 	$(BIN)/moss demo

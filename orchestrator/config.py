@@ -26,6 +26,7 @@ class Section(BaseModel):
 
 
 class BackboneSection(Section):
+    #: the model family (orchestrator/backbones); anole is chameleon with Anole's checkpoint
     name: Literal["chameleon", "anole", "emu2", "emu3", "janus"] = "chameleon"
     #: "tiny" / "small" / "large" (random-init presets) or a hub id / local path
     checkpoint: str = "tiny"
@@ -38,7 +39,7 @@ class BackboneSection(Section):
     #: 256*256 px is 32x32 codes (~1,070 tokens), 512*512 px is 64x64 (~4,170). `moss plan` shows the cost.
     #: The other backbones have a fixed image grid.
     image_min_pixels: int | None = Field(None, ge=1)
-    image_max_pixels: int | None = Field(None, ge=1)
+    image_max_pixels: int | None = Field(None, ge=1)  # emu3 only: see image_min_pixels
     #: run the checkpoint's own Python code (Emu2's hub checkpoints ship modeling_emu.py). Opt-in, and a hub
     #: id then needs ``revision`` pinned to a commit SHA, so the code that runs is the code you reviewed
     trust_remote_code: bool = False
@@ -81,14 +82,16 @@ class BackboneSection(Section):
 class AdapterSection(Section):
     """Mirrors MossConfig; validated by constructing one."""
 
+    #: lora: one LoRA for both modalities; moe_lora: a linear LoRA per modality; moss: conv LoRA on images
     variant: Literal["lora", "moe_lora", "moss"] = "moss"
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    kernel_size: int = Field(3, ge=1)
+    rank: int = Field(8, ge=1)  # LoRA rank r of every branch
+    alpha: float = Field(16.0, gt=0)  # scale = alpha / rank, on both branches
+    dropout: float = Field(0.0, ge=0, lt=1)  # dropout on the adapter input
+    kernel_size: int = Field(3, ge=1)  # k of the causal k x k conv (moss only); 1 makes moss equal to moe_lora
+    #: moss: full = k x k conv d_in -> r (the paper); lowrank = A, then k x k conv r -> r
     conv_space: Literal["full", "lowrank"] = "full"
-    image_inputs: bool = True
-    target_modules: str | None = None
+    image_inputs: bool = True  # prompt images (not targets) use the image branch too; false: the text branch
+    target_modules: str | None = None  # regex of the linear layers to wrap; null: the backbone's decoder projections
     #: also train the image-code rows of the output head (PEFT trainable tokens on lm_head; chameleon /
     #: anole / emu3). Meta's facebook/chameleon-7b cannot generate images until those rows are trained
     #: (Anole trained exactly them); off for checkpoints that already generate images
@@ -108,9 +111,9 @@ class AdapterSection(Section):
 class AlignmentSection(Section):
     """Optional text-image alignment filter with a CLIP model from a local path (off when model_path is null)."""
 
-    model_path: str | None = None
+    model_path: str | None = None  # local CLIP checkpoint; null: the filter is off
     min_score: float = Field(0.2, ge=-1.0, le=1.0)  # cosine similarity of CLIP text and image embeddings
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)  # image-text pairs per CLIP forward
 
 
 class FilterSection(Section):
@@ -118,11 +121,11 @@ class FilterSection(Section):
 
     max_text_chars: int = Field(20_000, ge=1)  # all text of a record together
     min_output_chars: int = Field(0, ge=0)  # output text; 0 allows image-only answers
-    min_images: int = Field(0, ge=0)
-    max_images: int = Field(16, ge=0)
+    min_images: int = Field(0, ge=0)  # images per record (input and output together)
+    max_images: int = Field(16, ge=0)  # images per record; more is a bounds reject before any image is read
     min_image_side: int = Field(16, ge=1)  # pixels
     max_image_pixels: int = Field(40_000_000, ge=1)  # checked from the header, before decoding
-    max_image_bytes: int = Field(64 * 2**20, ge=1)
+    max_image_bytes: int = Field(64 * 2**20, ge=1)  # bytes of one encoded image
     #: two images on the same side of a record (input or output) within this pHash Hamming distance are
     #: near-duplicates and reject the record; -1 turns the check off
     phash_max_distance: int = Field(4, ge=-1, le=64)
@@ -140,7 +143,7 @@ class DataSection(Section):
     #: JSONL / JSON / parquet: a path, glob or directory (local, s3://, gs://, hf://datasets/...), or a list
     source: str | list[str] | None = None
     output: str = "shards"  # shards go to <output>/<backbone>/
-    max_seq_len: int = Field(2048, ge=8)
+    max_seq_len: int = Field(2048, ge=8)  # tokens per record; longer ones lose whole trailing segments (truncate stage)
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # by a stable hash of the record id
     filters: FilterSection = Field(default_factory=FilterSection)
     chunk_bytes: int = Field(128 * 2**10, ge=1024)  # input is read in byte ranges of this size, in parallel
@@ -185,21 +188,21 @@ class TrainSection(Section):
     #: resumes it; null: a new unique name (printed, so the run can be resumed with --set train.run_name=...)
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     seed: int = 0  # adapter init, data order
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = Field(2e-4, gt=0)  # peak learning rate (AdamW over the adapter)
+    weight_decay: float = Field(0.0, ge=0)  # AdamW decay, not applied to 1-D tensors
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     warmup_steps: int = Field(10, ge=0)  # linear warmup from 0, then cosine decay to min_lr_ratio * lr
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # the cosine ends at this fraction of lr
     grad_clip: float = Field(1.0, ge=0)  # max global grad norm; 0 turns clipping off (the norm is still logged)
     micro_batch: int = Field(2, ge=1)  # sequences per worker per forward
     grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
     max_steps: int | None = Field(200, ge=1)  # stop after this many steps, or after max_epochs, whichever first
-    max_epochs: int | None = Field(None, ge=1)
+    max_epochs: int | None = Field(None, ge=1)  # passes over the train split; null: max_steps decides
     text_weight: float = Field(1.0, ge=0)  # loss = (w_t * sum text CE + w_i * sum image CE) / target tokens
-    image_weight: float = Field(1.0, ge=0)
+    image_weight: float = Field(1.0, ge=0)  # w_i of the loss above
     #: auto: bf16 autocast on GPU (frozen base weights stored in bf16), fp32 on CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute decoder layers in the backward pass (less memory, more time)
     #: ddp: every worker holds the whole model; fsdp: decoder layers sharded over the workers (FSDP2),
     #: for backbones that do not fit one GPU
     strategy: Literal["ddp", "fsdp"] = "ddp"
@@ -210,7 +213,7 @@ class TrainSection(Section):
     eval_every: int = Field(50, ge=1)  # steps; also at the last step
     eval_max_batches: int | None = Field(None, ge=1)  # per worker; null: the whole val split
     ckpt_every: int = Field(50, ge=1)  # steps; also at the last step
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)  # the newest this many checkpoints are kept
     max_failures: int = Field(2, ge=-1)  # worker-group restarts from the latest checkpoint; -1: forever
     shuffle_buffer: int = Field(256, ge=0)  # rows in each worker's local shuffle buffer; 0: shard order
     #: a worker whose data stream yields no batch for this long fails the attempt (naming the resources it
@@ -229,12 +232,13 @@ class TrainSection(Section):
 class ScalingSection(Section):
     """The Ray Train worker group."""
 
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
+    num_workers: int = Field(1, ge=1)  # Ray Train workers (one per GPU on a GPU cluster)
+    use_gpu: bool = False  # one GPU per worker (gpus_per_worker), NCCL, bf16 autocast
     cpus_per_worker: float = Field(1.0, gt=0)  # also the worker's torch threads (at least 1)
     gpus_per_worker: float = Field(1.0, ge=0)  # only with use_gpu
     #: extra Ray resources per worker, e.g. {"accelerator_type:H100": 0.001} or a custom node label
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    #: Ray placement group strategy of the workers
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     #: a node type of cluster.yaml the workers must run on (each asks for a sliver of the custom resource
     #: of that name, which cluster.yaml gives its nodes); `moss plan` then checks memory on that GPU
@@ -271,11 +275,11 @@ class PlanSection(Section):
     #: headroom on top of the estimate: CUDA context, NCCL and cuBLAS workspaces (GiB), allocator
     #: fragmentation (fraction of the estimate)
     margin_gb: float = Field(2.0, ge=0)
-    margin_fraction: float = Field(0.1, ge=0, le=1)
+    margin_fraction: float = Field(0.1, ge=0, le=1)  # see margin_gb
 
 
 class TrackingSection(Section):
-    experiment: str = Field("moss", min_length=1)
+    experiment: str = Field("moss", min_length=1)  # MLflow experiment of runs and sweeps
     #: null: MLFLOW_TRACKING_URI, else sqlite:///<working dir>/mlflow.db (artifacts in <working dir>/mlruns)
     tracking_uri: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)  # extra MLflow tags on the run
@@ -300,16 +304,16 @@ class GenerateSection(Section):
 
     max_new_tokens: int = Field(128, ge=0)  # text tokens of an answer; images come on top (max_images)
     temperature: float = Field(1.0, ge=0)  # 0: greedy
-    top_p: float = Field(0.9, gt=0, le=1)
-    image_temperature: float = Field(1.0, ge=0)
-    image_top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(0.9, gt=0, le=1)  # nucleus sampling of text tokens
+    image_temperature: float = Field(1.0, ge=0)  # sampling temperature of image codes; 0: greedy
+    image_top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling of image codes
     max_images: int = Field(2, ge=0)  # images per answer
     image_size: tuple[int, int] | None = None  # (rows, cols) of codes; Emu3 only, the others have a fixed grid
-    seed: int = 0
+    seed: int = 0  # sampling seed
     #: Emu2-Gen's diffusion decoder (emu2 checkpoints with one): Euler steps, guidance, pixels per side
     diffusion_steps: int = Field(50, ge=1)
-    guidance_scale: float = Field(3.0, ge=0)
-    diffusion_size: int = Field(1024, ge=8)
+    guidance_scale: float = Field(3.0, ge=0)  # classifier-free guidance of Emu2-Gen's decoder
+    diffusion_size: int = Field(1024, ge=8)  # pixels per side of Emu2-Gen's decoded images
 
     @field_validator("image_size")
     @classmethod
@@ -325,20 +329,20 @@ class EditingSection(Section):
     source: str | list[str] | None = None  # LeafInstruct records; null: data.source
     domain: str = "editing"  # records of this domain (task_name) with one input and one output image
     split: Literal["train", "val", "all"] = "val"  # by the same id hash as preprocessing (data.val_fraction)
-    max_records: int | None = Field(16, ge=1)
+    max_records: int | None = Field(16, ge=1)  # editing records scored at most; null: all
     clip_model: str | None = None  # local CLIP checkpoint (transformers CLIPModel) for CLIP-I; null: skipped
     dino_model: str | None = None  # local DINO ViT checkpoint (transformers AutoModel) for DINO; null: skipped
 
 
 class InterleavedBenchSection(Section):
     path: str | None = None  # interleaved_bench.json (or .jsonl); images relative to its folder
-    max_records: int | None = Field(None, ge=1)
+    max_records: int | None = Field(None, ge=1)  # records answered at most; null: all
     judge: bool = False  # score the answers with an OpenAI-compatible judge (MOSS_JUDGE_* environment)
 
 
 class EvaluateSection(Section):
     heldout: bool = True  # per-modality loss / perplexity on a shard split
-    split: Literal["train", "val"] = "val"
+    split: Literal["train", "val"] = "val"  # the shard split held-out metrics are computed on
     editing: bool = True  # MagicBrush-style metrics (see the editing section)
     output: str = "eval"  # results.json, generated images and answers go to <output>/<run or adapter name>/
 

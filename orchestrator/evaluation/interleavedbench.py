@@ -10,7 +10,7 @@ folder); a LLaVA-style ``conversations[0].value`` stands in for instruction + co
 absent. Predictions keep each record's fields and add ``output`` (the answer's text, an ``<image>``
 placeholder where each generated image sits) and ``output_image`` (their paths, relative to the
 predictions file), mirroring ``context`` / ``image``. The benchmark's own judge script was not
-available when this was written (see the README): check its expected field names before submitting.
+available when this was written (see docs/evaluation.md): check its expected field names before submitting.
 
 Image paths follow the data pipeline's policy (``data.refs``): by default they must resolve, symlinks
 followed, inside the bench file's folder, and no URI is fetched. A record naming anything else is
