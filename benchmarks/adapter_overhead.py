@@ -21,14 +21,9 @@ import torch
 
 from orchestrator.backbones import get_backbone, unwrap
 from orchestrator.moss import MossConfig, apply_moss, trainable_parameters
+from orchestrator.moss.variants import all_forms, get_variant
 
-VARIANTS = {
-    "base": None,
-    "lora": dict(variant="lora"),
-    "moe_lora": dict(variant="moe_lora"),
-    "moss-lowrank": dict(variant="moss", conv_space="lowrank"),
-    "moss-full": dict(variant="moss", conv_space="full"),
-}
+VARIANTS = {"base": None, **all_forms()}  # every registered variant's forms (lora, moe_lora, moss-full, ...)
 TARGETS = {"moe_lora": 1.05, "moss-lowrank": 1.10, "moss-full": 1.30}
 
 
@@ -65,14 +60,8 @@ def linear_macs_per_token(model, spec, cfg: MossConfig | None, image_fraction: f
         base += d_in * d_out
         if cfg is None:
             continue
-        r, k = cfg.rank, cfg.kernel_size
-        text = r * (d_in + d_out)
-        if cfg.variant in ("lora", "moe_lora"):
-            img = text  # moe_lora runs one branch per token
-        elif cfg.conv_space == "full":
-            img = k * k * d_in * r + r * d_out
-        else:
-            img = r * d_in + k * k * r * r + r * d_out
+        variant = get_variant(cfg.variant)
+        text, img = variant.text_params(cfg.rank, d_in, d_out), variant.image_macs_per_token(cfg, d_in, d_out)
         adapter += (1 - image_fraction) * text + image_fraction * img
     return base, adapter
 

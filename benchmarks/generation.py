@@ -28,13 +28,9 @@ import torch
 from orchestrator.backbones import get_backbone
 from orchestrator.evaluation.generate import Generator, SamplingConfig
 from orchestrator.moss import ImageLayout, MossConfig, apply_moss
+from orchestrator.moss.variants import all_forms
 
-VARIANTS = {
-    "lora": dict(variant="lora"),
-    "moe_lora": dict(variant="moe_lora"),
-    "moss-full": dict(variant="moss", conv_space="full"),
-    "moss-lowrank": dict(variant="moss", conv_space="lowrank"),
-}
+VARIANTS = all_forms()  # every registered variant's forms (lora, moe_lora, moss-full, moss-lowrank)
 PROMPT = ["Draw a red house with a blue roof on a green hill, in a flat cartoon style:"]
 
 

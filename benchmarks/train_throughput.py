@@ -9,7 +9,7 @@ first --skip steps (start-up, warm caches) are left out of the medians. Reads th
 back from MLflow; writes benchmarks/results/train_throughput.json.
 
     python benchmarks/train_throughput.py                          # chameleon "small" preset, 12 steps
-    python benchmarks/train_throughput.py --checkpoint tiny --steps 20 --runs moss:1 moss:2
+    python benchmarks/train_throughput.py --checkpoint tiny --steps 20 --runs moss-full:1 moss-full:2
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from orchestrator.moss.variants import all_forms
+
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {"lora": ["adapter.variant=lora"], "moe_lora": ["adapter.variant=moe_lora"],
-            "moss": ["adapter.variant=moss", "adapter.kernel_size=3", "adapter.conv_space=full"],
-            "moss-lowrank": ["adapter.variant=moss", "adapter.kernel_size=3", "adapter.conv_space=lowrank"]}
+#: --set overrides per form of every registered variant (lora, moe_lora, moss-full, moss-lowrank), kernel 3
+VARIANTS = {slug: [f"adapter.{k}={v}" for k, v in kw.items()] + ["adapter.kernel_size=3"]
+            for slug, kw in all_forms().items()}
 
 
 def median_after(mlc, run_id: str, key: str, skip: int) -> float:
@@ -42,7 +44,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--skip", type=int, default=2)
     ap.add_argument("--per-domain", type=int, default=8)
-    ap.add_argument("--runs", nargs="+", default=["lora:1", "moss:1", "lora:2", "moss:2"], help="variant:workers")
+    ap.add_argument("--runs", nargs="+", default=["lora:1", "moss-full:1", "lora:2", "moss-full:2"], help="variant:workers")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -4,14 +4,20 @@ overrides and a stable hash. Unknown keys and bad values fail here, before Ray s
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from .backbones.registry import backbone_names
+from .moss.config import MossConfig, check_field  # torch-free: the data workers validate configs too
+
 
 def is_commit_sha(value: str | None) -> bool:
     return value is not None and len(value) == 40 and all(c in "0123456789abcdef" for c in value.lower())
@@ -26,8 +32,9 @@ class Section(BaseModel):
 
 
 class BackboneSection(Section):
-    #: the model family (orchestrator/backbones); anole is chameleon with Anole's checkpoint
-    name: Literal["chameleon", "anole", "emu2", "emu3", "janus"] = "chameleon"
+    #: a registered backbone (orchestrator/backbones/registry.py): chameleon, anole (chameleon with Anole's
+    #: checkpoint), emu2, emu3, janus
+    name: str = "chameleon"
     #: "tiny" / "small" / "large" (random-init presets) or a hub id / local path
     checkpoint: str = "tiny"
     seed: int = 0  # weights of a random-init preset (a checkpoint's weights are its own)
@@ -45,6 +52,13 @@ class BackboneSection(Section):
     trust_remote_code: bool = False
     #: the hub commit (40 hex) or tag/branch every load of a hub checkpoint asks for; null: the default branch
     revision: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in backbone_names():
+            raise ValueError(f"unknown backbone {value!r}; known: {sorted(backbone_names())}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> BackboneSection:
@@ -79,33 +93,28 @@ class BackboneSection(Section):
         return {k: v for k, v in out.items() if v is not None}
 
 
-class AdapterSection(Section):
-    """Mirrors MossConfig; validated by constructing one."""
+class _AdapterBase(Section):
+    """The adapter: MossConfig's fields, types, defaults and checks (orchestrator/moss/config.py)."""
 
-    #: lora: one LoRA for both modalities; moe_lora: a linear LoRA per modality; moss: conv LoRA on images
-    variant: Literal["lora", "moe_lora", "moss"] = "moss"
-    rank: int = Field(8, ge=1)  # LoRA rank r of every branch
-    alpha: float = Field(16.0, gt=0)  # scale = alpha / rank, on both branches
-    dropout: float = Field(0.0, ge=0, lt=1)  # dropout on the adapter input
-    kernel_size: int = Field(3, ge=1)  # k of the causal k x k conv (moss only); 1 makes moss equal to moe_lora
-    #: moss: full = k x k conv d_in -> r (the paper); lowrank = A, then k x k conv r -> r
-    conv_space: Literal["full", "lowrank"] = "full"
-    image_inputs: bool = True  # prompt images (not targets) use the image branch too; false: the text branch
-    target_modules: str | None = None  # regex of the linear layers to wrap; null: the backbone's decoder projections
-    #: also train the image-code rows of the output head (PEFT trainable tokens on lm_head; chameleon /
-    #: anole / emu3). Meta's facebook/chameleon-7b cannot generate images until those rows are trained
-    #: (Anole trained exactly them); off for checkpoints that already generate images
-    train_image_head: bool = False
+    doc_source: ClassVar[type] = MossConfig  # where config_doc reads the fields' comments
 
-    @model_validator(mode="after")
-    def _check(self) -> AdapterSection:
-        self.to_moss_config()  # raises ValueError naming the field
-        return self
+    @field_validator("*")
+    @classmethod
+    def _check_field(cls, value, info):
+        check_field(info.field_name, value)  # MossConfig's own check, naming adapter.<field>
+        return value
 
-    def to_moss_config(self):
-        from .moss.config import MossConfig  # imported here: the data workers never load torch for configs
-
+    def to_moss_config(self) -> MossConfig:
         return MossConfig(**self.model_dump())
+
+
+def _adapter_section() -> type[Section]:
+    hints = typing.get_type_hints(MossConfig)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(MossConfig)}
+    return create_model("AdapterSection", __base__=_AdapterBase, __module__=__name__, **fields)
+
+
+AdapterSection = _adapter_section()
 
 
 class AlignmentSection(Section):

@@ -88,7 +88,7 @@ def _default(field) -> str:
 
 def rows(cls: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]]:
     """(key, type, default, meaning) for every leaf key under ``cls``, nested sections flattened."""
-    meaning = field_comments(cls)
+    meaning = field_comments(getattr(cls, "doc_source", cls))
     out = []
     for name, field in cls.model_fields.items():
         key = f"{prefix}.{name}"
@@ -107,7 +107,7 @@ def render() -> str:
         section = field.annotation
         parts.append(f"## `{name}`\n")
         doc = inspect.getdoc(section)
-        if doc and section.__doc__ is not config.Section.__doc__:
+        if doc and section.__doc__ not in (config.Section.__doc__, BaseModel.__doc__):
             parts.append(doc.replace("\n", " ") + "\n")
         parts.append("| key | type | default | meaning |\n|---|---|---|---|")
         for key, kind, default, meaning in rows(section, name):

@@ -6,19 +6,17 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from orchestrator.backbones import get_backbone
+from orchestrator.backbones import families, get_backbone, spec_class
 from orchestrator.moss import MossConfig
+from orchestrator.moss.variants import all_forms
 
 torch.set_num_threads(2)
 
-BACKBONE_NAMES = ("chameleon", "emu2", "emu3", "janus")
-VQ_BACKBONES = ("chameleon", "emu3", "janus")  # images as VQ code ids (emu2's are continuous embeddings)
-ADAPTERS = {
-    "lora": MossConfig(variant="lora", rank=4, alpha=8),
-    "moe_lora": MossConfig(variant="moe_lora", rank=4, alpha=8),
-    "moss-full": MossConfig(variant="moss", rank=4, alpha=8, kernel_size=3, conv_space="full"),
-    "moss-lowrank": MossConfig(variant="moss", rank=4, alpha=8, kernel_size=3, conv_space="lowrank"),
-}
+BACKBONE_NAMES = families()  # one per registered spec class: chameleon, emu2, emu3, janus
+#: images as VQ code ids (emu2's are continuous embeddings)
+VQ_BACKBONES = tuple(n for n in BACKBONE_NAMES if not spec_class(n).continuous_images)
+#: every registered variant's forms (lora, moe_lora, moss-full, moss-lowrank), rank 4, kernel 3
+ADAPTERS = {slug: MossConfig(rank=4, alpha=8, kernel_size=3, **kw) for slug, kw in all_forms().items()}
 
 
 def draw(color: str, size=(32, 32), shape: str = "square") -> Image.Image:

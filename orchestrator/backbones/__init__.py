@@ -1,37 +1,25 @@
-"""Registry of VLG backbones: ``get_backbone(name, checkpoint="tiny") -> BackboneSpec``."""
+"""Registry of VLG backbones: ``get_backbone(name, checkpoint="tiny") -> BackboneSpec``.
+
+Names load on first use (PEP 562), so ``orchestrator.backbones.registry`` (what run configs validate
+``backbone.name`` against) does not import torch.
+"""
 
 from __future__ import annotations
 
-from .base import IGNORE_INDEX, TINY, BackboneSpec, LossOutput, unwrap
-from .chameleon import ChameleonSpec
-from .emu2 import Emu2Spec
-from .emu3 import Emu3Spec
-from .janus import JanusSpec
+from importlib import import_module
 
-BACKBONES: dict[str, type[BackboneSpec]] = {
-    "chameleon": ChameleonSpec,
-    "anole": ChameleonSpec,  # Anole is Chameleon's class with image-generation weights
-    "emu2": Emu2Spec,
-    "emu3": Emu3Spec,
-    "janus": JanusSpec,
+_EXPORTS = {
+    "IGNORE_INDEX": "base", "TINY": "base", "BackboneSpec": "base", "LossOutput": "base", "unwrap": "base",
+    "backbone_names": "registry", "families": "registry", "register_backbone": "registry", "spec_class": "registry",
+    "unregister_backbone": "registry", "get_backbone": "registry", "backbone_from_config": "registry",
 }
 
-
-def get_backbone(name: str, checkpoint: str = TINY, **options) -> BackboneSpec:
-    """``options``: backbone-specific settings (emu2: ``regression="mse" | "cosine"``; emu3: ``min_pixels``,
-    ``max_pixels``) and, for every family, ``revision`` (the hub commit every load asks for) and
-    ``trust_remote_code``."""
-    try:
-        cls = BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
-    return cls(checkpoint, **options)
+__all__ = sorted(_EXPORTS)
 
 
-def backbone_from_config(cfg) -> BackboneSpec:
-    """The spec a run config describes (its ``backbone`` section)."""
-    b = cfg.backbone
-    return get_backbone(b.name, b.checkpoint, **b.options())
-
-
-__all__ = ["BACKBONES", "backbone_from_config", "IGNORE_INDEX", "BackboneSpec", "LossOutput", "get_backbone", "unwrap"]
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

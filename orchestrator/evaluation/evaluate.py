@@ -47,8 +47,6 @@ def aspect_means(scored: list[dict]) -> dict:
 
 def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool, bench=None, client=None) -> dict:
     """Answer every record (and score the answers); ``bench`` / ``client``: already read / configured."""
-    from dataclasses import replace
-
     from .generate import Generator, SamplingConfig
     from .interleavedbench import answer_fields, prediction_images, read_bench, write_predictions
     from .judge import JudgeClient
@@ -64,7 +62,7 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
     outputs, failures = [], []
     for i, item in enumerate(items):
         try:
-            answer = generator.generate(item.prompt(), replace(sampling, seed=g.seed + i))
+            answer = generator.generate(item.prompt(), sampling.model_copy(update={"seed": g.seed + i}))
             outputs.append(answer_fields(answer, item, bench_dir))
         except (ImageError, ValueError, RuntimeError) as e:  # an unreadable image, a prompt too long...
             failures.append({"id": item.id, "reason": f"{type(e).__name__}: {e}"[:300]})

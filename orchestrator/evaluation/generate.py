@@ -16,46 +16,32 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
+from pydantic import ConfigDict, model_validator
 from torch import nn
 
+from ..config import GenerateSection
 from ..data.schema import PLACEHOLDER
 from .decoding import IncrementalDecoder
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    """max_new_tokens: text tokens of the answer (images come on top, bounded by max_images).
-    temperature 0 means greedy. open_image: the answer starts with an image (editing, text-to-image)."""
+class SamplingConfig(GenerateSection):
+    """The run config's ``generate:`` section (one schema, validated there) plus what only a caller knows:
+    ``open_image``, the answer starts with an image (editing, text-to-image). Frozen."""
 
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 0.9
-    image_temperature: float = 1.0
-    image_top_p: float = 1.0
-    max_images: int = 2
-    image_size: tuple[int, int] | None = None  # codes; Emu3 only (other backbones have a fixed grid)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     open_image: bool = False
-    seed: int = 0
-    diffusion_steps: int = 50  # Emu2-Gen's pixel decoder (emu2 checkpoints that have one)
-    guidance_scale: float = 3.0
-    diffusion_size: int = 1024
 
     @classmethod
-    def from_section(cls, section, **overrides) -> SamplingConfig:
-        """From the run config's ``generate:`` section (GenerateSection), with overrides."""
+    def from_section(cls, section: GenerateSection, **overrides) -> SamplingConfig:
+        """From the run config's ``generate:`` section, with overrides."""
         return cls(**{**section.model_dump(), **overrides})
 
-    def __post_init__(self) -> None:
-        for name in ("temperature", "image_temperature"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        for name in ("top_p", "image_top_p"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1]")
-        if self.max_new_tokens < 0 or self.max_images < 0:
-            raise ValueError("max_new_tokens and max_images must be >= 0")
+    @model_validator(mode="after")
+    def _check_open_image(self) -> SamplingConfig:
         if self.open_image and self.max_images < 1:
             raise ValueError("open_image needs max_images >= 1")
+        return self
 
     def diffusion(self):
         from ..backbones.emu2_diffusion import DiffusionSettings

@@ -8,7 +8,8 @@ from importlib import import_module
 
 _EXPORTS = {
     "MossConfig": "config", "trainable_params_per_layer": "config",
-    "MossContext": "layers", "MossLinear": "layers", "causal_conv2d": "layers",
+    "MossContext": "layers", "MossLinear": "layers", "causal_conv2d": "conv",
+    "Variant": "variants", "register_variant": "variants", "get_variant": "variants", "variant_names": "variants",
     "ImageLayout": "layout", "ImageSegment": "layout", "RoutingPlan": "layout", "build_routing_plan": "layout",
     "AdapterLoadError": "peft", "apply_moss": "peft", "expected_trainable_parameters": "peft",
     "load_adapter": "peft", "save_adapter": "peft", "set_layout": "peft", "trainable_parameters": "peft",

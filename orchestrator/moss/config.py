@@ -7,56 +7,69 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-VARIANTS = ("lora", "moe_lora", "moss")
 CONV_SPACES = ("full", "lowrank")
 MOSS_CONFIG_FILE = "moss_config.json"
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_field(name: str, value) -> None:
+    """Raise ValueError("<name>=<value> <why>") unless ``value`` is valid for MossConfig field ``name``."""
+    from .variants import variant_names
+
+    why = None
+    if name == "variant" and value not in variant_names():
+        why = f"is not one of {variant_names()}"
+    elif name == "conv_space" and value not in CONV_SPACES:
+        why = f"is not one of {CONV_SPACES}"
+    elif name in ("rank", "kernel_size") and not (_is_int(value) and value >= 1):
+        why = "must be an integer >= 1"
+    elif name == "alpha" and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+        why = "must be a number > 0"
+    elif name == "dropout" and not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1):
+        why = "must be in [0, 1)"
+    elif name in ("image_inputs", "train_image_head") and not isinstance(value, bool):
+        why = "must be true or false"
+    elif name == "target_modules" and value is not None and (not isinstance(value, str) or not value):
+        why = "must be a non-empty regex or null"
+    if why:
+        raise ValueError(f"{name}={value!r} {why}")
+
+
 @dataclass(frozen=True)
 class MossConfig:
-    """Settings of one adapter.
+    """Settings of one adapter: the one schema, also the run config's ``adapter:`` section (config.py builds
+    that section from these fields, their types, defaults, comments and checks)."""
 
-    variant: ``lora`` (PEFT's LoRA, one set for both modalities), ``moe_lora`` (a separate linear LoRA
-        per modality, hard-routed), ``moss`` (linear LoRA on text + causal convolutional LoRA on images).
-    rank / alpha / dropout: LoRA rank r, scaling alpha (scale = alpha / r), dropout on the adapter input.
-    kernel_size: k of the causal k x k conv (moss only); k = 1 makes moss as expressive as moe_lora.
-    conv_space: ``full`` = k x k conv d_in -> r, then B (the paper's form); ``lowrank`` = A to r,
-        k x k conv r -> r with a residual, then B (Zhong et al.'s Conv-LoRA, single causal expert).
-    image_inputs: whether image tokens of the prompt (not generated) use the image branch too;
-        when False they take the text branch.
-    target_modules: regex overriding the backbone's default (its language model's linear layers).
-    train_image_head: also train the image-code rows of the output head (PEFT's trainable tokens on the
-        backbone's ``image_head_module``), e.g. for a checkpoint whose image rows were never trained.
-    """
-
+    #: a registered variant (orchestrator/moss/variants.py): lora (PEFT's LoRA, one set for both
+    #: modalities), moe_lora (a separate linear LoRA per modality, hard-routed), moss (linear LoRA on text +
+    #: causal convolutional LoRA on images)
     variant: str = "moss"
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    rank: int = 8  # LoRA rank r of every branch
+    alpha: float = 16.0  # scale = alpha / rank, on both branches
+    dropout: float = 0.0  # dropout on the adapter input, in [0, 1)
+    #: k of the causal k x k conv (variants with a conv); 1 makes moss as expressive as moe_lora
     kernel_size: int = 3
+    #: full: k x k conv d_in -> r, then B (the paper's form); lowrank: A to r, k x k conv r -> r with a residual,
+    #: then B (Zhong et al.'s Conv-LoRA, one causal expert)
     conv_space: str = "full"
+    #: prompt images (not targets) use the image branch too; false: they take the text branch
     image_inputs: bool = True
+    #: regex of the linear layers to wrap; null: the backbone's decoder projections
     target_modules: str | None = None
+    #: also train the image-code rows of the output head (PEFT trainable tokens on the backbone's
+    #: image_head_module). Meta's facebook/chameleon-7b cannot generate images until those rows are trained
+    #: (Anole trained exactly them); off for checkpoints that already generate images
     train_image_head: bool = False
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"MossConfig.variant={self.variant!r} is not one of {VARIANTS}")
-        if self.conv_space not in CONV_SPACES:
-            raise ValueError(f"MossConfig.conv_space={self.conv_space!r} is not one of {CONV_SPACES}")
-        for name in ("rank", "kernel_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MossConfig.{name}={value!r} must be an integer >= 1")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ValueError(f"MossConfig.alpha={self.alpha!r} must be a number > 0")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"MossConfig.dropout={self.dropout!r} must be in [0, 1)")
-        for name in ("image_inputs", "train_image_head"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"MossConfig.{name}={getattr(self, name)!r} must be true or false")
-        if self.target_modules is not None and (not isinstance(self.target_modules, str) or not self.target_modules):
-            raise ValueError(f"MossConfig.target_modules={self.target_modules!r} must be a non-empty regex or null")
+        for f in dataclasses.fields(self):
+            try:
+                check_field(f.name, getattr(self, f.name))
+            except ValueError as e:
+                raise ValueError(f"MossConfig.{e}") from None
 
     @property
     def scaling(self) -> float:
@@ -88,19 +101,13 @@ class MossConfig:
 
 
 def trainable_params_per_layer(cfg: MossConfig, d_in: int, d_out: int) -> int:
-    """Closed-form count of adapter parameters on one wrapped d_in -> d_out linear layer.
+    """Closed-form count of adapter parameters on one wrapped d_in -> d_out linear layer (the variant's formula).
 
     lora:          r (d_in + d_out)
     moe_lora:      2 r (d_in + d_out)
     moss full:     r (d_in + d_out) + k^2 d_in r + r d_out
     moss lowrank:  r (d_in + d_out) + r d_in + k^2 r^2 + r d_out
     """
-    r, k = cfg.rank, cfg.kernel_size
-    text = r * (d_in + d_out)
-    if cfg.variant == "lora":
-        return text
-    if cfg.variant == "moe_lora":
-        return 2 * text
-    if cfg.conv_space == "full":
-        return text + k * k * d_in * r + r * d_out
-    return text + r * d_in + k * k * r * r + r * d_out
+    from .variants import get_variant
+
+    return get_variant(cfg.variant).params_per_layer(cfg, d_in, d_out)

@@ -1,6 +1,6 @@
 """apply_moss / save_adapter / load_adapter, and how each forward's image layout reaches the layers.
 
-``lora`` is PEFT's own LoRA. ``moe_lora`` and ``moss`` register MossLinear for nn.Linear through
+``lora`` (a shared-branch variant) is PEFT's own LoRA. The others register MossLinear for nn.Linear through
 PEFT's custom-module dispatch (``LoraConfig._register_custom_module``). PEFT keeps no record of that
 class in ``adapter_config.json`` and silently drops unknown tensors on load, so the MoSS settings
 go to ``moss_config.json`` and ``load_adapter`` re-registers the class and checks every tensor.
@@ -23,6 +23,7 @@ from .cache import Step
 from .config import MossConfig, trainable_params_per_layer
 from .layers import MossContext, MossLinear
 from .layout import ImageLayout, build_routing_plan
+from .variants import get_variant
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FORMAT_VERSION = 1
@@ -186,7 +187,7 @@ def apply_moss(model: nn.Module, config: MossConfig, spec) -> PeftModel:
     """Wrap the language model's projections of ``model`` with the adapter ``config`` describes."""
     lora_cfg = lora_config_for(config, spec)
     ctx = None
-    if config.variant != "lora":
+    if not get_variant(config.variant).shared_branch:
         ctx = MossContext(config)
         lora_cfg._register_custom_module({nn.Linear: functools.partial(MossLinear, moss_context=ctx)})
     peft_model = get_peft_model(model, lora_cfg)

@@ -112,20 +112,12 @@ def activation_bytes(shape: ModelShape, w: Workload) -> int:
 
 
 def adapter_activation_bytes(shape: ModelShape, w: Workload, per: int) -> float:
-    """One layer's adapter activations: rank-space vectors on every token; MoSS full also keeps the image
-    rows it gathers (d_in each) and the conv taps (k^2 r, twice); the low-rank conv its rank-space canvas."""
-    r, k = w.rank, w.kernel_size
+    """One layer's adapter activations, by the variant's own formula (orchestrator/moss/variants.py)."""
+    from ..moss.variants import get_variant
+
     projs = len(shape.targets) / max(shape.layers, 1)  # adapted linears per decoder layer (7 by default)
-    if w.variant == "lora":
-        return w.tokens * projs * r * per
-    text = w.tokens * projs * 2 * r * per
-    if w.variant == "moe_lora":
-        return text
-    images = w.tokens * w.image_fraction
-    if w.conv_space == "full":
-        d_in = sum(d for d, _ in shape.targets) / max(shape.layers, 1)
-        return text + images * (d_in + 2 * projs * k * k * r) * per
-    return text + images * projs * (k * k / 2 + 3) * r * per
+    d_in_sum = sum(d for d, _ in shape.targets) / max(shape.layers, 1)  # their input widths, summed
+    return get_variant(w.variant).activation_bytes(w, w.tokens, w.tokens * w.image_fraction, projs, d_in_sum, per)
 
 
 def logit_bytes(shape: ModelShape, w: Workload) -> int:

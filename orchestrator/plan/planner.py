@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..backbones.emu3 import largest_square_side
 from ..config import RunConfig
+from ..moss.variants import get_variant
 from .checkpoints import CheckpointCheck, check_checkpoint
 from .hardware import ClusterFileError, NodeType, load_cluster
 from .memory import GiB, Estimate, Workload, estimate
@@ -96,7 +97,7 @@ class Planner:
     # ---- one config -------------------------------------------------------------------------------
     def row(self, cfg: RunConfig, trial: str = "run", params: dict | None = None) -> Row:
         a, s, t = cfg.adapter, cfg.scaling, cfg.train
-        conv = a.variant == "moss"
+        conv = get_variant(a.variant).uses_conv
         row = Row(trial, params or {}, cfg.backbone.name, cfg.backbone.checkpoint, a.variant, a.rank,
                   a.kernel_size if conv else None, a.conv_space if conv else None, workers=s.num_workers,
                   gpus=s.gpus_per_worker if s.use_gpu else 0.0, strategy=t.strategy, seq_len=cfg.data.max_seq_len,
@@ -328,9 +329,9 @@ class Planner:
 
 
 def _spec_class(cfg: RunConfig):
-    from ..backbones import BACKBONES
+    from ..backbones import spec_class
 
-    return BACKBONES[cfg.backbone.name]
+    return spec_class(cfg.backbone.name)
 
 
 def _offers(node: NodeType, resource: str) -> bool:

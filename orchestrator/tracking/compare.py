@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..moss.variants import REFERENCE, find_variant, label_of
 from . import mlflow as tracking
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -25,7 +26,7 @@ class Row:
     status: str
     backbone: str
     variant: str
-    label: str  # variant, with the conv space for moss (moss/full, moss/lowrank)
+    label: str  # the variant's report label (moss/full, moss/lowrank count as two)
     rank: int | None
     kernel_size: int | None  # moss only
     conv_space: str | None  # moss only
@@ -73,7 +74,8 @@ def latest_sweep(mlc, experiment: str):
 def to_row(mlc, run, metric: str) -> Row:
     p, tags = run.data.params, run.data.tags
     variant = p.get("adapter.variant", tags.get("moss.variant", "?"))
-    moss = variant == "moss"
+    known = find_variant(variant)
+    conv = known is not None and known.uses_conv
     latest: dict[int, tuple[int, float]] = {}  # a resumed run logs some steps twice: keep the later value
     for m in mlc.get_metric_history(run.info.run_id, metric):
         if m.step not in latest or m.timestamp >= latest[m.step][0]:
@@ -83,9 +85,9 @@ def to_row(mlc, run, metric: str) -> Row:
     return Row(
         run_id=run.info.run_id, run_name=tags.get("mlflow.runName", run.info.run_name), status=status,
         backbone=p.get("backbone.name", tags.get("moss.backbone", "?")), variant=variant,
-        label=f"moss/{p.get('adapter.conv_space', 'full')}" if moss else variant,
-        rank=_int(p.get("adapter.rank")), kernel_size=_int(p.get("adapter.kernel_size")) if moss else None,
-        conv_space=p.get("adapter.conv_space") if moss else None, lr=_float(p.get("train.lr")),
+        label=label_of(variant, p.get("adapter.conv_space")),
+        rank=_int(p.get("adapter.rank")), kernel_size=_int(p.get("adapter.kernel_size")) if conv else None,
+        conv_space=p.get("adapter.conv_space") if conv else None, lr=_float(p.get("train.lr")),
         trainable_parameters=_int(p.get("trainable_parameters")), value=run.data.metrics.get(metric),
         step=history[-1][0] if history else None, sampled=json.loads(tags.get("moss.sampled", "{}")),
         curve=history)
@@ -122,12 +124,12 @@ class Comparison:
         at the last step the two runs share (a run stopped early is compared at the step it reached)."""
         lora: dict[tuple, Row] = {}
         for r in self.rows:
-            if r.variant == "lora" and r.value is not None:
+            if r.variant == REFERENCE and r.value is not None:
                 lora.setdefault((r.backbone, r.rank), r)
         gaps = []
         for r in self.rows:
             base = lora.get((r.backbone, r.rank))
-            if r.variant == "lora" or base is None or r.value is None:
+            if r.variant == REFERENCE or base is None or r.value is None:
                 continue
             step = min(r.step, base.step)
             mine, theirs = value_at(r, step), value_at(base, step)

@@ -206,10 +206,10 @@ def build_trainer(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()):
 
     from .loop import train_loop
 
-    from ..backbones import BACKBONES
+    from ..backbones import spec_class
 
     splits = ["train", "val"] if plan.val_rows else ["train"]
-    columns = train_columns(BACKBONES[cfg.backbone.name])  # the class says it: no checkpoint is loaded here
+    columns = train_columns(spec_class(cfg.backbone.name))  # the class says it: no checkpoint is loaded here
     datasets = {s: ray.data.read_parquet(f"{plan.shards}/split={s}", columns=columns,
                                          num_cpus=cfg.scaling.ingest_cpus_per_task) for s in splits}
     for ds in datasets.values():

@@ -6,15 +6,12 @@ import pytest
 import torch
 
 from orchestrator.moss import MossConfig, apply_moss, expected_trainable_parameters, trainable_parameters
-from tests.conftest import spec_for
+from orchestrator.moss.variants import all_forms
+from orchestrator.backbones import spec_class
+from tests.conftest import BACKBONE_NAMES, spec_for
 
-SIZES = [("chameleon", "7b"), ("emu2", "37b"), ("emu3", "8b"), ("janus", "pro-7b")]
-RANK256 = {
-    "lora": MossConfig(variant="lora", rank=256, alpha=512),
-    "moe_lora": MossConfig(variant="moe_lora", rank=256, alpha=512),
-    "moss-full": MossConfig(variant="moss", rank=256, alpha=512, kernel_size=3),
-    "moss-lowrank": MossConfig(variant="moss", rank=256, alpha=512, kernel_size=3, conv_space="lowrank"),
-}
+SIZES = [(name, size) for name in BACKBONE_NAMES for size in spec_class(name).real_sizes]
+RANK256 = {slug: MossConfig(rank=256, alpha=512, kernel_size=3, **kw) for slug, kw in all_forms().items()}
 
 
 @pytest.mark.parametrize("name, size", SIZES)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from orchestrator.moss import ImageLayout, ImageSegment, build_routing_plan, causal_conv2d
-from orchestrator.moss.layers import reference_causal_conv2d
+from orchestrator.moss.conv import reference_causal_conv2d
 
 
 def _layout():

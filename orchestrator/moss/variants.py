@@ -1,0 +1,226 @@
+"""Adapter variants as small strategy objects, and their registry: the one list of variants.
+
+A variant decides what MossLinear adds at image positions (text positions always get PEFT's linear LoRA,
+``lora_A`` / ``lora_B``). It builds its image branch into up to three slots of the layer, ``lora_img_A``,
+``lora_img_conv`` and ``lora_img_B`` (B, r -> d_out, is created and zero-initialised by the layer); turns
+the layer's input into rank-space activations, for a whole batch (``image_rank_space``) and for the one
+token of cached decoding (``step_rank_space``); and gives its closed-form counts: trainable parameters,
+multiply-adds per token, activation bytes (for ``moss plan``). Config validation, reports, benchmarks and
+tests read the registry, so a new variant is one subclass + ``register_variant`` (docs/extending.md).
+
+This module imports no torch at import time: configs are validated in data workers that never load it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class Variant:
+    """One adapter variant; subclass and override what differs."""
+
+    name: str = ""
+    description: str = ""
+    #: kernel_size / conv_space mean something for this variant (searched, shown in reports)
+    uses_conv: bool = False
+    #: one PEFT LoRA for both modalities: no image branch, no routing, mergeable into the base weights
+    shared_branch: bool = False
+
+    def forms(self) -> dict[str, dict[str, Any]]:
+        """Structurally different settings, each worth testing and benchmarking: {slug: MossConfig fields}."""
+        return {self.name: {"variant": self.name}}
+
+    def label(self, conv_space: str | None = None) -> str:
+        """How reports name a run of this variant (forms that count as different methods differ here)."""
+        return self.name
+
+    def text_params(self, r: int, d_in: int, d_out: int) -> int:
+        return r * (d_in + d_out)
+
+    def params_per_layer(self, cfg, d_in: int, d_out: int) -> int:
+        """Trainable parameters this adapter adds to one wrapped d_in -> d_out linear layer."""
+        raise NotImplementedError
+
+    def image_macs_per_token(self, cfg, d_in: int, d_out: int) -> float:
+        """Multiply-adds of the adapter at one image position of one layer (text positions: r (d_in + d_out))."""
+        raise NotImplementedError
+
+    def activation_bytes(self, cfg, tokens: float, image_tokens: float, projs: float, d_in_sum: float,
+                         per: int) -> float:
+        """Adapter activations one decoder layer keeps for the backward pass: ``projs`` adapted linears whose
+        input widths sum to ``d_in_sum``, ``per`` bytes per element."""
+        raise NotImplementedError
+
+    def build(self, layer, name: str, cfg, r: int) -> None:
+        """Create the image branch's modules (except lora_img_B) in ``layer``'s slots."""
+
+    def image_rank_space(self, layer, name: str, flat, plan):
+        """(N, d_in) inputs -> (N, r) image-branch activations before lora_img_B; zero at text positions."""
+        raise NotImplementedError
+
+    def step_rank_space(self, layer, name: str, flat, step):
+        """(1, d_in) input of one image cell -> (1, r), through the layer's conv cache if the branch needs one."""
+        raise NotImplementedError
+
+
+def _linear(d_in: int, d_out: int):
+    from torch import nn
+
+    lin = nn.Linear(d_in, d_out, bias=False)
+    nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5))
+    return lin
+
+
+class Lora(Variant):
+    name = "lora"
+    description = "PEFT's LoRA, one set for both modalities"
+    shared_branch = True
+
+    def params_per_layer(self, cfg, d_in, d_out):
+        return self.text_params(cfg.rank, d_in, d_out)
+
+    def image_macs_per_token(self, cfg, d_in, d_out):
+        return self.text_params(cfg.rank, d_in, d_out)
+
+    def activation_bytes(self, cfg, tokens, image_tokens, projs, d_in_sum, per):
+        return tokens * projs * cfg.rank * per
+
+
+class MoeLora(Variant):
+    name = "moe_lora"
+    description = "a separate linear LoRA per modality, hard-routed"
+
+    def params_per_layer(self, cfg, d_in, d_out):
+        return 2 * self.text_params(cfg.rank, d_in, d_out)
+
+    def image_macs_per_token(self, cfg, d_in, d_out):
+        return self.text_params(cfg.rank, d_in, d_out)  # one branch runs per token
+
+    def activation_bytes(self, cfg, tokens, image_tokens, projs, d_in_sum, per):
+        return tokens * projs * 2 * cfg.rank * per
+
+    def build(self, layer, name, cfg, r):
+        layer.lora_img_A[name] = _linear(layer.in_features, r)
+
+    def image_rank_space(self, layer, name, flat, plan):
+        z = layer.lora_img_A[name](flat)
+        return z * plan.image_weight(z.dtype)
+
+    def step_rank_space(self, layer, name, flat, step):
+        return layer.lora_img_A[name](flat)
+
+
+class Moss(Variant):
+    name = "moss"
+    description = "linear LoRA on text + causal k x k convolutional LoRA over each image's token grid"
+    uses_conv = True
+
+    def forms(self):
+        return {f"moss-{space}": {"variant": "moss", "conv_space": space} for space in ("full", "lowrank")}
+
+    def label(self, conv_space=None):
+        return f"moss/{conv_space or 'full'}"
+
+    def params_per_layer(self, cfg, d_in, d_out):
+        r, k = cfg.rank, cfg.kernel_size
+        if cfg.conv_space == "full":  # k x k conv d_in -> r, then B
+            return self.text_params(r, d_in, d_out) + k * k * d_in * r + r * d_out
+        return self.text_params(r, d_in, d_out) + r * d_in + k * k * r * r + r * d_out  # A, conv r -> r, B
+
+    def image_macs_per_token(self, cfg, d_in, d_out):
+        r, k = cfg.rank, cfg.kernel_size
+        if cfg.conv_space == "full":
+            return k * k * d_in * r + r * d_out
+        return r * d_in + k * k * r * r + r * d_out
+
+    def activation_bytes(self, cfg, tokens, image_tokens, projs, d_in_sum, per):
+        """MoSS full also keeps the image rows it gathers (d_in each) and the conv taps (k^2 r, twice); the
+        low-rank conv its rank-space canvas."""
+        r, k = cfg.rank, cfg.kernel_size
+        text = tokens * projs * 2 * r * per
+        if cfg.conv_space == "full":
+            return text + image_tokens * (d_in_sum + 2 * projs * k * k * r) * per
+        return text + image_tokens * projs * (k * k / 2 + 3) * r * per
+
+    def build(self, layer, name, cfg, r):
+        from torch import nn
+
+        if cfg.conv_space == "lowrank":
+            layer.lora_img_A[name] = _linear(layer.in_features, r)
+        c_in = layer.in_features if cfg.conv_space == "full" else r
+        conv = nn.Conv2d(c_in, r, cfg.kernel_size, bias=False)  # causal padding is applied in forward
+        nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
+        layer.lora_img_conv[name] = conv
+
+    def image_rank_space(self, layer, name, flat, plan):
+        from .conv import causal_conv2d
+
+        conv = layer.lora_img_conv[name].weight
+        if layer.moss.conv_space == "full":  # gather the d_in-wide image rows once: the conv's input
+            c = causal_conv2d(flat.index_select(0, plan.image_pos), conv, plan)  # (n_img, r)
+            return c.new_zeros(flat.shape[0], c.shape[1]).index_add(0, plan.image_pos, c)
+        z = layer.lora_img_A[name](flat)  # (N, r)
+        z = z * plan.image_weight(z.dtype)
+        c = causal_conv2d(z.index_select(0, plan.image_pos), conv, plan)  # (n_img, r)
+        return z.index_add(0, plan.image_pos, c.to(z.dtype))
+
+    def step_rank_space(self, layer, name, flat, step):
+        cache, conv = layer.moss_context.conv_cache, layer.lora_img_conv[name].weight
+        if layer.moss.conv_space == "full":
+            return cache.conv((id(layer), name), flat[0], conv, *step.cell)[None]
+        z = layer.lora_img_A[name](flat)
+        return z + cache.conv((id(layer), name), z[0], conv, *step.cell)[None]
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register_variant(variant: Variant) -> Variant:
+    """Make ``variant`` known to MossConfig, apply_moss, the run config, reports and benchmarks."""
+    if not variant.name or not variant.name.replace("_", "").isalnum():
+        raise ValueError(f"a variant needs a name of letters, digits and _, got {variant.name!r}")
+    if variant.name in _REGISTRY and type(_REGISTRY[variant.name]) is not type(variant):
+        raise ValueError(f"variant {variant.name!r} is already registered ({type(_REGISTRY[variant.name]).__name__})")
+    _REGISTRY[variant.name] = variant
+    return variant
+
+
+def unregister_variant(name: str) -> None:
+    """Forget a variant registered at run time (tests and notebooks); the built-in three stay."""
+    if name in BUILT_IN:
+        raise ValueError(f"{name!r} is built in")
+    _REGISTRY.pop(name, None)
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown adapter variant {name!r}; known: {variant_names()}") from None
+
+
+def find_variant(name: str) -> Variant | None:
+    """The registered variant, or None (e.g. a run of an older store, or of a variant not imported here)."""
+    return _REGISTRY.get(name)
+
+
+def variant_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def all_forms() -> dict[str, dict[str, Any]]:
+    """{slug: MossConfig fields} of every registered variant's forms (lora, moe_lora, moss-full, moss-lowrank)."""
+    return {slug: kw for v in _REGISTRY.values() for slug, kw in v.forms().items()}
+
+
+def label_of(variant: str, conv_space: str | None = None) -> str:
+    """A report's name for a run (an unknown variant, e.g. from an older store, keeps its own name)."""
+    return _REGISTRY[variant].label(conv_space) if variant in _REGISTRY else variant
+
+
+#: the baseline every report measures gaps against (same backbone, rank and step)
+REFERENCE = "lora"
+BUILT_IN = ("lora", "moe_lora", "moss")
+for _v in (Lora(), MoeLora(), Moss()):
+    register_variant(_v)
