@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ..config import ConfigError, RunConfig
 from ..data.images import ImageError
+from ..tracking import tags as TAG
 from .inference import AdapterSource
 
-KIND_TAG, SOURCE_TAG = "moss.kind", "moss.source_run_id"
 
 
 def flat_metrics(results: dict) -> dict[str, float]:
@@ -161,12 +161,12 @@ def log_to_mlflow(cfg: RunConfig, source: AdapterSource, results: dict, out_dir:
         mlc.log_artifacts(source.run_id, str(out_dir), f"evaluation/{stamp}")
         return source.run_id
     experiment_id = ensure_experiment(mlc, cfg.tracking.experiment, uri)
-    tags = {KIND_TAG: "evaluation", "mlflow.runName": f"eval-{source.label}-{stamp}"}
+    tags = {TAG.KIND: "evaluation", TAG.MLFLOW_RUN_NAME: f"eval-{source.label}-{stamp}"}
     if source.run_id:
-        tags[SOURCE_TAG] = source.run_id
+        tags[TAG.SOURCE_RUN] = source.run_id
         tags["mlflow.note.content"] = f"Evaluation of training run {source.run_id} ({source.label})"
     elif source.origin:
-        tags["moss.adapter_path"] = str(source.origin)
+        tags[TAG.ADAPTER_PATH] = str(source.origin)
     run_id = mlc.create_run(experiment_id, tags=tags).info.run_id
     sections = {k: cfg.model_dump(mode="json")[k] for k in ("backbone", "generate", "evaluate", "editing",
                                                             "interleavedbench")}

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from ..config import ConfigError, RunConfig, apply_override, load_config, validate_tree
+from ..tracking import tags as TAG
 from ..training.checkpoint import FINAL_ADAPTER
 
 
@@ -83,7 +84,7 @@ def resolve(config_path: str | None, overrides: list[str], adapter: str | None, 
         path = mlc.download_artifacts(run_id, artifact, str(workdir))
     except (MlflowException, OSError) as e:
         raise ConfigError(f"cannot read MLflow run {run_id} at {uri}: {e}"[:500]) from None
-    name = run.data.tags.get("moss.run_name", run.info.run_name)
+    name = run.data.tags.get(TAG.RUN_NAME, run.info.run_name)
     return cfg, AdapterSource(path, run_id, name, origin=f"runs:/{run_id}/{artifact}")
 
 

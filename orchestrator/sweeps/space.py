@@ -31,14 +31,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..config import ConfigError, RunConfig, drop_later_defaults, get_dotted, read_yaml, set_dotted, validate_tree
+from ..training.metrics import RANKABLE
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 #: space keys added after the first tracked sweeps: out of the digest while at their defaults (a sweep
 #: started before them resumes)
 SPACE_LATER_DEFAULTS = {"resources.node_type": None, "resources.gpu_memory_gb": None, "resources.per_cell": []}
-#: what a sweep can rank trials by: every metric the training loop reports
-METRICS = tuple(f"train/{m}" for m in ("loss", "text_loss", "image_loss", "grad_norm", "tokens_per_s")) + tuple(
-    f"val/{m}" for m in ("loss", "text_loss", "image_loss", "ppl", "text_ppl", "image_ppl"))
+METRICS = RANKABLE  # what a sweep can rank trials by (orchestrator/training/metrics.py)
 #: the step counter ASHA's rungs are measured in (an optimizer step, reported by every trial; it survives a
 #: resumed sweep, unlike Tune's training_iteration)
 TIME_ATTR = "step"

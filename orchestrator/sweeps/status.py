@@ -14,11 +14,11 @@ from pathlib import Path
 from ray.tune import Callback
 
 from ..config import TrackingSection
-from ..tracking import mlflow as tracking
 from ..tracking.journal import Journal
 from ..tracking.redact import redact_text
 from ..tracking.resilient import Tracker
-from .trial import STATUS_TAG, child_tags, trial_run_name
+from ..tracking import tags as TAG
+from .trial import child_tags, trial_run_name
 
 MLFLOW_STATUS = {"finished": "FINISHED", "early_stopped": "KILLED", "failed": "FAILED"}
 
@@ -57,7 +57,7 @@ class ChildRunStatus(Callback):
         sweep = self._tracking(trial)
         sweep.running.discard(trial.trial_id)
         run = self.child(trial.trial_id)
-        sweep.tracker.set_tags(run, {STATUS_TAG: status})
+        sweep.tracker.set_tags(run, {TAG.STATUS: status})
         if error:
             sweep.tracker.log_text(run, redact_text(error), "error.txt")
         sweep.tracker.terminate(run, MLFLOW_STATUS[status])
@@ -82,14 +82,14 @@ class ChildRunStatus(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._tracking(trial).tracker.set_tags(self.child(trial.trial_id), {
-            STATUS_TAG: "retrying", "moss.retries": str(trial.run_metadata.num_failures)})
+            TAG.STATUS: "retrying", TAG.RETRIES: str(trial.run_metadata.num_failures)})
 
 
 def child_run(sweep: str, parent_run_id: str, experiment: str, trial_id: str) -> dict:
     """A trial's child run named for a Tracker (ops.py); created when sent if the trial died before creating it."""
     name = trial_run_name(sweep, trial_id)
     return {"experiment": experiment, "name": name,
-            "tags": {tracking.RUN_NAME_TAG: name, **child_tags(sweep, parent_run_id, trial_id)}}
+            "tags": {TAG.RUN_NAME: name, **child_tags(sweep, parent_run_id, trial_id)}}
 
 
 def send_trial_journals(storage: str, sweep: str, trial_ids, tracking_uri: str) -> list[str]:

@@ -11,13 +11,9 @@ import json
 
 from ..config import ConfigError, validate_tree
 from ..tracking import mlflow as tracking
+from ..tracking import tags as TAG
 from .space import Space
 
-PARENT_TAG = "mlflow.parentRunId"
-SWEEP_TAG = "moss.sweep"
-TRIAL_TAG = "moss.trial_id"
-SAMPLED_TAG = "moss.sampled"
-STATUS_TAG = "moss.status"  # finished | early_stopped | failed (| running)
 
 
 def trial_run_name(sweep: str, trial_id: str) -> str:
@@ -45,7 +41,7 @@ def find_child(uri: str, experiment: str, sweep: str, trial_id: str, wait_s: flo
 
 
 def child_tags(sweep: str, parent_run_id: str, trial_id: str) -> dict[str, str]:
-    return {PARENT_TAG: parent_run_id, SWEEP_TAG: sweep, TRIAL_TAG: trial_id}
+    return {TAG.PARENT: parent_run_id, TAG.SWEEP: sweep, TAG.TRIAL_ID: trial_id}
 
 
 def ensure_child_run(cfg, run_name: str, sweep: dict, trial_id: str, applied: dict) -> str:
@@ -54,13 +50,13 @@ def ensure_child_run(cfg, run_name: str, sweep: dict, trial_id: str, applied: di
     uri = sweep["tracking_uri"]
     mlc, _, run = find_child(uri, cfg.tracking.experiment, sweep["name"], trial_id, cfg.tracking.startup_wait_s)
     if run is not None:
-        if run.data.tags.get(PARENT_TAG) != sweep["parent_run_id"]:
+        if run.data.tags.get(TAG.PARENT) != sweep["parent_run_id"]:
             raise ConfigError(f"MLflow run {run.info.run_id} named {run_name!r} is not a child of sweep "
                               f"{sweep['name']!r} (parent {sweep['parent_run_id']})")
-        mlc.set_tag(run.info.run_id, STATUS_TAG, "running")
+        mlc.set_tag(run.info.run_id, TAG.STATUS, "running")
         return run.info.run_id
     tags = {**child_tags(sweep["name"], sweep["parent_run_id"], trial_id),
-            SAMPLED_TAG: json.dumps(applied, default=str)[:5000], STATUS_TAG: "running"}
+            TAG.SAMPLED: json.dumps(applied, default=str)[:5000], TAG.STATUS: "running"}
     return tracking.open_run(cfg, run_name, uri, extra_tags=tags)
 
 

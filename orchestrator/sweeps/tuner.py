@@ -19,14 +19,14 @@ from ..config import ConfigError, RunConfig, set_dotted
 from ..plan.report import enforce, plan_configs
 from ..runtime import OrphanReaper, refuse_unplaceable
 from ..tracking import mlflow as tracking
+from ..tracking import tags as TAG
 from ..tracking.redact import redact, redact_document, redact_text
 from ..files import exists, read_json, write_json
 from ..training.driver import absolute, load_manifest, planned_steps
 from .space import Space, derive_concurrency, load_space
-from .trial import SWEEP_TAG, trial_config
+from .trial import trial_config
 
 MARKER = "moss_sweep.json"
-KIND_TAG = "moss.kind"
 
 
 @dataclass
@@ -161,13 +161,13 @@ def open_parent(plan: SweepPlan) -> str:
     mlc = tracking.client(plan.tracking_uri, wait_s)
     if plan.parent_run_id is not None:
         mlc.update_run(plan.parent_run_id, status="RUNNING")
-        relaunches = int(mlc.get_run(plan.parent_run_id).data.tags.get("moss.resumes", "0")) + 1
-        mlc.set_tag(plan.parent_run_id, "moss.resumes", str(relaunches))
+        relaunches = int(mlc.get_run(plan.parent_run_id).data.tags.get(TAG.RESUMES, "0")) + 1
+        mlc.set_tag(plan.parent_run_id, TAG.RESUMES, str(relaunches))
         return plan.parent_run_id
     m = plan.space.model
     exp_id = tracking.ensure_experiment(mlc, plan.base.tracking.experiment, plan.tracking_uri)
-    tags = redact({KIND_TAG: "sweep", SWEEP_TAG: plan.name, "moss.space": m.name, "moss.metric": m.metric,
-                   "moss.mode": m.mode, tracking.RUN_NAME_TAG: plan.name, **plan.base.tracking.tags})
+    tags = redact({TAG.KIND: "sweep", TAG.SWEEP: plan.name, TAG.SPACE: m.name, TAG.METRIC: m.metric,
+                   TAG.MODE: m.mode, TAG.RUN_NAME: plan.name, **plan.base.tracking.tags})
     run_id = tracking.create_run(tracking.client(plan.tracking_uri), exp_id, plan.name, tags, plan.tracking_uri, wait_s)
     write_json(f"{plan.sweep_dir}/{MARKER}", {
         "space": m.name, "digest": plan.space.digest, "parent_run_id": run_id,
@@ -244,7 +244,7 @@ def run_sweep(plan: SweepPlan, report_dir: str | None = None) -> dict:
         sent = tracker.flush(plan.base.tracking.flush_timeout_s)  # the children's statuses, before reading them
         # Ctrl-C: Tune saves its state and fit() returns; trials it stopped never reached the callback
         interrupted = mark_interrupted(plan, parent, sweep, read=sent)
-        tracker.set_tags(parent, {"moss.trials": str(len(results)), "moss.failed_trials": str(results.num_errors)})
+        tracker.set_tags(parent, {TAG.TRIALS: str(len(results)), TAG.FAILED_TRIALS: str(results.num_errors)})
         trial_ids = sweep.started | {r.metrics["trial_id"] for r in results if (r.metrics or {}).get("trial_id")}
         pending = ([] if sent else [plan.sweep_dir]) + send_trial_journals(plan.storage, plan.name, trial_ids,
                                                                            plan.tracking_uri)
@@ -298,7 +298,7 @@ def mark_interrupted(plan: SweepPlan, parent: str, sweep, read: bool = True) -> 
     if running is None:
         running = [child_run(plan.name, parent, plan.base.tracking.experiment, t) for t in sorted(sweep.running)]
     for run in running:
-        sweep.tracker.set_tags(run, {"moss.status": "interrupted"})
+        sweep.tracker.set_tags(run, {TAG.STATUS: "interrupted"})
         sweep.tracker.terminate(run, "KILLED")
     return len(running)
 

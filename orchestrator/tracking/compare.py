@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..moss.variants import REFERENCE, find_variant, label_of
 from . import mlflow as tracking
+from . import tags as TAG
 
-PARENT_TAG = "mlflow.parentRunId"
 REPORT_ARTIFACTS = "report"
 
 
@@ -73,7 +73,7 @@ def latest_sweep(mlc, experiment: str):
 
 def to_row(mlc, run, metric: str) -> Row:
     p, tags = run.data.params, run.data.tags
-    variant = p.get("adapter.variant", tags.get("moss.variant", "?"))
+    variant = p.get("adapter.variant", tags.get(TAG.VARIANT, "?"))
     known = find_variant(variant)
     conv = known is not None and known.uses_conv
     latest: dict[int, tuple[int, float]] = {}  # a resumed run logs some steps twice: keep the later value
@@ -81,15 +81,15 @@ def to_row(mlc, run, metric: str) -> Row:
         if m.step not in latest or m.timestamp >= latest[m.step][0]:
             latest[m.step] = (m.timestamp, m.value)
     history = sorted((step, v) for step, (_, v) in latest.items())
-    status = tags.get("moss.status") or run.info.status.lower()
+    status = tags.get(TAG.STATUS) or run.info.status.lower()
     return Row(
-        run_id=run.info.run_id, run_name=tags.get("mlflow.runName", run.info.run_name), status=status,
-        backbone=p.get("backbone.name", tags.get("moss.backbone", "?")), variant=variant,
+        run_id=run.info.run_id, run_name=tags.get(TAG.MLFLOW_RUN_NAME, run.info.run_name), status=status,
+        backbone=p.get("backbone.name", tags.get(TAG.BACKBONE, "?")), variant=variant,
         label=label_of(variant, p.get("adapter.conv_space")),
         rank=_int(p.get("adapter.rank")), kernel_size=_int(p.get("adapter.kernel_size")) if conv else None,
         conv_space=p.get("adapter.conv_space") if conv else None, lr=_float(p.get("train.lr")),
         trainable_parameters=_int(p.get("trainable_parameters")), value=run.data.metrics.get(metric),
-        step=history[-1][0] if history else None, sampled=json.loads(tags.get("moss.sampled", "{}")),
+        step=history[-1][0] if history else None, sampled=json.loads(tags.get(TAG.SAMPLED, "{}")),
         curve=history)
 
 
@@ -158,16 +158,16 @@ def collect(uri: str, parent_run_id: str | None = None, experiment: str | None =
     parent = mlc.get_run(parent_run_id) if parent_run_id else latest_sweep(mlc, experiment or "moss")
     if parent is not None:
         exp_ids = [parent.info.experiment_id]
-        runs = search_all(mlc, exp_ids, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+        runs = search_all(mlc, exp_ids, f"tags.`{TAG.PARENT}` = '{parent.info.run_id}'")
         source = f"sweep {parent.data.tags.get('moss.sweep', parent.info.run_name)!r} (parent run {parent.info.run_id})"
-        metric = metric or parent.data.tags.get("moss.metric", "val/loss")
-        mode = mode or parent.data.tags.get("moss.mode", "min")
+        metric = metric or parent.data.tags.get(TAG.METRIC, "val/loss")
+        mode = mode or parent.data.tags.get(TAG.MODE, "min")
     else:
         exp = mlc.get_experiment_by_name(experiment or "moss")
         if exp is None:
             raise LookupError(f"no MLflow experiment {experiment or 'moss'!r} at {tracking.redact_text(uri)}")
-        runs = [r for r in search_all(mlc, [exp.experiment_id], f"tags.`{tracking.RUN_NAME_TAG}` != ''")
-                if r.data.tags.get("moss.kind") != "sweep"]
+        runs = [r for r in search_all(mlc, [exp.experiment_id], f"tags.`{TAG.RUN_NAME}` != ''")
+                if r.data.tags.get(TAG.KIND) != "sweep"]
         source, parent = f"experiment {exp.name!r}", None
         metric, mode = metric or "val/loss", mode or "min"
     if not runs:

@@ -21,8 +21,8 @@ import yaml
 from ..config import ConfigError
 from .outage import PatientClient, wait_for
 from .redact import redact, redact_text, redacting_client, secret_env_values
+from . import tags as TAG
 
-RUN_NAME_TAG = "moss.run_name"
 PACKAGES = ("torch", "transformers", "peft", "ray", "mlflow", "moss-orchestrator")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 #: environment variables recorded with each run (environment.json), secrets masked
@@ -115,14 +115,14 @@ def ensure_experiment(mlc, name: str, uri: str) -> str:
 
 
 def find_run(mlc, experiment_id: str, run_name: str):
-    runs = mlc.search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=2)
+    runs = mlc.search_runs([experiment_id], filter_string=f"tags.`{TAG.RUN_NAME}` = '{run_name}'", max_results=2)
     if len(runs) > 1:
-        raise RuntimeError(f"MLflow has {len(runs)} runs tagged {RUN_NAME_TAG}={run_name!r}; expected at most one")
+        raise RuntimeError(f"MLflow has {len(runs)} runs tagged {TAG.RUN_NAME}={run_name!r}; expected at most one")
     return runs[0] if runs else None
 
 
 def run_tags(cfg, run_name: str) -> dict[str, str]:
-    return redact({RUN_NAME_TAG: run_name, "moss.backbone": cfg.backbone.name, "moss.variant": cfg.adapter.variant,
+    return redact({TAG.RUN_NAME: run_name, TAG.BACKBONE: cfg.backbone.name, TAG.VARIANT: cfg.adapter.variant,
                    **cfg.tracking.tags})
 
 
@@ -156,9 +156,9 @@ def log_run_inputs(cfg, tracker, run_id: str, resumed: bool) -> None:
     """Params (new ones; changes on a relaunch as tags) and the resolved config, all redacted, sent by
     ``tracker``; the launch count is read (waiting for the server: it names the artifacts)."""
     launches = int(client(tracker.uri, cfg.tracking.startup_wait_s).get_run(run_id).data.tags
-                   .get("moss.relaunches", "-1")) + 1
+                   .get(TAG.RELAUNCHES, "-1")) + 1
     tracker.log_params(run_id, run_params(cfg))
-    tracker.set_tags(run_id, {"moss.relaunches": str(launches)})
+    tracker.set_tags(run_id, {TAG.RELAUNCHES: str(launches)})
     text = yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
     prefix = f"relaunch-{launches}/" if resumed else ""
     tracker.log_text(run_id, text, f"{prefix}config.yaml")

@@ -20,8 +20,10 @@ from ..files import exists, read_json, write_json
 from ..runtime import OrphanReaper
 from ..data.pipeline import output_dir
 from ..tracking import mlflow as tracking
+from ..tracking import tags as TAG
 from ..tracking.redact import redact_text
 from .data import train_columns
+from .metrics import SUMMARY
 
 MARKER = "moss_run.json"
 DAMAGED_MARKER = ("it records which config and MLflow run {run!r} belongs to. Restore it from your storage's versions "
@@ -189,7 +191,7 @@ def same_store(plan: RunPlan, marker: dict) -> bool:
         run = tracking.client(plan.tracking_uri).get_run(marker["mlflow_run_id"])
     except Exception:  # not in this store, or unreachable: the plain refusal stands
         return False
-    return run.data.tags.get(tracking.RUN_NAME_TAG) == plan.name
+    return run.data.tags.get(TAG.RUN_NAME) == plan.name
 
 
 def ordered_ingest(names: list[str]) -> dict:
@@ -305,8 +307,7 @@ def format_summary(summary: dict) -> str:
     lines = [f"train: run {summary['run_name']!r} {'resumed' if summary['resumed'] else 'finished'} "
              f"at step {summary['step']}/{summary['total_steps']} "
              + (f"(MLflow status {summary['status']})" if not pending else "(MLflow unreachable: metrics from Ray Train)")]
-    keys = [k for k in ("train/loss", "train/text_loss", "train/image_loss", "val/loss", "val/text_loss",
-                        "val/image_loss", "val/text_ppl", "val/image_ppl", "train/tokens_per_s") if k in m]
+    keys = [k for k in SUMMARY if k in m]
     lines += [f"  {k:<20} {m[k]:.4f}" for k in keys]
     where = f" in experiment {summary['experiment_id']}" if summary["experiment_id"] else ""
     lines += [f"adapter:     {summary['adapter']}  (orchestrator.moss.load_adapter)",

@@ -29,7 +29,8 @@ from .checkpoint import (ADAPTER_DIR, FINAL_ADAPTER, TrainState, load_train_stat
                          write_checksums)
 from .resume import intact_checkpoint
 from .data import ValRows, train_batches, watched
-from .metrics import add_loss, loss_metrics, peak_memory_mb, reset_peak_memory, use_bf16
+from .metrics import (PROGRESS, TOKENS, TRAIN, VAL, add_loss, loss_metrics, peak_memory_mb, reset_peak_memory,
+                      step_metrics, use_bf16)
 from .optim import build_optimizer
 
 
@@ -79,7 +80,7 @@ def evaluate(module, spec, val_rows: ValRows, cfg: RunConfig, device, autocast, 
                 add_loss(sums, out, batch)
     model.train()
     weights = (cfg.train.text_weight, cfg.train.image_weight)
-    return loss_metrics(parallel.all_reduce(sums, device), "val", weights, ppl=True, image_ppl=spec.image_loss_is_ce)
+    return loss_metrics(parallel.all_reduce(sums, device), VAL, weights, ppl=True, image_ppl=spec.image_loss_is_ce)
 
 
 def save_checkpoint(module, optimizer, scheduler, state: TrainState, directory: Path, rank: int) -> None:
@@ -149,9 +150,7 @@ def optimizer_step(module, batches, optimizer, scheduler, trainable, tc, device,
 
 
 def progress_line(step: int, total: int, metrics: dict) -> str:
-    shown = {"loss": "train/loss", "text": "train/text_loss", "image": "train/image_loss", "val": "val/loss",
-             "val_text": "val/text_loss", "val_image": "val/image_loss"}
-    parts = [f"{label} {metrics[k]:.4f}" for label, k in shown.items() if k in metrics]
+    parts = [f"{label} {metrics[k]:.4f}" for label, k in PROGRESS.items() if k in metrics]
     return (f"step {step}/{total} " + " ".join(parts) + f" lr {metrics['train/lr']:.2e} "
             f"{metrics['train/tokens_per_s']:.0f} tok/s")
 
@@ -212,20 +211,19 @@ def train_loop(loop_config: dict) -> dict:
                                                          autocast, state, total)
         sums = parallel.all_reduce(sums, device)
         seconds = time.perf_counter() - t0
-        metrics = {**loss_metrics(sums, "train", weights), "train/lr": lr, "train/grad_norm": grad_norm,
-                   "train/tokens_per_s": sums[4] / seconds, "train/step_time_s": seconds,
-                   "train/peak_mem_mb": peak_memory_mb(device)}
+        metrics = {**loss_metrics(sums, TRAIN, weights),
+                   **step_metrics(lr, grad_norm, sums[TOKENS] / seconds, seconds, peak_memory_mb(device))}
         final = state.step == total
         if val_rows is not None and (state.step % tc.eval_every == 0 or final):
             metrics.update(evaluate(module, spec, val_rows, cfg, device, autocast, last_batch))
         if logger is not None:
             logger.log(metrics, state.step)
-            if final or state.step % max(1, total // 20) == 0 or "val/loss" in metrics:
+            if final or state.step % max(1, total // 20) == 0 or f"{VAL}/loss" in metrics:
                 # not print(): Ray Train patches it to write both to stdout and its logger (each line twice)
                 sys.stdout.write(progress_line(state.step, total, metrics) + "\n")
                 sys.stdout.flush()
         checkpoint = state.step % tc.ckpt_every == 0 or final
-        if checkpoint or any(k.startswith("val/") for k in metrics):
+        if checkpoint or any(k.startswith(f"{VAL}/") for k in metrics):
             report(metrics, state, total, module, optimizer, scheduler, checkpoint, rank, logger, final)
     if state.step == start_step:  # relaunch of a finished run: no step, no report
         ensure_final_adapter(module, logger, rank)

@@ -1,11 +1,31 @@
-"""Per-step and evaluation metrics, summed over workers so they describe the global batch."""
+"""Per-step and evaluation metrics, summed over workers so they describe the global batch, and their names:
+the one list (sweeps rank by them, the CLI prints them). Torch is imported where used: a space is validated
+without it."""
 
 from __future__ import annotations
 
 import math
 import resource
 
-import torch
+TRAIN, VAL = "train", "val"
+LOSSES = ("loss", "text_loss", "image_loss")  # <prefix>/<name>, train and val
+PERPLEXITIES = ("ppl", "text_ppl", "image_ppl")  # val only
+STEP_METRICS = ("lr", "grad_norm", "tokens_per_s", "step_time_s", "peak_mem_mb")  # train only
+#: what a sweep can rank trials by: every metric training reports but the step's bookkeeping
+RANKABLE = (tuple(f"{TRAIN}/{m}" for m in LOSSES + ("grad_norm", "tokens_per_s"))
+            + tuple(f"{VAL}/{m}" for m in LOSSES + PERPLEXITIES))
+#: what `moss train` prints at the end, when present
+SUMMARY = (tuple(f"{TRAIN}/{m}" for m in LOSSES) + tuple(f"{VAL}/{m}" for m in LOSSES + ("text_ppl", "image_ppl"))
+           + (f"{TRAIN}/tokens_per_s",))
+#: progress line label -> metric
+PROGRESS = {"loss": f"{TRAIN}/loss", "text": f"{TRAIN}/text_loss", "image": f"{TRAIN}/image_loss",
+            "val": f"{VAL}/loss", "val_text": f"{VAL}/text_loss", "val_image": f"{VAL}/image_loss"}
+
+
+def step_metrics(lr: float, grad_norm: float, tokens_per_s: float, step_time_s: float, peak_mem_mb: float) -> dict:
+    """The per-step bookkeeping metrics, named."""
+    values = (lr, grad_norm, tokens_per_s, step_time_s, peak_mem_mb)
+    return {f"{TRAIN}/{name}": v for name, v in zip(STEP_METRICS, values)}
 
 # sums carried per step / eval: text CE sum, text targets, image CE sum, image targets, tokens seen
 TEXT_SUM, N_TEXT, IMAGE_SUM, N_IMAGE, TOKENS = range(5)
@@ -40,18 +60,22 @@ def loss_metrics(sums: list[float], prefix: str, weights: tuple[float, float] = 
     return out
 
 
-def use_bf16(cfg, device: torch.device) -> bool:
+def use_bf16(cfg, device) -> bool:
     """bf16 weights + autocast: train.precision bf16, or auto on CUDA (training and evaluation alike)."""
     return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
 
 
-def reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device) -> float:
     """CUDA: peak allocated since the step began; CPU: the worker process's peak RSS so far."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -94,6 +94,7 @@ def _ddp_rank(rank: int) -> list[float]:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None]).tolist()
 
 
+@pytest.mark.slow  # 2 gloo rank processes (~15 s): in `make test`, not `make test-fast`
 def test_ddp_all_reduces_gradients_through_the_loss_module():
     got = run_gloo_ranks(_ddp_rank)
     assert got[0] == got[1] and any(g != 0 for g in got[0])

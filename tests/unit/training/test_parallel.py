@@ -11,6 +11,8 @@ from orchestrator.training import parallel
 from orchestrator.training.optim import build_optimizer
 from tests.conftest import mixed_batch, randomize_adapter, run_gloo_ranks, spec_for, text_batch
 
+pytestmark = pytest.mark.slow  # 2 gloo rank processes per test (~15 s each): in `make test`, not `make test-fast`
+
 
 def _one_step(name: str, strategy: str, rank: int) -> tuple[dict, float]:
     spec = spec_for(name)
