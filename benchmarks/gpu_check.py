@@ -37,16 +37,15 @@ from orchestrator.plan.memory import GiB, estimate  # noqa: E402
 from orchestrator.plan.planner import Planner  # noqa: E402
 from orchestrator.plan.sizing import ModelShape, read_shape, trainable_parameters  # noqa: E402
 from orchestrator.training.optim import build_optimizer  # noqa: E402
+from orchestrator.moss.variants import all_forms  # noqa: E402
 
-CELLS = [(v, r) for r in (64, 256) for v in ("lora", "moe_lora", "moss-full", "moss-lowrank")]
+CELLS = [(v, r) for r in (64, 256) for v in all_forms()]  # every registered variant's forms
 #: dense bf16 peak FLOP/s by device name fragment (datasheets, without sparsity)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 
 
 def adapter_sets(variant: str, rank: int) -> list[str]:
-    kind = {"lora": ["adapter.variant=lora"], "moe_lora": ["adapter.variant=moe_lora"],
-            "moss-full": ["adapter.variant=moss", "adapter.conv_space=full"],
-            "moss-lowrank": ["adapter.variant=moss", "adapter.conv_space=lowrank"]}[variant]
+    kind = [f"adapter.{k}={v}" for k, v in all_forms()[variant].items()]
     return [*kind, f"adapter.rank={rank}", f"adapter.alpha={2 * rank}", "adapter.kernel_size=3"]
 
 

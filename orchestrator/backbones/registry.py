@@ -1,8 +1,8 @@
 """The one list of backbones: name -> the spec class, imported on first use.
 
 Torch-free, so run configs (validated in data workers too) can check ``backbone.name`` against it. A new
-backbone is its module plus one ``register_backbone`` line here, or a call from your own code
-(docs/extending.md).
+backbone is its module plus one entry in ``_REGISTRY`` below, or a ``register_backbone`` call from your own
+code (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ def register_backbone(name: str, spec_class) -> None:
     """Make ``spec_class`` (a BackboneSpec subclass) known as ``name`` to get_backbone and the run config."""
     if name in BUILT_IN:
         raise ValueError(f"backbone {name!r} is built in")
+    own = getattr(spec_class, "name", None)
+    if own != name:
+        raise ValueError(f"{spec_class.__name__}.name is {own!r}: register it under that name")
     _REGISTRY[name] = spec_class
 
 

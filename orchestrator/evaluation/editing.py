@@ -140,7 +140,7 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
             with torch.no_grad():
                 tgrid = spec.target_grid(model, target)  # codes (h, w) or embeddings (h, w, d)
             grid = tuple(tgrid.shape[:2])
-            sampling = base.model_copy(update={"image_size": grid if grid != tuple(spec.generation_grid()) else None})
+            sampling = base.with_(image_size=grid if grid != tuple(spec.generation_grid()) else None)
             answer = generator.generate(prompt, sampling)
             if not answer.images:
                 raise ValueError(f"no image generated (stopped: {answer.stop})")

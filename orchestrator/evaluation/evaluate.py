@@ -62,7 +62,7 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
     outputs, failures = [], []
     for i, item in enumerate(items):
         try:
-            answer = generator.generate(item.prompt(), sampling.model_copy(update={"seed": g.seed + i}))
+            answer = generator.generate(item.prompt(), sampling.with_(seed=g.seed + i))
             outputs.append(answer_fields(answer, item, bench_dir))
         except (ImageError, ValueError, RuntimeError) as e:  # an unreadable image, a prompt too long...
             failures.append({"id": item.id, "reason": f"{type(e).__name__}: {e}"[:300]})

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, ValidationError, model_validator
 from torch import nn
 
 from ..config import GenerateSection
@@ -34,8 +34,20 @@ class SamplingConfig(GenerateSection):
 
     @classmethod
     def from_section(cls, section: GenerateSection, **overrides) -> SamplingConfig:
-        """From the run config's ``generate:`` section, with overrides."""
-        return cls(**{**section.model_dump(), **overrides})
+        """From the run config's ``generate:`` section, with overrides; ValueError naming what is wrong."""
+        return cls.checked(**{**section.model_dump(), **overrides})
+
+    @classmethod
+    def checked(cls, **values) -> SamplingConfig:
+        try:
+            return cls(**values)
+        except ValidationError as e:  # one line per problem, not pydantic's dump of the input
+            raise ValueError("; ".join(f"{'.'.join(map(str, err['loc'])) or 'sampling'}: {err['msg']}"
+                                       for err in e.errors())) from None
+
+    def with_(self, **changes) -> SamplingConfig:
+        """A copy with ``changes``, validated again."""
+        return self.checked(**{**self.model_dump(), **changes})
 
     @model_validator(mode="after")
     def _check_open_image(self) -> SamplingConfig:

@@ -47,10 +47,10 @@ class MossConfig:
     #: modalities), moe_lora (a separate linear LoRA per modality, hard-routed), moss (linear LoRA on text +
     #: causal convolutional LoRA on images)
     variant: str = "moss"
-    rank: int = 8  # LoRA rank r of every branch
-    alpha: float = 16.0  # scale = alpha / rank, on both branches
+    rank: int = 8  # LoRA rank r of every branch, an integer >= 1
+    alpha: float = 16.0  # > 0; scale = alpha / rank, on both branches
     dropout: float = 0.0  # dropout on the adapter input, in [0, 1)
-    #: k of the causal k x k conv (variants with a conv); 1 makes moss as expressive as moe_lora
+    #: k of the causal k x k conv (variants with a conv), an integer >= 1; 1 makes moss as expressive as moe_lora
     kernel_size: int = 3
     #: full: k x k conv d_in -> r, then B (the paper's form); lowrank: A to r, k x k conv r -> r with a residual,
     #: then B (Zhong et al.'s Conv-LoRA, one causal expert)

@@ -64,7 +64,8 @@ class Variant:
         raise NotImplementedError
 
 
-def _linear(d_in: int, d_out: int):
+def init_linear(d_in: int, d_out: int):
+    """A bias-free d_in -> d_out linear initialised as PEFT initialises lora_A (kaiming uniform, a = sqrt 5)."""
     from torch import nn
 
     lin = nn.Linear(d_in, d_out, bias=False)
@@ -101,7 +102,7 @@ class MoeLora(Variant):
         return tokens * projs * 2 * cfg.rank * per
 
     def build(self, layer, name, cfg, r):
-        layer.lora_img_A[name] = _linear(layer.in_features, r)
+        layer.lora_img_A[name] = init_linear(layer.in_features, r)
 
     def image_rank_space(self, layer, name, flat, plan):
         z = layer.lora_img_A[name](flat)
@@ -147,7 +148,7 @@ class Moss(Variant):
         from torch import nn
 
         if cfg.conv_space == "lowrank":
-            layer.lora_img_A[name] = _linear(layer.in_features, r)
+            layer.lora_img_A[name] = init_linear(layer.in_features, r)
         c_in = layer.in_features if cfg.conv_space == "full" else r
         conv = nn.Conv2d(c_in, r, cfg.kernel_size, bias=False)  # causal padding is applied in forward
         nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))

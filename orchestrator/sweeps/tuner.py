@@ -291,7 +291,7 @@ def mark_interrupted(plan: SweepPlan, parent: str, sweep, read: bool = True) -> 
             mlc = tracking.client(plan.tracking_uri)
             exp_id = mlc.get_run(parent).info.experiment_id
             running = [r.info.run_id for r in mlc.search_runs(
-                [exp_id], f"tags.`mlflow.parentRunId` = '{parent}' and tags.`moss.status` = 'running'")]
+                [exp_id], f"tags.`{TAG.PARENT}` = '{parent}' and tags.`{TAG.STATUS}` = 'running'")]
         except Exception as err:
             if not unreachable(err):
                 raise

@@ -66,7 +66,7 @@ def latest_sweep(mlc, experiment: str):
     exp = mlc.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = mlc.search_runs([exp.experiment_id], filter_string="tags.`moss.kind` = 'sweep'",
+    runs = mlc.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG.KIND}` = 'sweep'",
                            order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
@@ -159,7 +159,7 @@ def collect(uri: str, parent_run_id: str | None = None, experiment: str | None =
     if parent is not None:
         exp_ids = [parent.info.experiment_id]
         runs = search_all(mlc, exp_ids, f"tags.`{TAG.PARENT}` = '{parent.info.run_id}'")
-        source = f"sweep {parent.data.tags.get('moss.sweep', parent.info.run_name)!r} (parent run {parent.info.run_id})"
+        source = f"sweep {parent.data.tags.get(TAG.SWEEP, parent.info.run_name)!r} (parent run {parent.info.run_id})"
         metric = metric or parent.data.tags.get(TAG.METRIC, "val/loss")
         mode = mode or parent.data.tags.get(TAG.MODE, "min")
     else:

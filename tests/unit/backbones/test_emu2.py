@@ -242,7 +242,7 @@ def test_an_emu2_gen_checkpoint_decodes_regressed_embeddings_to_pixels(emu2_gen)
     assert image.embeddings.shape == (8, 8, 32) and image.image.size == (16, 16) and image.image.mode == "RGB"
     negative = generator.negative_embeddings()  # regressed after an empty prompt: the guidance's other half
     assert negative.shape == (8, 8, 32) and not torch.allclose(negative, image.embeddings)
-    decode = lambda grid, seed=0: np.asarray(gen_spec.decode_image(grid, model, negative, cfg.model_copy(update={"seed": seed}).diffusion()))  # noqa: E731
+    decode = lambda grid, seed=0: np.asarray(gen_spec.decode_image(grid, model, negative, cfg.with_(seed=seed).diffusion()))  # noqa: E731
     first = decode(image.embeddings)
     assert np.array_equal(first, np.asarray(image.image)) and np.array_equal(first, decode(image.embeddings))
     assert not np.array_equal(first, decode(torch.zeros_like(image.embeddings)))  # the embeddings condition the UNet

@@ -13,7 +13,7 @@ import torch
 from orchestrator.config import load_config
 from orchestrator.moss import MossConfig, apply_moss, expected_trainable_parameters, load_adapter, save_adapter
 from orchestrator.moss import trainable_parameters
-from orchestrator.moss.variants import Variant, _linear, all_forms, label_of, register_variant, unregister_variant
+from orchestrator.moss.variants import Variant, all_forms, init_linear, register_variant, unregister_variant
 from tests.conftest import mixed_batch, spec_for
 
 
@@ -31,7 +31,7 @@ class TanhLora(Variant):  # --- the whole variant: docs/extending.md shows this 
         return tokens * projs * 2 * cfg.rank * per + image_tokens * projs * cfg.rank * per
 
     def build(self, layer, name, cfg, r):
-        layer.lora_img_A[name] = _linear(layer.in_features, r)
+        layer.lora_img_A[name] = init_linear(layer.in_features, r)
 
     def image_rank_space(self, layer, name, flat, plan):
         return torch.tanh(layer.lora_img_A[name](flat)) * plan.image_weight(flat.dtype)
@@ -48,7 +48,7 @@ def toy():
 
 
 def test_a_registered_variant_is_known_everywhere(toy):
-    assert "tanh_lora" in all_forms() and label_of("tanh_lora") == "tanh_lora"
+    assert all_forms()["tanh_lora"] == {"variant": "tanh_lora"}
     assert load_config(None, ["adapter.variant=tanh_lora"]).adapter.to_moss_config() == MossConfig(variant="tanh_lora")
     unregister_variant("tanh_lora")
     with pytest.raises(ValueError, match="is not one of"):
