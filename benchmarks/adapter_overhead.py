@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.backbones import get_backbone, unwrap
+from orchestrator.backbones import get_backbone
+from orchestrator.training.objective import adapter_loss
+from orchestrator.wrappers import unwrap
 from orchestrator.moss import MossConfig, apply_moss, trainable_parameters
 from orchestrator.moss.variants import all_forms, get_variant
 
@@ -83,7 +85,7 @@ def time_step(spec, model, batch, device) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    spec.loss(model, batch).loss.backward()
+    adapter_loss(model, spec, batch).loss.backward()
     if device == "cuda":
         torch.cuda.synchronize()
     model.zero_grad(set_to_none=True)

@@ -27,7 +27,7 @@ import torch
 
 from orchestrator.backbones import get_backbone
 from orchestrator.evaluation.generate import Generator, SamplingConfig
-from orchestrator.moss import ImageLayout, MossConfig, apply_moss
+from orchestrator.moss import ImageLayout, MossConfig, apply_moss, set_layout
 from orchestrator.moss.variants import all_forms
 
 VARIANTS = all_forms()  # every registered variant's forms (lora, moe_lora, moss-full, moss-lowrank)
@@ -76,7 +76,8 @@ def recompute_seconds(spec, model, gen: Generator, grid: int, points: int, devic
         layout = spec.image_layout(prefix.cpu())
         sync(device)
         t0 = time.perf_counter()
-        h = spec.hidden_states(model, {"input_ids": prefix, "image_layout": ImageLayout(layout.segments, t_len)})
+        set_layout(model, ImageLayout(layout.segments, t_len))
+        h = spec.hidden_states(model, {"input_ids": prefix})
         spec.image_logits(model, h[0, -1])
         sync(device)
         times.append(time.perf_counter() - t0)

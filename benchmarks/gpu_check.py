@@ -36,6 +36,7 @@ from orchestrator.moss import apply_moss  # noqa: E402
 from orchestrator.plan.memory import GiB, estimate  # noqa: E402
 from orchestrator.plan.planner import Planner  # noqa: E402
 from orchestrator.plan.sizing import ModelShape, read_shape, trainable_parameters  # noqa: E402
+from orchestrator.training.objective import loss_module  # noqa: E402
 from orchestrator.training.optim import build_optimizer  # noqa: E402
 from orchestrator.moss.variants import all_forms  # noqa: E402
 
@@ -52,7 +53,7 @@ def adapter_sets(variant: str, rank: int) -> list[str]:
 def batch_for(spec, seq: int, micro_batch: int, device) -> dict:
     """micro_batch sequences of exactly ``seq`` ids: text, image, text, image, text; every token a target.
     Built without the tokenizer (a hub checkpoint's would be downloaded): ids drawn from the vocabulary."""
-    from orchestrator.moss.layout import ImageLayout, ImageSegment
+    from orchestrator.layout import ImageLayout, ImageSegment
 
     g = torch.Generator().manual_seed(0)
     h, w = shape_grid(spec)
@@ -112,7 +113,7 @@ def measure_cell(spec, config, shape: ModelShape, cfg, device, dtype, steps: int
             p.data = p.data.float()
     spec.enable_activation_checkpointing(model)
     model.train()
-    module = spec.loss_module(model, chunk=cfg.train.loss_chunk_tokens)
+    module = loss_module(model, spec, chunk=cfg.train.loss_chunk_tokens)
     optimizer, _ = build_optimizer(module, cfg.train, steps + warmup)
     batch = batch_for(spec, cfg.data.max_seq_len, cfg.train.micro_batch, device)
     times = []

@@ -1,6 +1,7 @@
 """docs/configuration.md, generated from the run config schema: every key, its type, default and meaning.
 
-The meaning of a key is the ``#:`` comment above its field in config.py, or the ``#`` comment after it.
+The meaning of a key is the ``#:`` comment above its field in its section (orchestrator/sections/), or the
+``#`` comment after it.
 ``python -m orchestrator.config_doc docs/configuration.md`` (``make docs``) rewrites the file; a test fails
 when it is stale, or when a key has no meaning.
 """
@@ -21,7 +22,7 @@ from . import config
 
 HEADER = """# Configuration reference
 
-Generated from `orchestrator/config.py` by `make docs` (`python -m orchestrator.config_doc docs/configuration.md`);
+Generated from the schema (`orchestrator/config.py` and `orchestrator/sections/`) by `make docs` (`python -m orchestrator.config_doc docs/configuration.md`);
 a test fails when this file is stale. Set any key in a run config YAML or with `--set section.key=value`
 (YAML-parsed). Search spaces (docs/sweeps.md) search over the same dotted keys.
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -20,6 +21,11 @@ from .config import ConfigError
 
 class DamagedFile(ConfigError):
     """A state file that exists but cannot be read back."""
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (``~`` expanded); URIs unchanged."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def arrow_fs(path: str) -> tuple[pafs.FileSystem, str]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 
 _EXPORTS = {
-    "IGNORE_INDEX": "base", "TINY": "base", "BackboneSpec": "base", "LossOutput": "base", "unwrap": "base",
+    "IGNORE_INDEX": "loss", "LossOutput": "loss", "TINY": "spec", "BackboneSpec": "spec", "UnencodableError": "errors",
+    "VQSpec": "vq", "ImageFrame": "frame", "ImageBudget": "frame", "HubCheckpoint": "hub",
     "backbone_names": "registry", "families": "registry", "register_backbone": "registry", "spec_class": "registry",
     "unregister_backbone": "registry", "get_backbone": "registry", "backbone_from_config": "registry",
 }

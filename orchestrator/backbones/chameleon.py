@@ -14,15 +14,10 @@ from PIL import Image
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping
 
-from .base import (
-    TINY_TEXT_VOCAB,
-    BackboneSpec,
-    HubCheckpoint,
-    ImageFrame,
-    decoder_regex,
-    fixed_grid_layout,
-    unwrap,
-)
+from .frame import ImageFrame, fixed_grid_layout
+from .hub import HubCheckpoint
+from .tokenizer import TINY_TEXT_VOCAB
+from .vq import VQSpec
 
 TINY_CODEBOOK = 256
 
@@ -31,8 +26,9 @@ def _code_name(code: int) -> str:
     return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
 
 
-class ChameleonSpec(BackboneSpec):
+class ChameleonSpec(VQSpec):
     name = "chameleon"
+    decoder_path = "model.layers"
     vocab_mapping_class = ChameleonImageVocabularyMapping
     model_class = ChameleonForConditionalGeneration
     hub_checkpoints = {
@@ -48,6 +44,7 @@ class ChameleonSpec(BackboneSpec):
             "little. Set adapter.train_image_head=true, or use leloy/Anole-7b-v0.1-hf")),
     }
     model_types = ("chameleon",)
+    conversion_hint = "convert Meta's weights with transformers' convert_chameleon_weights_to_hf.py"
     image_head_module = "lm_head"
     # facebook/chameleon-7b config.json (Anole-7B shares it)
     real_sizes = {
@@ -84,13 +81,6 @@ class ChameleonSpec(BackboneSpec):
         # image codes are ids 4..8195 in Chameleon/Anole; the mapping only shapes the meta build
         vmap = {_code_name(c): 4 + c for c in range(8192)}
         return ChameleonConfig(vocabulary_map=vmap, **self.real_sizes[size])
-
-    def decoder_layers(self, model):
-        return unwrap(model).model.layers
-
-    @property
-    def target_modules(self) -> str:
-        return decoder_regex("model.layers")
 
     @cached_property
     def grid(self) -> tuple[int, int]:

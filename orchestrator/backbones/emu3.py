@@ -16,18 +16,11 @@ from PIL import Image
 from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3TextConfig
 from transformers.models.emu3.modeling_emu3 import Emu3ImageVocabularyMapping
 
-from ..moss.layout import ImageLayout, ImageSegment
-from .base import (
-    TINY_TEXT_VOCAB,
-    BackboneSpec,
-    HubCheckpoint,
-    ImageBudget,
-    ImageFrame,
-    decoder_regex,
-    is_input_image,
-    pixels_to_image,
-    unwrap,
-)
+from ..layout import ImageLayout, ImageSegment
+from .frame import ImageBudget, ImageFrame, is_input_image
+from .hub import HubCheckpoint
+from .tokenizer import TINY_TEXT_VOCAB
+from .vq import VQSpec
 
 def square_image_tokens(side: int) -> int:
     """Tokens of a side x side image: start + "H*W" digits + image token + side rows of (side codes + EOL) +
@@ -49,8 +42,11 @@ HUB_MIN_PIXELS, HUB_MAX_PIXELS = 512 * 512, 1024 * 1024
 TINY_CODEBOOK = 256
 
 
-class Emu3Spec(BackboneSpec):
+class Emu3Spec(VQSpec):
     name = "emu3"
+    decoder_path = "model.text_model.layers"
+    config_options = {"image_min_pixels": "min_pixels", "image_max_pixels": "max_pixels"}
+    square_side_within = staticmethod(largest_square_side)
     vocab_mapping_class = Emu3ImageVocabularyMapping
     model_class = Emu3ForConditionalGeneration
     hub_checkpoints = {"BAAI/Emu3-Gen-hf": HubCheckpoint("8b"), "BAAI/Emu3-Chat-hf": HubCheckpoint("8b")}
@@ -71,6 +67,9 @@ class Emu3Spec(BackboneSpec):
         None keeps the checkpoint's image processor settings (random presets: fit in max_side px)."""
         super().__init__(checkpoint, **hub)
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
+
+    def rebind(self, checkpoint: str) -> Emu3Spec:
+        return type(self)(checkpoint, self.min_pixels, self.max_pixels)
 
     @property
     def pixel_bounds(self) -> dict:
@@ -139,16 +138,6 @@ class Emu3Spec(BackboneSpec):
         size = f"{lo_side * f}-{hi_side * f} px square" if lo_side != hi_side else f"{lo_side * f} px square"
         return ImageBudget((lo_side, lo_side), (hi_side, hi_side), tokens(lo_side), tokens(hi_side), size, f)
 
-    def decoder_layers(self, model):
-        return unwrap(model).model.text_model.layers
-
-    @property
-    def target_modules(self) -> str:
-        return decoder_regex("model.text_model.layers")
-
-    def layout_modules(self, model):
-        return model.model, model.model.text_model
-
     @property
     def max_side(self) -> int:
         """Random presets resize images to fit (5/4 grid) x 4 px: 40 px for tiny, so aspect ratios vary."""
@@ -199,10 +188,6 @@ class Emu3Spec(BackboneSpec):
 
     has_pixel_decoder = True
 
-    @torch.no_grad()
-    def decode_image(self, codes, model=None):
-        vq = self.pixel_vq(model)
-        return pixels_to_image(vq.decode(codes[None].to(next(vq.parameters()).device))[0])
 
     def image_layout(self, input_ids, labels=None):
         input_ids = input_ids.cpu()

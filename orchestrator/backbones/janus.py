@@ -15,21 +15,16 @@ import torch
 from PIL import Image
 from transformers import JanusConfig, JanusForConditionalGeneration
 
-from .base import (
-    TINY_TEXT_VOCAB,
-    BackboneSpec,
-    HubCheckpoint,
-    ImageFrame,
-    decoder_regex,
-    fixed_grid_layout,
-    pixels_to_image,
-    set_layout,
-    unwrap,
-)
+from ..wrappers import unwrap
+from .frame import ImageFrame, fixed_grid_layout
+from .hub import HubCheckpoint
+from .tokenizer import TINY_TEXT_VOCAB
+from .vq import VQSpec
 
 
-class JanusSpec(BackboneSpec):
+class JanusSpec(VQSpec):
     name = "janus"
+    decoder_path = "model.language_model.layers"
     model_class = JanusForConditionalGeneration
     hub_checkpoints = {"deepseek-community/Janus-Pro-7B": HubCheckpoint("pro-7b"),
                        "deepseek-community/Janus-Pro-1B": HubCheckpoint("pro-1b")}
@@ -72,16 +67,6 @@ class JanusSpec(BackboneSpec):
     def real_size_config(self, size: str) -> JanusConfig:
         return JanusConfig(text_config=dict(model_type="llama", **self.real_sizes[size]))
 
-    def decoder_layers(self, model):
-        return unwrap(model).model.language_model.layers
-
-    @property
-    def target_modules(self) -> str:
-        return decoder_regex("model.language_model.layers")
-
-    def layout_modules(self, model):
-        return model.model, model.model.language_model
-
     @cached_property
     def text_vocab(self) -> int:
         return self.model_config.text_config.vocab_size
@@ -123,7 +108,6 @@ class JanusSpec(BackboneSpec):
         return emb
 
     def hidden_states(self, model, batch):
-        set_layout(model, batch["image_layout"])
         emb = self.embed(model, batch["input_ids"])
         lm = unwrap(model).model.language_model
         return lm(inputs_embeds=emb, attention_mask=batch.get("attention_mask")).last_hidden_state
@@ -162,7 +146,5 @@ class JanusSpec(BackboneSpec):
 
     has_pixel_decoder = True
 
-    @torch.no_grad()
-    def decode_image(self, codes, model=None):
-        vq = self.pixel_vq(model)
-        return pixels_to_image(vq.decode(codes.reshape(1, -1).to(next(vq.parameters()).device))[0])
+    def decoder_input(self, codes):
+        return codes.reshape(1, -1)

@@ -15,6 +15,7 @@ import re
 
 from PIL import Image
 
+from ..backbones.errors import UnencodableError
 from ..config import FilterSection
 from .images import ImageError, decode_image, hamming, phash, read_image_bytes
 from .refs import ImagePolicy
@@ -37,7 +38,7 @@ def run_stage(stage: str, fn, *args):
         return fn(*args)
     except Reject:
         raise
-    except (SchemaError, ImageError) as e:
+    except (SchemaError, ImageError, UnencodableError) as e:
         raise Reject(stage, str(e)) from None
     except Exception as e:  # a bug or an input we did not foresee: counted, reported, never fatal
         raise Reject(stage, f"internal error: {type(e).__name__}: {str(e)[:200]}") from None

@@ -106,7 +106,7 @@ def example_from_row(row: dict) -> dict:
     import torch
     from PIL import Image
 
-    from ..moss.layout import ImageSegment
+    from ..layout import ImageSegment
 
     out = {} if row.get("pixels") is None else {"images": [Image.open(io.BytesIO(b)).convert("RGB") for b in row["pixels"]]}
     return out | {

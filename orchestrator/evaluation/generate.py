@@ -12,7 +12,7 @@ embedding is ``project_down`` of the hidden state, fed back through ``project_up
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -55,10 +55,10 @@ class SamplingConfig(GenerateSection):
             raise ValueError("open_image needs max_images >= 1")
         return self
 
-    def diffusion(self):
-        from ..backbones.emu2_diffusion import DiffusionSettings
-
-        return DiffusionSettings(self.diffusion_steps, self.guidance_scale, self.diffusion_size, self.seed)
+    def diffusion(self) -> dict:
+        """The settings a diffusion pixel decoder takes (a backbone's ``decode_image(..., settings=)``)."""
+        return {"steps": self.diffusion_steps, "guidance_scale": self.guidance_scale, "size": self.diffusion_size,
+                "seed": self.seed}
 
 
 @dataclass
@@ -178,6 +178,14 @@ class Generator:
             enc["visual"] = torch.cat([g[: s.n_cells] for g, s in zip(grids, enc["image_layout"])])
         return enc
 
+    def _check_length(self, prompt_len: int, frame, cfg: SamplingConfig) -> int:
+        """Refuse a prompt (plus the image it must open) longer than the model's positions; -> image tokens."""
+        image_len = len(frame.tokens([0] * frame.height * frame.width))
+        if prompt_len + 1 + (image_len if cfg.open_image else 0) > self.max_length:
+            what = f" plus a {frame.height}x{frame.width} image ({image_len} tokens)" if cfg.open_image else ""
+            raise ValueError(f"the prompt ({prompt_len} tokens){what} exceeds the model's {self.max_length} positions")
+        return image_len
+
     @torch.no_grad()
     def generate(self, segments: list, cfg: SamplingConfig = SamplingConfig(), record_logits: bool = False,
                  decode: bool = True) -> Answer:
@@ -187,12 +195,7 @@ class Generator:
             self.negative_embeddings()  # before this answer's decoding starts: it runs a generation of its own
         enc = self.encode_prompt(segments)
         frame = spec.image_frame(*spec.generation_grid(cfg.image_size))
-        image_len = len(frame.tokens([0] * frame.height * frame.width))
-        need = len(enc["input_ids"]) + 1 + (image_len if cfg.open_image else 0)
-        if need > self.max_length:
-            what = f" plus a {frame.height}x{frame.width} image ({image_len} tokens)" if cfg.open_image else ""
-            raise ValueError(f"the prompt ({len(enc['input_ids'])} tokens){what} exceeds the model's "
-                             f"{self.max_length} positions")
+        image_len = self._check_length(len(enc["input_ids"]), frame, cfg)
         gen = torch.Generator().manual_seed(cfg.seed)
         t0 = time.perf_counter()
         dec.reset()
@@ -279,7 +282,7 @@ class Generator:
             grid = torch.stack(cells).view(frame.height, frame.width, -1)
             image = None
             if decode and spec.has_pixel_decoder:
-                settings = replace(cfg.diffusion(), seed=cfg.seed + len(answer.images))  # new noise per image
+                settings = {**cfg.diffusion(), "seed": cfg.seed + len(answer.images)}  # new noise per image
                 image = spec.decode_image(grid, self.model, self.negative_embeddings(), settings)
             answer.parts.append(GeneratedImage(None, image, embeddings=grid))
         else:

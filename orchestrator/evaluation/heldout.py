@@ -12,15 +12,15 @@ import torch
 
 from ..config import ConfigError, RunConfig
 from ..data.pipeline import output_dir
+from ..files import absolute
 from ..training.data import collate_rows, train_columns
 from ..training.metrics import add_loss, loss_metrics, use_bf16
+from ..training.objective import adapter_loss
 
 
 def split_table(cfg: RunConfig, split: str, spec):
     """The split's training columns as one Arrow table in record order (rows become Python objects one
     micro-batch at a time: Emu2's PNG bytes stay compact until then)."""
-    from ..training.driver import absolute
-
     path = f"{absolute(output_dir(cfg))}/split={split}"
     try:
         table = pads.dataset(path, format="parquet").to_table(columns=train_columns(spec))
@@ -44,6 +44,6 @@ def heldout_metrics(model, spec, cfg: RunConfig, split: str = "val") -> dict:
         batch = collate_rows(spec, table.slice(start, step).to_pylist())
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = spec.loss(model, batch, weights, cfg.train.loss_chunk_tokens)
+            out = adapter_loss(model, spec, batch, weights, cfg.train.loss_chunk_tokens)
         add_loss(sums, out, batch)
     return {"split": split, "rows": table.num_rows, "metrics": loss_metrics(sums, split, weights, ppl=True, image_ppl=spec.image_loss_is_ce)}

@@ -19,6 +19,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 from torch import nn
 
+from ..wrappers import unwrap
 from .cache import Step
 from .config import MossConfig, trainable_params_per_layer
 from .layers import MossContext, MossLinear
@@ -31,17 +32,6 @@ FORMAT_VERSION = 1
 
 class AdapterLoadError(RuntimeError):
     """An adapter directory does not match the adapter it is loaded into."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model under PEFT / DDP wrappers."""
-    while True:
-        if isinstance(model, PeftModel):
-            model = model.get_base_model()
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def moss_context(model: nn.Module) -> MossContext | None:
@@ -80,77 +70,91 @@ def _cache_is_warm(kwargs) -> bool:
     return cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
 
 
-def _install_layout_hooks(base: nn.Module, spec, ctx: MossContext) -> None:
+def _ids_of(args, kwargs):
+    return kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+
+
+class _LayoutHooks:
     """Derive each forward's layout from input_ids unless set_layout gave one; check it fits."""
-    ids_module, decoder = spec.layout_modules(base)
 
-    def ids_of(args, kwargs):
-        return kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+    def __init__(self, spec, ctx: MossContext):
+        self.spec, self.ctx = spec, ctx
 
-    def derive(ids: torch.Tensor) -> ImageLayout:
-        if not ctx.config.image_inputs:
+    def install(self, base: nn.Module) -> None:
+        ids_module, decoder = self.spec.layout_modules(base)
+        ids_module.register_forward_pre_hook(self.stash, with_kwargs=True)
+        decoder.register_forward_pre_hook(self.consume, with_kwargs=True)
+
+    def derive(self, ids: torch.Tensor) -> ImageLayout:
+        if not self.ctx.config.image_inputs:
             raise RuntimeError(
                 "image_inputs=False needs to know which images are prompt images: pass the layout "
-                "explicitly with orchestrator.moss.set_layout (spec.loss / spec.hidden_states do)"
+                "explicitly with orchestrator.moss.set_layout (orchestrator.training.objective.adapter_loss does)"
             )
-        return spec.image_layout(ids)
+        return self.spec.image_layout(ids)
 
-    def check_text_step(ids: torch.Tensor) -> None:
-        if bool(spec.is_image_target(ids).any()):
+    def check_text_step(self, ids: torch.Tensor) -> None:
+        if bool(self.spec.is_image_target(ids).any()):
             raise RuntimeError(
                 "incremental (KV-cache) decoding of image tokens needs the conv cache, which only a routed "
                 "step has: decode with orchestrator.evaluation.decoding.IncrementalDecoder (moss generate), "
                 "or generate with use_cache=False"
             )
-        ctx.text_step = True
+        self.ctx.text_step = True
 
-    def stash(module, args, kwargs):  # sees input_ids: derive the layout unless one was set explicitly
-        ids = ids_of(args, kwargs)
+    def stash(self, module, args, kwargs):  # sees input_ids: derive the layout unless one was set explicitly
+        ctx, ids = self.ctx, _ids_of(args, kwargs)
         if ids is None or ctx.pending_layout is not None or ctx.step is not None:
             return
         if _cache_is_warm(kwargs):
-            check_text_step(ids)
+            self.check_text_step(ids)
         else:
-            ctx.pending_layout = derive(ids)
+            ctx.pending_layout = self.derive(ids)
 
-    def consume(module, args, kwargs):  # right before the decoder layers run
+    def consume(self, module, args, kwargs):  # right before the decoder layers run
+        ctx = self.ctx
         layout, ctx.pending_layout = ctx.pending_layout, None
         text_step, ctx.text_step = ctx.text_step, False
-        ids = ids_of(args, kwargs)
+        ids = _ids_of(args, kwargs)
         ref = ids if ids is not None else kwargs.get("inputs_embeds")
         if ctx.step is not None:  # a routed incremental step (set_step): the layers use the conv cache
-            if layout is not None:
-                raise RuntimeError("set_layout and set_step were both given for one forward")
-            if ref is not None and tuple(ref.shape[:2]) != (1, 1):
-                raise RuntimeError(f"a routed MoSS step takes one token of one sequence, got {tuple(ref.shape[:2])}")
-            ctx.plan = None
-            return
-        if layout is None and _cache_is_warm(kwargs):
-            if ids is not None:
-                check_text_step(ids)
-            elif not text_step:
-                raise RuntimeError(
-                    "a KV-cache step fed by inputs_embeds may be an image token, which needs the conv cache "
-                    "this version does not have: generate with use_cache=False"
-                )
-            ctx.plan = None  # new text tokens after the prompt: the text branch alone is exact
-            return
+            self.routed_step(layout, ref)
+        elif layout is None and _cache_is_warm(kwargs):
+            self.cached_text_step(ids, text_step)
+        else:
+            ctx.plan = self.plan(layout, ids, ref)
+
+    def routed_step(self, layout, ref) -> None:
+        if layout is not None:
+            raise RuntimeError("set_layout and set_step were both given for one forward")
+        if ref is not None and tuple(ref.shape[:2]) != (1, 1):
+            raise RuntimeError(f"a routed MoSS step takes one token of one sequence, got {tuple(ref.shape[:2])}")
+        self.ctx.plan = None
+
+    def cached_text_step(self, ids, text_step: bool) -> None:
+        if ids is not None:
+            self.check_text_step(ids)
+        elif not text_step:
+            raise RuntimeError(
+                "a KV-cache step fed by inputs_embeds may be an image token, which needs the conv cache "
+                "this version does not have: generate with use_cache=False"
+            )
+        self.ctx.plan = None  # new text tokens after the prompt: the text branch alone is exact
+
+    def plan(self, layout, ids, ref):
         if layout is None:
             if ids is None:
                 raise RuntimeError(
                     "MoSS cannot tell image positions from inputs_embeds: call "
                     "orchestrator.moss.set_layout(model, layout) before this forward"
                 )
-            layout = derive(ids)
+            layout = self.derive(ids)
         if ref is not None and (layout.batch_size, layout.seq_len) != tuple(ref.shape[:2]):
             raise RuntimeError(
                 f"the MoSS layout is for {layout.batch_size}x{layout.seq_len} tokens but this forward has "
                 f"{tuple(ref.shape[:2])}: set_layout must describe the very next forward"
             )
-        ctx.plan = build_routing_plan(layout, ctx.config.image_inputs, device=ref.device if ref is not None else None)
-
-    ids_module.register_forward_pre_hook(stash, with_kwargs=True)
-    decoder.register_forward_pre_hook(consume, with_kwargs=True)
+        return build_routing_plan(layout, self.ctx.config.image_inputs, device=ref.device if ref is not None else None)
 
 
 def lora_config_for(config: MossConfig, spec) -> LoraConfig:
@@ -203,7 +207,7 @@ def apply_moss(model: nn.Module, config: MossConfig, spec) -> PeftModel:
     base.moss_backbone = spec.name
     if ctx is not None:
         base.moss_context = ctx
-        _install_layout_hooks(base, spec, ctx)
+        _LayoutHooks(spec, ctx).install(base)
     return peft_model
 
 

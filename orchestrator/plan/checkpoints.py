@@ -47,10 +47,10 @@ def check_checkpoint(backbone: str, checkpoint: str, revision: str | None = None
 
 def _check_folder(spec, path: str) -> CheckpointCheck:
     files = _list_files(path)
-    if os.path.isfile(os.path.join(path, "model_index.json")) and spec.name == "emu2":
-        sub = os.path.join(path, "multimodal_encoder")  # Emu2-Gen: a diffusers pipeline folder
+    if os.path.isfile(os.path.join(path, "model_index.json")) and spec.pipeline_subfolder:
+        sub = os.path.join(path, spec.pipeline_subfolder)  # a diffusers pipeline folder (Emu2-Gen)
         if not os.path.isdir(sub):
-            return CheckpointCheck("error", f"{path}: an Emu2-Gen pipeline folder without multimodal_encoder/")
+            return CheckpointCheck("error", f"{path}: a {spec.name} pipeline folder without {spec.pipeline_subfolder}/")
         return _check_files(spec, sub, _list_files(sub), _read_config(sub))
     return _check_files(spec, path, files, _read_config(path))
 
@@ -89,14 +89,14 @@ def _check_files(spec, where: str, files: list[str], config: dict | None) -> Che
     if spec.model_types and model_type not in spec.model_types:
         return CheckpointCheck("error", f"{where}: config.json names model_type {model_type!r}, not "
                                         f"{' / '.join(spec.model_types)}: a checkpoint of another family?")
-    if spec.name == "emu2" and model_type != "moss_emu2_standin" and "auto_map" in config:
+    if spec.remote_code and model_type != spec.standin_model_type and "auto_map" in config:
         code = sorted({v.split(".")[0] + ".py" for v in config["auto_map"].values() if isinstance(v, str)})
         missing = [f for f in code if f not in files]
         if missing:
-            return CheckpointCheck("error", f"{where}: Emu2 loads through its own code (config.json auto_map), but "
+            return CheckpointCheck("error", f"{where}: {spec.name} loads through its own code (config.json auto_map), but "
                                             f"{', '.join(missing)} are missing")
         if not spec.trust_remote_code:
-            return CheckpointCheck("error", f"{where}: Emu2 loads through its own code ({', '.join(code)}), which runs "
+            return CheckpointCheck("error", f"{where}: {spec.name} loads through its own code ({', '.join(code)}), which runs "
                                             "on every node: review it, then set backbone.trust_remote_code=true"
                                             + ("" if os.path.isdir(where) else " and backbone.revision=<commit SHA>"))
     return CheckpointCheck("ok", f"{where}: config.json ({model_type or 'model'}) + {len(safetensors)} safetensors file(s)")
@@ -117,8 +117,7 @@ def describe_format(files: list[str], has_config: bool, has_safetensors: bool) -
 def fix_for(spec) -> str:
     """What to give instead: the family's transformers-format checkpoints."""
     good = [k for k, v in spec.hub_checkpoints.items() if v.error is None]
-    conversion = (" or convert Meta's weights with transformers' convert_chameleon_weights_to_hf.py"
-                  if spec.name == "chameleon" else "")
+    conversion = f" or {spec.conversion_hint}" if spec.conversion_hint else ""
     return f"give a transformers checkpoint ({', '.join(good)}){conversion}"
 
 
@@ -136,13 +135,14 @@ def _check_hub(spec, repo: str) -> CheckpointCheck:
             return CheckpointCheck("error", f"{repo}: no such model on the hub, or not visible to this token ({reason})")
         return CheckpointCheck("not verified", f"{repo}: not verified ({reason}); the nodes download it at run time")
     where = repo
-    if spec.name == "emu2" and "model_index.json" in files:  # Emu2-Gen: the language model is one folder of it
-        files = [f.removeprefix("multimodal_encoder/") for f in files if f.startswith("multimodal_encoder/")]
-        where = f"{repo}/multimodal_encoder"
+    sub = spec.pipeline_subfolder
+    if sub and "model_index.json" in files:  # a pipeline (Emu2-Gen): the language model is one folder of it
+        files = [f.removeprefix(f"{sub}/") for f in files if f.startswith(f"{sub}/")]
+        where = f"{repo}/{sub}"
     # the file list, not the files: config.json's content (model_type, auto_map) is checked for local folders
     config = {"model_type": spec.model_types[0] if spec.model_types else None} if "config.json" in files else None
     code = [f for f in files if f.startswith("modeling_") and f.endswith(".py")]
-    if config is not None and spec.name == "emu2" and code:  # BAAI's repos load through the code they ship
+    if config is not None and spec.remote_code and code:  # repos that load through the code they ship
         config["auto_map"] = {f"AutoModel{i}": f"{f[:-3]}.Model" for i, f in enumerate(code)}
     return _check_files(spec, where, files, config)
 

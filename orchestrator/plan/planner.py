@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..backbones.emu3 import largest_square_side
 from ..config import RunConfig
 from ..moss.variants import get_variant
 from .checkpoints import CheckpointCheck, check_checkpoint
@@ -111,8 +110,8 @@ class Planner:
         if known is not None and known.warning and not a.train_image_head:
             row.warnings.append(known.warning)
         try:
-            area = tuple(cfg.backbone.options().items()) if cfg.backbone.name == "emu3" else ()
-            shape = model_shape(cfg.backbone.name, cfg.backbone.checkpoint, area, a.target_modules)
+            options = tuple(cfg.backbone.options().items())
+            shape = model_shape(cfg.backbone.name, cfg.backbone.checkpoint, options, a.target_modules)
         except SizingError as e:
             row.warnings.append(f"memory not estimated: {e}")
             return row
@@ -137,8 +136,8 @@ class Planner:
             fixes = []
             if not shape.positions or need <= shape.positions:
                 fixes.append(f"data.max_seq_len={need}")
-            side = largest_square_side(seq - prompt - 2) - 1  # one code of slack: resizing rounds sides up
-            if b.pixels_per_code and side > 0:  # a backbone whose image area is a setting (emu3)
+            side = _spec_class(cfg).square_side_within(seq - prompt - 2) - 1  # one code of slack: sides round up
+            if b.pixels_per_code and side > 0:  # a backbone whose image area is a setting
                 px = (side * b.pixels_per_code) ** 2
                 fixes.append(f"backbone.image_min_pixels={px} backbone.image_max_pixels={px} ({side}x{side} codes)")
             row.problems.append(

@@ -7,7 +7,6 @@ closed form of ``trainable_params_per_layer`` over the adapted linears (tests ch
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from ..backbones import get_backbone
-from ..backbones.base import BackboneSpec, ImageBudget
+from ..backbones import BackboneSpec, ImageBudget
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,12 @@ def model_config(spec: BackboneSpec):
     known = spec.hub_checkpoints.get(spec.checkpoint)
     if known is not None:
         return spec.real_size_config(known.size), f"published size {known.size}"
-    if spec.name == "emu2":
-        return _emu2_config(spec)
+    try:
+        own = spec.size_config()  # a family whose published configs need code not run here
+    except ValueError as e:
+        raise SizingError(str(e)) from None
+    if own is not None:
+        return own
     from transformers import AutoConfig
 
     try:
@@ -100,20 +103,6 @@ def model_config(spec: BackboneSpec):
         raise SizingError(f"cannot read the config of {spec.checkpoint}: {type(e).__name__}: {str(e)[:200]}") from None
     where = "local config.json" if os.path.isdir(spec.checkpoint) else "the hub's config.json"
     return config, where
-
-
-def _emu2_config(spec):
-    """BAAI's Emu2 config belongs to remote code (not run here): its decoder shape is read from the JSON and
-    built as the stand-in; the project's own stand-in exports load through AutoConfig."""
-    path = os.path.join(spec.model_path, "config.json") if os.path.isdir(spec.checkpoint) else None
-    if path is None or not os.path.isfile(path):
-        raise SizingError(f"cannot size emu2 checkpoint {spec.checkpoint}: no local config.json")
-    raw = json.loads(open(path).read())
-    if raw.get("model_type") == "moss_emu2_standin":
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(spec.model_path), "local config.json"
-    return spec.real_size_config("37b"), "Emu2's published size (37b; remote-code config not executed)"
 
 
 def read_shape(spec: BackboneSpec, model: nn.Module, config, source: str, target_modules: str | None = None) -> ModelShape:

@@ -21,8 +21,8 @@ from ..runtime import OrphanReaper, refuse_unplaceable
 from ..tracking import mlflow as tracking
 from ..tracking import tags as TAG
 from ..tracking.redact import redact, redact_document, redact_text
-from ..files import exists, read_json, write_json
-from ..training.driver import absolute, load_manifest, planned_steps
+from ..files import absolute, exists, read_json, write_json
+from ..training.driver import load_manifest, planned_steps
 from .space import Space, derive_concurrency, load_space
 from .trial import trial_config
 

@@ -12,11 +12,10 @@ import hashlib
 import json
 import secrets
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from ..config import ConfigError, RunConfig
 from ..data.manifest import check_dropped
-from ..files import exists, read_json, write_json
+from ..files import absolute, exists, read_json, write_json
 from ..runtime import OrphanReaper
 from ..data.pipeline import output_dir
 from ..tracking import mlflow as tracking
@@ -55,10 +54,6 @@ class RunPlan:
         return {"total_steps": self.total_steps, "tracking_uri": self.tracking_uri, "mlflow_run_id": self.mlflow_run_id,
                 "config_hash": self.config_hash, "has_val": self.val_rows > 0,
                 "micro_per_epoch": self.micro_per_epoch}
-
-
-def absolute(path: str) -> str:
-    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def micro_batches_per_epoch(cfg: RunConfig, train_rows: int) -> int:

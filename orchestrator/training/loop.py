@@ -18,8 +18,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ..backbones import backbone_from_config
-from ..backbones.base import IGNORE_INDEX
+from ..backbones import IGNORE_INDEX, backbone_from_config
 from ..config import RunConfig
 from ..moss import apply_moss, load_adapter, save_adapter, trainable_parameters, unwrap
 from ..tracking.journal import Journal
@@ -31,6 +30,7 @@ from .resume import intact_checkpoint
 from .data import ValRows, train_batches, watched
 from .metrics import (PROGRESS, TOKENS, TRAIN, VAL, add_loss, loss_metrics, peak_memory_mb, reset_peak_memory,
                       step_metrics, use_bf16)
+from .objective import loss_module
 from .optim import build_optimizer
 
 
@@ -172,7 +172,7 @@ def train_loop(loop_config: dict) -> dict:
         model, restored = setup_model(cfg, spec, ckpt_dir, bf16)
     n_trainable = trainable_parameters(model)  # before FSDP shards it
     weights = (tc.text_weight, tc.image_weight)
-    module = parallel.wrap(spec.loss_module(model, weights, tc.loss_chunk_tokens), tc.strategy,
+    module = parallel.wrap(loss_module(model, spec, weights, tc.loss_chunk_tokens), tc.strategy,
                            spec.decoder_layers(unwrap(model)), device)
     optimizer, scheduler = build_optimizer(module, tc, run["total_steps"])
     state = TrainState(config_hash=run["config_hash"])

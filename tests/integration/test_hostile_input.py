@@ -1,4 +1,4 @@
-"""The hostile set (orchestrator.data.fuzz.write_hostile) through `moss preprocess`: every bad record rejected at
+"""The hostile set (orchestrator.data.hostile.write_hostile) through `moss preprocess`: every bad record rejected at
 its stage with its reason, every good one kept, nothing outside the roots opened, no request to the canary.
 
 The local engine runs in a subprocess under a memory limit, with an audit hook that records every file it
@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.data.fuzz import HOSTILE_KINDS, HOSTILE_LIMITS, write_hostile
+from orchestrator.data.hostile import HOSTILE_KINDS, HOSTILE_LIMITS, write_hostile
 from orchestrator.data.pipeline import preprocess
 
 pytestmark = pytest.mark.slow

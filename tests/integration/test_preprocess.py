@@ -20,7 +20,8 @@ from orchestrator.data.sample import write_sample
 from orchestrator.data.schema import parse_json, to_record
 from orchestrator.data.shards import example_from_row
 from orchestrator.data.sources import list_files, plan_chunks, read_chunk
-from tests.conftest import VQ_BACKBONES
+from orchestrator.training.objective import adapter_loss
+from tests.helpers import VQ_BACKBONES
 
 pytestmark = pytest.mark.slow
 PER_DOMAIN = 24
@@ -81,7 +82,7 @@ def test_sample_set_end_to_end(ray_cluster, sample_dir, tmp_path, name):
         assert ex["image_layout"] == want["image_layout"]
     batch = spec.collate([example_from_row(r) for r in train[:4]])
     model = spec.build(seed=0)
-    out_loss = spec.loss(model, batch)
+    out_loss = adapter_loss(model, spec, batch)
     assert math.isfinite(float(out_loss.loss.detach())) and out_loss.n_image > 0 and out_loss.n_text > 0
 
 
@@ -118,7 +119,7 @@ def test_bad_kinds_cover_at_least_ten_stages_and_kinds():
 def tiny_clip(path: Path) -> str:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from orchestrator.backbones.base import build_byte_tokenizer
+    from orchestrator.backbones.tokenizer import build_byte_tokenizer
 
     text = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                 max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)

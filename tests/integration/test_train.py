@@ -21,6 +21,7 @@ from orchestrator.data.sample import write_sample
 from orchestrator.moss import load_adapter
 from orchestrator.training.data import collate_rows
 from orchestrator.training.driver import plan_run, run_training
+from orchestrator.training.objective import adapter_loss
 
 from .secrets_scan import store_texts
 
@@ -110,7 +111,7 @@ def test_saved_adapter_reproduces_logged_eval_loss(workdir, finished):
     total, n = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(rows), 2):
-            out = spec.loss(model, collate_rows(spec, rows[i:i + 2]))
+            out = adapter_loss(model, spec, collate_rows(spec, rows[i:i + 2]))
             total += float(out.loss) * (out.n_text + out.n_image)
             n += out.n_text + out.n_image
     logged = history(mlc, run.info.run_id, "val/loss")[-1][1]

@@ -18,7 +18,7 @@ def test_every_key_has_a_type_a_default_and_a_meaning():
     assert len(keys) == len(set(keys)) > 100
     for section, field in RunConfig.model_fields.items():
         for key, kind, default, meaning in config_doc.rows(field.annotation, section):
-            assert kind and default and meaning, f"{key} needs a #: comment in orchestrator/config.py"
+            assert kind and default and meaning, f"{key} needs a #: comment in orchestrator/sections/"
             assert get_dotted(dump, key, "<missing>") != "<missing>", key
 
 

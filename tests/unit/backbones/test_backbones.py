@@ -10,7 +10,8 @@ from torch import nn
 
 from orchestrator.backbones import IGNORE_INDEX, get_backbone
 from orchestrator.moss import MossConfig, apply_moss
-from tests.conftest import draw, mixed_batch, spec_for, two_image_example
+from orchestrator.training.objective import adapter_loss
+from tests.helpers import draw, mixed_batch, spec_for, two_image_example
 
 
 def test_target_regex_wraps_exactly_the_language_model_projections(spec):
@@ -66,7 +67,7 @@ def test_images_go_through_the_vq(spec):
 def test_loss_trains_image_tokens(spec):
     """Chameleon's HF forward masks image logits; our loss must still give image rows gradients."""
     model = spec.build(seed=0)
-    out = spec.loss(model, mixed_batch(spec))
+    out = adapter_loss(model, spec, mixed_batch(spec))
     assert torch.isfinite(out.loss) and out.image_loss is not None and out.text_loss is not None
     assert out.n_image > 0 and out.n_text > 0
     out.loss.backward()
@@ -80,7 +81,7 @@ def test_loss_trains_image_tokens(spec):
 
 def test_loss_weights_change_only_the_total(spec):
     model, batch = spec.build(seed=0), mixed_batch(spec)
-    a, b = spec.loss(model, batch), spec.loss(model, batch, weights=(1.0, 0.0))
+    a, b = adapter_loss(model, spec, batch), adapter_loss(model, spec, batch, weights=(1.0, 0.0))
     assert torch.equal(a.image_loss, b.image_loss) and b.loss < a.loss
 
 
@@ -107,7 +108,7 @@ def test_local_checkpoint_uses_the_real_loading_path(spec, tmp_path):
     ex = local.encode(["A picture:", draw("red", (40, 24))])
     assert len(ex["image_layout"]) == 1 and ex["image_layout"][0].complete
     peft_model = apply_moss(model, MossConfig(rank=4), local)
-    assert torch.isfinite(local.loss(peft_model, local.collate([ex])).loss)
+    assert torch.isfinite(adapter_loss(peft_model, local, local.collate([ex])).loss)
 
 
 def test_local_checkpoint_loads_only_from_safetensors(tmp_path):
@@ -124,13 +125,13 @@ def test_local_checkpoint_loads_only_from_safetensors(tmp_path):
 def test_chunked_loss_equals_the_whole_loss(spec, chunk):
     """train.loss_chunk_tokens: each chunk's logits recomputed in backward; same value and gradient."""
     from orchestrator.moss import MossConfig, apply_moss
-    from tests.conftest import mixed_batch, randomize_adapter
+    from tests.helpers import mixed_batch, randomize_adapter
 
     results = []
     for c in (None, chunk):
         model = apply_moss(spec.build(seed=0), MossConfig(variant="moss", rank=4), spec)
         randomize_adapter(model)
-        out = spec.loss(model, mixed_batch(spec), chunk=c)
+        out = adapter_loss(model, spec, mixed_batch(spec), chunk=c)
         out.loss.backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None])
         results.append((out.loss.detach(), out.text_loss, out.image_loss, grads))

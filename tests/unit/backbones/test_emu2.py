@@ -20,7 +20,8 @@ from orchestrator.data.validate import validate_record
 from orchestrator.evaluation.generate import Generator, SamplingConfig
 from orchestrator.moss import apply_moss
 from orchestrator.training.metrics import loss_metrics
-from tests.conftest import ADAPTERS, draw, image_embeds, mixed_batch, randomize_adapter, spec_for
+from orchestrator.training.objective import adapter_hidden_states, adapter_loss
+from tests.helpers import ADAPTERS, draw, image_embeds, mixed_batch, randomize_adapter, spec_for
 
 spec = spec_for("emu2")
 
@@ -82,9 +83,9 @@ def test_loss_is_text_ce_plus_next_embedding_regression(regression):
     """By hand: [IMG] and each <image> but the last predict the next embedding; every other target is CE."""
     s = get_backbone("emu2", regression=regression)
     model, batch = adapted(), mixed_batch(s)
-    out = s.loss(model, batch, weights=(0.5, 2.0))
+    out = adapter_loss(model, s, batch, weights=(0.5, 2.0))
     with torch.no_grad():
-        h, visual = s.hidden_states(model, batch), s.batch_visual(model, batch)
+        h, visual = adapter_hidden_states(model, s, batch), s.batch_visual(model, batch)
     labels, k = batch["labels"], 0
     img_sum, n_img, cell_pos = 0.0, 0, set()
     for b, segs in enumerate(batch["image_layout"].segments):
@@ -117,7 +118,7 @@ def test_a_few_steps_lower_the_image_regression_loss():
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(8):
-        out = spec.loss(model, batch, weights=(0.0, 1.0))
+        out = adapter_loss(model, spec, batch, weights=(0.0, 1.0))
         losses.append(float(out.image_loss))
         opt.zero_grad()
         out.loss.backward()
@@ -140,7 +141,7 @@ def test_generation_regresses_the_64_embeddings_through_the_caches():
     with torch.no_grad():
         prompt_visual = image_embeds(spec, model, spec.encode(prompt))
         embeds = torch.cat([prompt_visual, image.embeddings.reshape(1, 64, 32)])
-        h = spec.hidden_states(model, {"input_ids": ids[None], "image_layout": layout, "image_embeds": embeds})[0]
+        h = adapter_hidden_states(model, spec, {"input_ids": ids[None], "image_layout": layout, "image_embeds": embeds})[0]
         expected = spec.regress(model, h[layout.segments[0][1].positions() - 1])
     assert (expected - image.embeddings.reshape(64, 32)).abs().max() <= 1e-5
     assert not torch.allclose(image.embeddings[0, 0], image.embeddings[7, 7])

@@ -10,7 +10,7 @@ from orchestrator.backbones import get_backbone, register_backbone, unregister_b
 from orchestrator.backbones.chameleon import ChameleonSpec
 from orchestrator.config import ConfigError, load_config
 from orchestrator.moss import MossConfig, apply_moss, expected_trainable_parameters, trainable_parameters
-from tests.conftest import draw
+from tests.helpers import draw
 
 
 class DeepChameleonSpec(ChameleonSpec):  # --- the example: a family member with three decoder layers ---

@@ -8,7 +8,7 @@ import torch
 from orchestrator.moss import MossConfig, apply_moss, expected_trainable_parameters, trainable_parameters
 from orchestrator.moss.variants import all_forms
 from orchestrator.backbones import spec_class
-from tests.conftest import BACKBONE_NAMES, spec_for
+from tests.helpers import BACKBONE_NAMES, spec_for
 
 SIZES = [(name, size) for name in BACKBONE_NAMES for size in spec_class(name).real_sizes]
 RANK256 = {slug: MossConfig(rank=256, alpha=512, kernel_size=3, **kw) for slug, kw in all_forms().items()}

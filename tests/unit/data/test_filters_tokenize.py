@@ -12,7 +12,7 @@ from orchestrator.data.schema import Record, Segment
 from orchestrator.data.sources import Chunk
 from orchestrator.data.tokenize import Tokenize, fit_pieces
 from orchestrator.data.validate import validate_record
-from tests.conftest import BACKBONE_NAMES
+from tests.helpers import BACKBONE_NAMES
 
 
 def picture(color, box=(10, 10, 40, 40), size=(64, 64)) -> Image.Image:

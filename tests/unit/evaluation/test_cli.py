@@ -16,7 +16,8 @@ from orchestrator.data.pipeline import output_dir, preprocess
 from orchestrator.data.sample import write_sample
 from orchestrator.moss import apply_moss, load_adapter, save_adapter
 from orchestrator.training.data import collate_rows
-from tests.conftest import ADAPTERS, draw, randomize_adapter, spec_for
+from orchestrator.training.objective import adapter_loss
+from tests.helpers import ADAPTERS, draw, randomize_adapter, spec_for
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_evaluate_scores_logs_and_links(adapters, tmp_path, capsys):
     total = n = 0
     with torch.no_grad():
         for row in rows:
-            out = spec.loss(model, collate_rows(spec, [row]))
+            out = adapter_loss(model, spec, collate_rows(spec, [row]))
             total, n = total + float(out.loss) * (out.n_text + out.n_image), n + out.n_text + out.n_image
     m = results["metrics"]
     assert results["heldout"]["rows"] == len(rows) > 0

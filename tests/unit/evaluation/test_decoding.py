@@ -10,7 +10,8 @@ from orchestrator.evaluation.generate import Generator, SamplingConfig, sample
 from orchestrator.moss import TEXT_STEP, ConvCache, ImageLayout, MossConfig, apply_moss
 from orchestrator.moss.conv import reference_causal_conv2d
 from orchestrator.moss.variants import get_variant
-from tests.conftest import ADAPTERS, BACKBONE_NAMES, VQ_BACKBONES, draw, image_embeds, randomize_adapter, spec_for
+from orchestrator.training.objective import adapter_hidden_states
+from tests.helpers import ADAPTERS, BACKBONE_NAMES, VQ_BACKBONES, draw, image_embeds, randomize_adapter, spec_for
 
 TOL = 1e-5  # max |logit difference|, float32
 
@@ -49,7 +50,7 @@ def full_logits(spec, model, ids, segs):
     batch = {"input_ids": ids[None], "image_layout": ImageLayout(((*segs,),), len(ids)),
              "image_embeds": visual_of(spec, model, segs)}
     with torch.no_grad():
-        h = spec.hidden_states(model, batch)[0]
+        h = adapter_hidden_states(model, spec, batch)[0]
         return spec.text_logits(model, h), image_out(spec, model, h)
 
 

@@ -14,7 +14,7 @@ from orchestrator.data.sample import write_sample
 from orchestrator.data.shards import split_of
 from orchestrator.evaluation.editing import ImageEmbedder, editing_records, evaluate_editing, pixel_distances
 from orchestrator.moss import apply_moss
-from tests.conftest import ADAPTERS, draw, randomize_adapter, spec_for
+from tests.helpers import ADAPTERS, draw, randomize_adapter, spec_for
 
 
 @pytest.fixture(scope="module")

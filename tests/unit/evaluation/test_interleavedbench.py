@@ -412,9 +412,9 @@ def test_judge_client_bad_replies_are_value_errors(status, obj, words):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from orchestrator.backbones.base import unwrap
+    from orchestrator.wrappers import unwrap
     from orchestrator.moss import apply_moss
-    from tests.conftest import ADAPTERS, randomize_adapter, spec_for
+    from tests.helpers import ADAPTERS, randomize_adapter, spec_for
 
     spec = spec_for("emu3")
     model = apply_moss(spec.build(seed=0), ADAPTERS["moss-full"], spec)

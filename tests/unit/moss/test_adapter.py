@@ -17,21 +17,22 @@ from orchestrator.moss import (
     save_adapter,
     trainable_parameters,
 )
-from tests.conftest import image_embeds, mixed_batch, randomize_adapter, spec_for, text_batch, two_image_example
+from orchestrator.training.objective import adapter_hidden_states, adapter_loss
+from tests.helpers import image_embeds, mixed_batch, randomize_adapter, spec_for, text_batch, two_image_example
 
 
 def hidden(spec, model, batch):
     with torch.no_grad():
-        return spec.hidden_states(model, batch)
+        return adapter_hidden_states(model, spec, batch)
 
 
 def test_fresh_adapter_leaves_outputs_unchanged(spec, adapter):
     batch = mixed_batch(spec)
     base_h = hidden(spec, spec.build(seed=0), batch)
-    base_loss = spec.loss(spec.build(seed=0), batch).loss
+    base_loss = adapter_loss(spec.build(seed=0), spec, batch).loss
     model = apply_moss(spec.build(seed=0), adapter, spec)
     assert torch.equal(hidden(spec, model, batch), base_h)
-    assert torch.equal(spec.loss(model, batch).loss, base_loss)
+    assert torch.equal(adapter_loss(model, spec, batch).loss, base_loss)
 
 
 def _other_token(spec, token: int, is_image: bool) -> int:
@@ -110,7 +111,7 @@ def test_image_branch_untouched_by_text_only_batch(spec, adapter):
         assert not _grads(model, "lora_img_")
         return
     randomize_adapter(model)
-    spec.loss(model, text_batch(spec)).loss.backward()
+    adapter_loss(model, spec, text_batch(spec)).loss.backward()
     assert _image_branch_grad_norm(model) == 0.0
     assert sum(float(g.abs().sum()) for g in _grads(model, "lora_A")) > 0
 
@@ -122,10 +123,10 @@ def test_image_branch_untouched_by_loss_before_first_image(spec, adapter):
     first = min(seg.offset for segs in batch["image_layout"].segments for seg in segs)
     model = apply_moss(spec.build(seed=0), adapter, spec)
     randomize_adapter(model)
-    spec.hidden_states(model, batch)[:, :first].pow(2).sum().backward()
+    adapter_hidden_states(model, spec, batch)[:, :first].pow(2).sum().backward()
     assert _image_branch_grad_norm(model) == 0.0
     model.zero_grad()
-    spec.hidden_states(model, batch)[:, first:].pow(2).sum().backward()  # the same check can fail
+    adapter_hidden_states(model, spec, batch)[:, first:].pow(2).sum().backward()  # the same check can fail
     assert _image_branch_grad_norm(model) > 0
 
 
@@ -158,7 +159,7 @@ def test_trainable_count_matches_formula(spec, adapter):
     ],
 )
 def test_load_refuses_mismatched_adapter(saved, read_as, tmp_path):
-    from tests.conftest import spec_for
+    from tests.helpers import spec_for
 
     spec = spec_for("chameleon")
     cfg = MossConfig(variant=saved, rank=4)
@@ -172,7 +173,7 @@ def test_load_refuses_mismatched_adapter(saved, read_as, tmp_path):
 
 @pytest.mark.parametrize("field, value, match", [("backbone", "emu3", "not 'chameleon'"), ("format_version", 99, "format")])
 def test_load_refuses_other_backbone_or_format(field, value, match, tmp_path):
-    from tests.conftest import spec_for
+    from tests.helpers import spec_for
 
     spec = spec_for("chameleon")
     save_adapter(apply_moss(spec.build(seed=0), MossConfig(rank=4), spec), tmp_path)
@@ -185,7 +186,7 @@ def test_load_refuses_other_backbone_or_format(field, value, match, tmp_path):
 
 def test_plain_peft_loader_drops_the_image_branch_silently(tmp_path):
     """Why load_adapter exists: PEFT without the registered MoSS class loads a MoSS adapter as LoRA."""
-    from tests.conftest import spec_for
+    from tests.helpers import spec_for
 
     spec = spec_for("chameleon")
     batch = mixed_batch(spec)
@@ -212,7 +213,7 @@ def test_merge_only_for_plain_lora(spec):
 
 
 def test_activation_checkpointing_keeps_the_layout(tmp_path):
-    from tests.conftest import spec_for
+    from tests.helpers import spec_for
 
     spec = spec_for("chameleon")
     batch = mixed_batch(spec)
@@ -223,7 +224,7 @@ def test_activation_checkpointing_keeps_the_layout(tmp_path):
         model.train()
         if checkpointing:
             model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
-        spec.loss(model, batch).loss.backward()
+        adapter_loss(model, spec, batch).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     for name, g in grads[0].items():
         assert torch.allclose(grads[1][name], g, atol=1e-6), name
@@ -247,7 +248,7 @@ def test_moss_with_1x1_kernel_equals_moe_lora(spec):
 
 def test_pickled_adapter_weights_are_never_loaded(tmp_path):
     """Only adapter_model.safetensors is read; a pickle (which can run code on load) is refused, not tried."""
-    from tests.conftest import spec_for
+    from tests.helpers import spec_for
 
     spec = spec_for("chameleon")
     model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
@@ -264,7 +265,7 @@ def test_train_image_head_trains_exactly_the_image_rows(name, tmp_path):
     """adapter.train_image_head: PEFT trainable tokens on lm_head's image-code rows; text rows stay frozen,
     the rows learn, and they save and load with the adapter."""
     from orchestrator.moss import load_adapter, save_adapter
-    from tests.conftest import mixed_batch
+    from tests.helpers import mixed_batch
 
     spec = spec_for(name)
     cfg = MossConfig(variant="moss", rank=4, alpha=8, train_image_head=True)
@@ -274,7 +275,7 @@ def test_train_image_head_trains_exactly_the_image_rows(name, tmp_path):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = mixed_batch(spec)
     for _ in range(3):
-        spec.loss(model, batch).loss.backward()
+        adapter_loss(model, spec, batch).loss.backward()
         opt.step()
         opt.zero_grad()
     after = head.weight.detach()
@@ -285,11 +286,11 @@ def test_train_image_head_trains_exactly_the_image_rows(name, tmp_path):
     assert torch.equal(after[text], before[text])  # no other row did
     model.eval()
     with torch.no_grad():
-        ref = spec.loss(model, batch).loss
+        ref = adapter_loss(model, spec, batch).loss
     save_adapter(model, tmp_path)
     restored = load_adapter(spec.build(seed=0), tmp_path, spec)
     with torch.no_grad():
-        assert torch.equal(spec.loss(restored, batch).loss, ref)
+        assert torch.equal(adapter_loss(restored, spec, batch).loss, ref)
 
 
 def test_train_image_head_refused_where_the_head_has_no_image_rows():

@@ -14,7 +14,8 @@ from orchestrator.config import load_config
 from orchestrator.moss import MossConfig, apply_moss, expected_trainable_parameters, load_adapter, save_adapter
 from orchestrator.moss import trainable_parameters
 from orchestrator.moss.variants import Variant, all_forms, init_linear, register_variant, unregister_variant
-from tests.conftest import mixed_batch, spec_for
+from orchestrator.training.objective import adapter_loss
+from tests.helpers import mixed_batch, spec_for
 
 
 class TanhLora(Variant):  # --- the whole variant: docs/extending.md shows this class ---
@@ -66,7 +67,7 @@ def test_a_registered_variant_trains_saves_and_loads(toy, tmp_path):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(6):
-        out = spec.loss(model, batch)
+        out = adapter_loss(model, spec, batch)
         out.loss.backward()
         opt.step()
         opt.zero_grad()
@@ -78,7 +79,7 @@ def test_a_registered_variant_trains_saves_and_loads(toy, tmp_path):
     restored = load_adapter(spec.build(seed=0), tmp_path / "adapter", spec)
     model.eval()
     with torch.no_grad():
-        assert torch.allclose(spec.loss(model, batch).loss, spec.loss(restored, batch).loss, atol=1e-6)
+        assert torch.allclose(adapter_loss(model, spec, batch).loss, adapter_loss(restored, spec, batch).loss, atol=1e-6)
 
 
 def test_a_registered_variant_decodes_with_the_caches(toy):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from orchestrator.moss import MossConfig, apply_moss, set_layout
-from tests.conftest import ADAPTERS, draw, mixed_batch, randomize_adapter, run_gloo_ranks, spec_for, text_batch
+from orchestrator.training.objective import adapter_hidden_states, adapter_loss, loss_module
+from tests.helpers import ADAPTERS, draw, mixed_batch, randomize_adapter, run_gloo_ranks, spec_for, text_batch
 
 
 def test_forward_with_input_ids_derives_the_same_layout_as_the_batch(spec):
@@ -15,7 +16,7 @@ def test_forward_with_input_ids_derives_the_same_layout_as_the_batch(spec):
     model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
     randomize_adapter(model)
     with torch.no_grad():
-        explicit = spec.hidden_states(model, batch)
+        explicit = adapter_hidden_states(model, spec, batch)
         if spec.name == "janus":  # codes live outside the text vocabulary: embeddings built by the spec
             set_layout(model, batch["image_layout"])
             lm = model.get_base_model().model.language_model
@@ -44,7 +45,7 @@ def test_image_inputs_off_needs_an_explicit_layout():
     model = apply_moss(spec.build(seed=0), MossConfig(rank=4, image_inputs=False), spec)
     with pytest.raises(RuntimeError, match="image_inputs=False"):
         model(input_ids=batch["input_ids"])
-    assert torch.isfinite(spec.loss(model, batch).loss)  # the batch's layout knows its prompt images
+    assert torch.isfinite(adapter_loss(model, spec, batch).loss)  # the batch's layout knows its prompt images
 
 
 def test_processor_placeholders_count_as_image_cells():
@@ -76,7 +77,7 @@ def test_bf16_autocast_forward_backward(label):
     model = apply_moss(spec.build(seed=0), ADAPTERS[label], spec)
     randomize_adapter(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = spec.loss(model, mixed_batch(spec))
+        out = adapter_loss(model, spec, mixed_batch(spec))
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "lora_A" in n)
@@ -86,9 +87,9 @@ def _ddp_rank(rank: int) -> list[float]:
     spec = spec_for("chameleon")
     model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
     randomize_adapter(model)
-    ddp = torch.nn.parallel.DistributedDataParallel(spec.loss_module(model), find_unused_parameters=True)
+    ddp = torch.nn.parallel.DistributedDataParallel(loss_module(model, spec), find_unused_parameters=True)
     with pytest.raises(TypeError, match="loss_module"):
-        spec.loss(ddp, mixed_batch(spec))
+        adapter_loss(ddp, spec, mixed_batch(spec))
     batch = mixed_batch(spec) if rank == 0 else text_batch(spec)  # different data per rank
     ddp(batch).loss.backward()
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None]).tolist()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from orchestrator.plan.checkpoints import check_checkpoint
-from tests.conftest import spec_for
+from tests.helpers import spec_for
 from tests.unit.plan.hub import fake_hub
 
 

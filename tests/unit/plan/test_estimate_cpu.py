@@ -23,7 +23,8 @@ from orchestrator.plan.memory import estimate
 from orchestrator.plan.planner import Planner
 from orchestrator.plan.sizing import model_shape, trainable_parameters
 from orchestrator.training.optim import build_optimizer
-from tests.conftest import draw
+from orchestrator.training.objective import loss_module
+from tests.helpers import draw
 
 pytestmark = pytest.mark.slow  # real training steps (~40 s): in `make test`, not `make test-fast`
 #: estimate / measured peak must fall in this band (measured 1.09-1.32 when written)
@@ -75,7 +76,7 @@ def measure(cfg) -> dict:
     if cfg.train.activation_checkpointing:
         spec.enable_activation_checkpointing(model)
     model.train()
-    module = spec.loss_module(model, chunk=cfg.train.loss_chunk_tokens)
+    module = loss_module(model, spec, chunk=cfg.train.loss_chunk_tokens)
     optimizer, _ = build_optimizer(module, cfg.train, 10)
     shape = model_shape(cfg.backbone.name, cfg.backbone.checkpoint)
     fit = (SEQ - PROMPT) // shape.image.max_tokens
@@ -148,7 +149,7 @@ def test_large_preset_counts_are_exact():
     cfg = load_config(None, ["backbone.checkpoint=large", "adapter.variant=moe_lora", "adapter.rank=8"])
     spec = get_backbone("chameleon", "large")
     model = apply_moss(spec.build(), cfg.adapter.to_moss_config(), spec)
-    module = spec.loss_module(model)
+    module = loss_module(model, spec)
     optimizer, _ = build_optimizer(module, cfg.train, 10)
     # text only (an image is 1,026 tokens here): the image branch gets zero gradients, as DDP gives it
     batch = spec.collate([spec.encode(["a short text-only sequence"])])

@@ -16,7 +16,7 @@ from orchestrator.plan.report import plan_configs
 from orchestrator.plan.sizing import model_shape, trainable_parameters
 from orchestrator.sweeps.space import load_space
 from orchestrator.sweeps.tuner import trial_configs
-from tests.conftest import spec_for
+from tests.helpers import spec_for
 from tests.unit.plan.hub import fake_hub
 
 REPO = Path(__file__).parents[3]

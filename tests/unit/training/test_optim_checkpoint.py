@@ -7,8 +7,9 @@ from orchestrator.config import load_config
 from orchestrator.training import parallel
 from orchestrator.training.checkpoint import TrainState, load_train_state, save_train_state
 from orchestrator.training.optim import build_optimizer, lr_factor
-from tests.conftest import mixed_batch, spec_for
+from tests.helpers import mixed_batch, spec_for
 from orchestrator.moss import MossConfig, apply_moss, load_adapter, save_adapter
+from orchestrator.training.objective import loss_module
 
 
 def test_lr_warmup_then_cosine_to_min_ratio():
@@ -28,7 +29,7 @@ def _setup(seed: int = 0, adapter_dir=None):
         model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
     else:
         model = load_adapter(spec.build(seed=0), adapter_dir, spec, is_trainable=True)
-    module = parallel.wrap(spec.loss_module(model), "ddp", spec.decoder_layers(model.get_base_model()), torch.device("cpu"))
+    module = parallel.wrap(loss_module(model, spec), "ddp", spec.decoder_layers(model.get_base_model()), torch.device("cpu"))
     train = load_config(None, ["train.weight_decay=0.01", "train.warmup_steps=2"]).train
     opt, sched = build_optimizer(module, train, total_steps=10)
     return spec, model, module, opt, sched

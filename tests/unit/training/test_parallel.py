@@ -9,7 +9,8 @@ from orchestrator.config import load_config
 from orchestrator.moss import MossConfig, apply_moss
 from orchestrator.training import parallel
 from orchestrator.training.optim import build_optimizer
-from tests.conftest import mixed_batch, randomize_adapter, run_gloo_ranks, spec_for, text_batch
+from orchestrator.training.objective import loss_module
+from tests.helpers import mixed_batch, randomize_adapter, run_gloo_ranks, spec_for, text_batch
 
 pytestmark = pytest.mark.slow  # 2 gloo rank processes per test (~15 s each): in `make test`, not `make test-fast`
 
@@ -18,7 +19,7 @@ def _one_step(name: str, strategy: str, rank: int) -> tuple[dict, float]:
     spec = spec_for(name)
     model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
     randomize_adapter(model)
-    module = parallel.wrap(spec.loss_module(model), strategy, spec.decoder_layers(model.get_base_model()),
+    module = parallel.wrap(loss_module(model, spec), strategy, spec.decoder_layers(model.get_base_model()),
                            torch.device("cpu"))
     opt, _ = build_optimizer(module, load_config(None, ["train.lr=1e-2"]).train, total_steps=10)
     # two micro-batches per step, different data on each rank, the first without gradient sync; rank 1

@@ -5,7 +5,8 @@ import torch
 
 from orchestrator.config import load_config
 from orchestrator.training.loop import setup_model
-from tests.conftest import mixed_batch, randomize_adapter, spec_for
+from orchestrator.training.objective import loss_module
+from tests.helpers import mixed_batch, randomize_adapter, spec_for
 
 
 def grads(checkpointing: bool, variant: str, name: str = "chameleon") -> dict:
@@ -17,7 +18,7 @@ def grads(checkpointing: bool, variant: str, name: str = "chameleon") -> dict:
     assert decoder.gradient_checkpointing == checkpointing
     randomize_adapter(model)
     model.train()
-    spec.loss_module(model)(mixed_batch(spec)).loss.backward()
+    loss_module(model, spec)(mixed_batch(spec)).loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -38,6 +39,6 @@ def test_bf16_base_with_fp32_adapter_trains_under_autocast():
     frozen = {p.dtype for n, p in model.named_parameters() if not p.requires_grad and "layers" in n}
     assert trainable == {torch.float32} and frozen == {torch.bfloat16}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = spec.loss_module(model)(mixed_batch(spec))
+        out = loss_module(model, spec)(mixed_batch(spec))
     out.loss.backward()
     assert torch.isfinite(out.loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,1 @@
+"""The `moss` subcommands' implementations, one module per group; `orchestrator/cli.py` parses."""

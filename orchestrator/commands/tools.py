@@ -1,0 +1,67 @@
+"""`moss compare`, `tracking replay`, `sample`, `cluster-secrets` and `mlflow-server`: around the runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from ..tracking.compare import build_report
+    from ..tracking.mlflow import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    try:
+        report = build_report(uri, parent_run_id=args.parent_run, experiment=args.experiment, metric=args.metric,
+                              mode=args.mode, out_dir=args.out)
+    except LookupError as e:
+        raise ConfigError(str(e)) from None
+    c = report["comparison"]
+    print(f"compare: {len(c.rows)} runs of {c.source}, by {c.metric} ({c.mode})")
+    print(report["table_text"])
+    print(f"report: {report['markdown']}; plots: {', '.join(report['plots'])}")
+    if c.parent_run_id:
+        print(f"logged to MLflow run {c.parent_run_id} (artifacts: report/)")
+    return 0
+
+
+def cmd_tracking_replay(args: argparse.Namespace) -> int:
+    from ..tracking.outage import Unreachable
+    from ..tracking.replay import replay
+
+    try:
+        done = replay(args.run_dir, args.tracking_uri)
+    except Unreachable as e:
+        print(f"moss tracking replay: {e}", file=sys.stderr)
+        return 1
+    for line in done.rejected:
+        print(f"moss tracking replay: refused by the server, set aside: {line}", file=sys.stderr)
+    print(f"tracking replay: sent {done.sent} write(s) from {args.run_dir}"
+          + (f"; {len(done.rejected)} refused" if done.rejected else ""))
+    return 1 if done.rejected else 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ..data.sample import write_sample
+
+    counts = write_sample(args.out, per_domain=args.per_domain, seed=args.seed)
+    print(f"sample: {sum(counts.values())} records in {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_cluster_secrets(args: argparse.Namespace) -> int:
+    from ..cluster.secrets import generate, write_env_file
+
+    path = write_env_file(args.out, generate(args.user), force=args.force)
+    print(f"cluster-secrets: wrote {path} (mode 0600): Ray token auth on, a Ray token, MLflow user {args.user!r} "
+          "and password. cluster.yaml copies it to every node. Before `ray job submit` / `moss compare`, load it:")
+    print(f"  set -a; . {path}; set +a")
+    return 0
+
+
+def cmd_mlflow_server(args: argparse.Namespace) -> int:
+    from ..cluster.mlflow_server import serve
+
+    serve(args.root, args.host, args.port, args.backend_store_uri, args.artifacts_destination, args.workers)
+    return 0  # serve() replaces this process

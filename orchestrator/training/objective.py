@@ -1,0 +1,44 @@
+"""The training objective: a backbone's loss, with the batch's image layout handed to the adapter first.
+
+The backbone computes the loss; the adapter (orchestrator.moss) routes each token by the layout. Neither
+knows the other: whoever runs the forward (training, held-out evaluation, benchmarks) gives the layout to
+the adapter through its own entry point, ``orchestrator.moss.set_layout``, here.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..backbones import BackboneSpec, LossOutput
+from ..moss import set_layout
+
+
+def adapter_loss(model: nn.Module, spec: BackboneSpec, batch: dict, weights: tuple[float, float] = (1.0, 1.0),
+                 chunk: int | None = None) -> LossOutput:
+    """``spec.loss`` of a collated batch, routed by ``batch["image_layout"]`` (a no-op for plain LoRA)."""
+    set_layout(model, batch["image_layout"])
+    return spec.loss(model, batch, weights, chunk)
+
+
+class LossModule(nn.Module):
+    """``module(batch) -> LossOutput``: the loss as a module forward, for DDP / FSDP wrappers."""
+
+    def __init__(self, model: nn.Module, spec: BackboneSpec, weights: tuple[float, float] = (1.0, 1.0),
+                 chunk: int | None = None):
+        super().__init__()
+        self.model, self.spec, self.weights, self.chunk = model, spec, weights, chunk
+
+    def forward(self, batch: dict) -> LossOutput:
+        return adapter_loss(self.model, self.spec, batch, self.weights, self.chunk)
+
+
+def loss_module(model: nn.Module, spec: BackboneSpec, weights: tuple[float, float] = (1.0, 1.0),
+                chunk: int | None = None) -> LossModule:
+    """The module to wrap in DDP / FSDP (``spec.loss`` itself would bypass the wrapper's forward)."""
+    return LossModule(model, spec, weights, chunk)
+
+
+def adapter_hidden_states(model: nn.Module, spec: BackboneSpec, batch: dict):
+    """``spec.hidden_states`` of a batch, routed by ``batch["image_layout"]``."""
+    set_layout(model, batch["image_layout"])
+    return spec.hidden_states(model, batch)
