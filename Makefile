@@ -25,11 +25,12 @@ docs: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/moss demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+# the fast tests in 2 processes (pytest-xdist), then the slow ones (real Ray / MLflow / gloo) one at a time
+test: test-fast
+	$(BIN)/python -m pytest -q tests -m slow
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q tests -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 tests -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/adapter_overhead.py

@@ -71,6 +71,10 @@ class Emu3Spec(VQSpec):
     def rebind(self, checkpoint: str) -> Emu3Spec:
         return type(self)(checkpoint, self.min_pixels, self.max_pixels)
 
+    @classmethod
+    def shard_settings(cls, options: dict) -> dict:
+        return {"image_area": {k: options[k] for k in ("min_pixels", "max_pixels") if k in options}}
+
     @property
     def pixel_bounds(self) -> dict:
         return {k: v for k, v in (("min_pixels", self.min_pixels), ("max_pixels", self.max_pixels)) if v is not None}

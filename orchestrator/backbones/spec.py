@@ -96,6 +96,12 @@ class BackboneSpec(ABC):
         """The kind of image loss a run with these spec options trains (losses of one kind compare)."""
         return "cross-entropy"
 
+    @classmethod
+    def shard_settings(cls, options: dict) -> dict:
+        """What the spec options change in tokenized shards, as the manifest's fingerprint records it; shards
+        made with other settings are refused before training."""
+        return {}
+
     @staticmethod
     def square_side_within(budget: int) -> int:
         """Backbones whose image area is a setting: the largest square grid side that fits ``budget``
@@ -369,6 +375,9 @@ class BackboneSpec(ABC):
         """What generation produced for one image -> pixels (the model's own decoder when given, e.g. on GPU);
         None when the backbone has none. ``settings``: the sampling settings a decoder takes (e.g. diffusion)."""
         return None
+
+    def prepare_decoder(self, model: nn.Module) -> None:
+        """Load what decode_image needs now, so a missing piece fails before any generation."""
 
     @property
     def pixel_note(self) -> str:

@@ -156,9 +156,8 @@ class Generator:
         self.eos = spec.tokenizer.eos_token_id
         banned = set(spec.text_banned_ids()) - {self.eos, None}  # a pad that doubles as eos still ends answers
         self.banned = torch.tensor(sorted(banned), dtype=torch.long)
-        self._negative = None  # Emu2-Gen: the embeddings regressed from an empty prompt (guidance)
-        if spec.continuous_images and spec.has_pixel_decoder:
-            spec.diffusion(model)  # load the UNet + VAE now: a missing diffusers fails before any generation
+        self._negative = None  # a guided decoder's unconditional input: embeddings regressed from an empty prompt
+        spec.prepare_decoder(model)
 
     def negative_embeddings(self) -> torch.Tensor:
         """Emu2-Gen's unconditional branch: an image regressed after an empty prompt (computed once)."""

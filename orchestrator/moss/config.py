@@ -40,7 +40,7 @@ def check_field(name: str, value) -> None:
 
 @dataclass(frozen=True)
 class MossConfig:
-    """Settings of one adapter: the one schema, also the run config's ``adapter:`` section (config.py builds
+    """Settings of one adapter: the one schema, also the run config's ``adapter:`` section (sections/model.py builds
     that section from these fields, their types, defaults, comments and checks)."""
 
     #: a registered variant (orchestrator/moss/variants.py): lora (PEFT's LoRA, one set for both

@@ -117,7 +117,7 @@ class Planner:
             return row
         if a.train_image_head and not shape.image_head_rows:
             row.problems.append(f"adapter.train_image_head: {cfg.backbone.name} has no image-code rows in its output "
-                                "head (Janus and Emu2 predict images with heads of their own)")
+                                "head (its images are predicted by a head of their own)")
         self._image_budget(cfg, shape, row)
         row.trainable = trainable_parameters(shape, a.to_moss_config())
         if self.memory:

@@ -83,9 +83,9 @@ class BackboneSection(Section):
 
         refused = [k for k in given if k not in spec_class(self.name).config_options]
         if refused:
-            takers = [n for n in families() if all(k in spec_class(n).config_options for k in refused)]
-            raise ValueError(f"{', '.join(refused)}: {self.name} does not take {'it' if len(refused) == 1 else 'them'}"
-                             f" (only {', '.join(takers) or 'no registered backbone'} does)")
+            takers = {k: [n for n in families() if k in spec_class(n).config_options] for k in refused}
+            raise ValueError(f"{self.name} does not take " + "; ".join(
+                f"{k} (only {', '.join(names) or 'no registered backbone'} does)" for k, names in takers.items()))
 
     def options(self) -> dict:
         """Settings for get_backbone (only those set): the family's own and the hub revision / remote code."""

@@ -13,6 +13,7 @@ import json
 import secrets
 from dataclasses import asdict, dataclass
 
+from ..backbones.registry import spec_class
 from ..config import ConfigError, RunConfig
 from ..data.manifest import check_dropped
 from ..files import absolute, exists, read_json, write_json
@@ -116,11 +117,11 @@ def load_manifest(cfg: RunConfig) -> tuple[str, dict]:
     if (made_for["name"], made_for["checkpoint"]) != (cfg.backbone.name, cfg.backbone.checkpoint):
         raise ConfigError(f"the shards in {shards} were tokenized for {made_for['name']} ({made_for['checkpoint']}), "
                           f"not {cfg.backbone.name} ({cfg.backbone.checkpoint})")
-    area = {k: v for k, v in cfg.backbone.options().items() if k.endswith("_pixels")}
-    if made_for.get("image_area", {}) != area:
-        raise ConfigError(f"the shards in {shards} hold images resized to {made_for.get('image_area') or 'the default area'}"
-                          f", not {area or 'the default area'} (backbone.image_min_pixels / image_max_pixels): "
-                          "preprocess again with this config")
+    want = spec_class(cfg.backbone.name).shard_settings(cfg.backbone.options())
+    have = {k: made_for.get(k, {}) for k in want}
+    if have != want:
+        raise ConfigError(f"the shards in {shards} were tokenized with {have}, not {want} (backbone options, e.g. "
+                          "backbone.image_min_pixels / image_max_pixels): preprocess again with this config")
     check_dropped(manifest, cfg.data.max_dropped_fraction, f"the shards in {shards}")
     return shards, manifest
 
@@ -203,7 +204,6 @@ def build_trainer(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()):
 
     from .loop import train_loop
 
-    from ..backbones import spec_class
 
     splits = ["train", "val"] if plan.val_rows else ["train"]
     columns = train_columns(spec_class(cfg.backbone.name))  # the class says it: no checkpoint is loaded here

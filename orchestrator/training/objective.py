@@ -7,17 +7,30 @@ the adapter through its own entry point, ``orchestrator.moss.set_layout``, here.
 
 from __future__ import annotations
 
+import contextlib
+
 from torch import nn
 
 from ..backbones import BackboneSpec, LossOutput
 from ..moss import set_layout
 
 
+@contextlib.contextmanager
+def routed(model: nn.Module, layout):
+    """Hand ``layout`` to the adapter for the next forward; withdrawn again if the block fails before it ran."""
+    set_layout(model, layout)
+    try:
+        yield
+    except BaseException:
+        set_layout(model, None)
+        raise
+
+
 def adapter_loss(model: nn.Module, spec: BackboneSpec, batch: dict, weights: tuple[float, float] = (1.0, 1.0),
                  chunk: int | None = None) -> LossOutput:
     """``spec.loss`` of a collated batch, routed by ``batch["image_layout"]`` (a no-op for plain LoRA)."""
-    set_layout(model, batch["image_layout"])
-    return spec.loss(model, batch, weights, chunk)
+    with routed(model, batch["image_layout"]):
+        return spec.loss(model, batch, weights, chunk)
 
 
 class LossModule(nn.Module):
@@ -40,5 +53,5 @@ def loss_module(model: nn.Module, spec: BackboneSpec, weights: tuple[float, floa
 
 def adapter_hidden_states(model: nn.Module, spec: BackboneSpec, batch: dict):
     """``spec.hidden_states`` of a batch, routed by ``batch["image_layout"]``."""
-    set_layout(model, batch["image_layout"])
-    return spec.hidden_states(model, batch)
+    with routed(model, batch["image_layout"]):
+        return spec.hidden_states(model, batch)

@@ -87,6 +87,10 @@ class Emu2Generation:
         return {"embedding_mse": float((g - t).pow(2).mean()),
                 "embedding_cos": float(F.cosine_similarity(g, t, dim=-1).mean())}
 
+    def prepare_decoder(self, model: nn.Module) -> None:
+        if self.has_pixel_decoder:
+            self.diffusion(model)  # the UNet + VAE: a missing diffusers fails before any generation
+
     def diffusion(self, model: nn.Module) -> Emu2Diffusion:
         """Emu2-Gen's UNet + VAE + scheduler, loaded once, on the model's device and in its dtype."""
         if getattr(self, "_diffusion", None) is None:

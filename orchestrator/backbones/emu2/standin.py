@@ -11,7 +11,7 @@ Emu2 (BAAI/Emu2, Emu2-Gen) is not a transformers class: its code ships with the 
 
 The stand-in keeps those names (so one target regex fits both) with a CLIP vision tower in place of
 EVA-CLIP and transformers' LlamaForCausalLM. It runs anywhere with random weights; real checkpoints
-load through their own code (orchestrator/backbones/emu2.py).
+load through their own code (orchestrator/backbones/emu2/).
 """
 
 from __future__ import annotations
