@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 IGNORE_INDEX = -100
 
@@ -91,3 +92,11 @@ def chunked_cross_entropy(logits_fn, rows: torch.Tensor, targets: torch.Tensor, 
     from torch.utils.checkpoint import checkpoint
 
     return sum(checkpoint(ce_sum, r, t, use_reentrant=False) for r, t in pieces)
+
+
+def refuse_ddp(model: nn.Module) -> None:
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise TypeError(
+            "spec.loss would bypass DistributedDataParallel.forward (no gradient all-reduce): wrap "
+            "orchestrator.training.objective.loss_module(model, spec) in DDP and call the wrapper with the batch"
+        )

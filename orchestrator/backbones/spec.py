@@ -26,7 +26,7 @@ from ..layout import ImageLayout
 from ..wrappers import unwrap
 from .frame import ImageBudget, ImageFrame, ImagePiece
 from .hub import HubCheckpoint
-from .loss import IGNORE_INDEX, LossOutput, split_ce
+from .loss import IGNORE_INDEX, LossOutput, refuse_ddp, split_ce
 from .tokenizer import build_byte_tokenizer
 
 TINY = "tiny"
@@ -396,10 +396,3 @@ class BackboneSpec(ABC):
     def image_fingerprint(self) -> dict:
         """Identity of how images become tokens, so shards can be matched to a model (manifest)."""
 
-
-def refuse_ddp(model: nn.Module) -> None:
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        raise TypeError(
-            "spec.loss would bypass DistributedDataParallel.forward (no gradient all-reduce): wrap "
-            "orchestrator.training.objective.loss_module(model, spec) in DDP and call the wrapper with the batch"
-        )

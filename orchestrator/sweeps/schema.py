@@ -141,6 +141,9 @@ class SearchSpace(_Strict):
     metric: str = "val/loss"
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(1, ge=1)
+    #: repeat every configuration with train.seed = 0 .. num_seeds - 1 (a `train.seed` grid): the report then
+    #: gives mean ± 95% CI per configuration and paired differences to LoRA at equal seeds
+    num_seeds: int | None = Field(None, ge=1)
     search: Search = Field(default_factory=Search)
     scheduler: Scheduler = Field(default_factory=Scheduler)
     #: trials running at once; null: as many as the cluster's GPUs (or CPUs) fit
@@ -152,6 +155,11 @@ class SearchSpace(_Strict):
     def _check(self) -> SearchSpace:
         if not self.params:
             raise ValueError("params is empty: name at least one key to search")
+        if self.num_seeds is not None:
+            seeds = Param(grid=list(range(self.num_seeds)))
+            if self.params.get("train.seed", seeds) != seeds or "train.seed" in self.set:
+                raise ValueError("num_seeds sets the train.seed grid: do not also give train.seed in params or set")
+            self.params["train.seed"] = seeds  # (already there when a saved sweep state is read back)
         if self.metric not in METRICS:
             raise ValueError(f"metric {self.metric!r} is not reported by training; one of {', '.join(METRICS)}")
         conditional = {k for k, p in self.params.items() if p.when}

@@ -21,7 +21,8 @@ from .validate import check_space
 
 #: space keys added after the first tracked sweeps: out of the digest while at their defaults (a sweep
 #: started before them resumes)
-SPACE_LATER_DEFAULTS = {"resources.node_type": None, "resources.gpu_memory_gb": None, "resources.per_cell": []}
+SPACE_LATER_DEFAULTS = {"resources.node_type": None, "resources.gpu_memory_gb": None, "resources.per_cell": [],
+                        "num_seeds": None}
 
 
 def matches(tree: dict, when: dict[str, Any]) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..moss.variants import REFERENCE, find_variant, label_of
 from . import mlflow as tracking
 from . import tags as TAG
+from .seeds import group_rows, markdown_sections, paired_to_lora
 
 REPORT_ARTIFACTS = "report"
 
@@ -36,6 +37,8 @@ class Row:
     step: int | None  # the step it was logged at
     sampled: dict = field(default_factory=dict)
     curve: list[tuple[int, float]] = field(default_factory=list)
+    seed: int | None = None  # train.seed: runs differing only in it are one configuration (seeds.py)
+    budget: int | None = None  # train.max_steps
 
 
 def _int(v):
@@ -90,7 +93,7 @@ def to_row(mlc, run, metric: str) -> Row:
         conv_space=p.get("adapter.conv_space") if conv else None, lr=_float(p.get("train.lr")),
         trainable_parameters=_int(p.get("trainable_parameters")), value=run.data.metrics.get(metric),
         step=history[-1][0] if history else None, sampled=json.loads(tags.get(TAG.SAMPLED, "{}")),
-        curve=history)
+        curve=history, seed=_int(p.get("train.seed")), budget=_int(p.get("train.max_steps")))
 
 
 def value_at(row: Row, step: int) -> float | None:
@@ -144,10 +147,16 @@ class Comparison:
                                           if r.trainable_parameters and base.trainable_parameters else None)})
         return gaps
 
+    def groups(self):
+        """Configurations over seeds, best mean first (seeds.Group)."""
+        return group_rows(self.rows, self.mode)
+
     def to_json(self) -> dict:
+        groups = self.groups()
         return {"metric": self.metric, "mode": self.mode, "source": self.source, "parent_run_id": self.parent_run_id,
                 "rows": [{k: v for k, v in asdict(r).items() if k != "curve"} for r in self.rows],
-                "best_per_variant": [r.run_name for r in self.best_per_variant()], "lora_gaps": self.lora_gaps()}
+                "best_per_variant": [r.run_name for r in self.best_per_variant()], "lora_gaps": self.lora_gaps(),
+                "groups": [g.to_json() for g in groups], "paired_to_lora": paired_to_lora(groups)}
 
 
 def collect(uri: str, parent_run_id: str | None = None, experiment: str | None = None, metric: str | None = None,
@@ -207,8 +216,10 @@ def markdown(c: Comparison, plots: dict[str, str]) -> str:
     parts = [f"# MoSS comparison: {c.source}", "",
              f"{len(c.rows)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}), ranked by "
              f"**{c.metric}** ({better} is better). A run stopped early by the scheduler shows its last value, "
-             "at the step it reached.", "", "## All runs", "", trials_table(c), "",
-             "## Best per variant", "",
+             "at the step it reached.", "", "## All runs", "", trials_table(c), ""]
+    groups = c.groups()
+    parts += markdown_sections(groups, paired_to_lora(groups), c.metric, c.mode, md_table)
+    parts += ["## Best per variant", "",
              md_table(["backbone", "variant", "rank", "kernel", "trainable params", c.metric, "run"],
                       [[r.backbone, r.label, r.rank, r.kernel_size, r.trainable_parameters, r.value, r.run_name]
                        for r in c.best_per_variant()]), ""]

@@ -64,12 +64,19 @@ def heatmap(c, backbone: str, label: str, path: Path) -> None:
 def metric_vs_params(c, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     labels = sorted({r.label for r in c.rows})
-    for label in labels:
+    groups = [g for g in c.groups() if g.interval.n > 1 and g.first.trainable_parameters]
+    for i, label in enumerate(labels):
+        color = f"C{i}"
         pts = [(r.trainable_parameters, r.value) for r in c.rows
                if r.label == label and r.value is not None and r.trainable_parameters]
         if pts:
             xs, ys = zip(*pts)
-            ax.scatter(xs, ys, label=label)
+            ax.scatter(xs, ys, label=label, color=color, alpha=0.35 if groups else 1.0)
+        mine = [g for g in groups if g.first.label == label]  # configurations over seeds: mean and 95% CI
+        if mine:
+            ax.errorbar([g.first.trainable_parameters for g in mine], [g.interval.mean for g in mine],
+                        yerr=[g.interval.half_width for g in mine], fmt="o", color=color, capsize=4, markersize=7,
+                        label=f"{label}: mean ± 95% CI over seeds")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel(c.metric)

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...wrappers import unwrap
-from ..loss import LossOutput, chunked_cross_entropy, split_loss
-from ..spec import refuse_ddp
+from ..loss import LossOutput, chunked_cross_entropy, refuse_ddp, split_loss
 
 
 class Emu2Loss:

@@ -217,3 +217,14 @@ def test_per_cell_resources_first_match_wins(tmp_path):
     assert got[(8, "lora")] == got[(16, "moss")] == (2, None, "ddp", 3)
     assert space.digest != load_space(write(tmp_path, params={"adapter.rank": {"grid": [4, 8, 16]},
                                                               "adapter.variant": {"grid": ["lora", "moss"]}})).digest
+
+
+def test_num_seeds_repeats_every_configuration_over_train_seed(tmp_path):
+    space = load_space(write(tmp_path, num_seeds=3))
+    assert space.num_trials() == 6
+    assert sorted((p["adapter.rank"], p["train.seed"]) for p in space.grid_points()) == [
+        (r, s) for r in (4, 8) for s in range(3)]
+    again = Space.from_state(space.to_state())  # what each trial rebuilds
+    assert again.num_trials() == 6 and again.digest == space.digest
+    with pytest.raises(ConfigError, match="num_seeds"):
+        load_space(write(tmp_path, num_seeds=2, set={"train.seed": 1}))

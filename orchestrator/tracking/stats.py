@@ -1,0 +1,91 @@
+"""Statistics for comparing adapters over seeds and records: means with t intervals, paired differences.
+
+A comparison of two adapters from one seed each is an anecdote; these turn repeated runs into
+``mean ± half-width`` (95% by default) and say whether a difference is larger than the noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over ``n`` values with its two-sided confidence interval (``half_width`` None when n < 2)."""
+
+    n: int
+    mean: float
+    std: float | None
+    half_width: float | None
+    level: float = LEVEL
+
+    @property
+    def low(self) -> float | None:
+        return None if self.half_width is None else self.mean - self.half_width
+
+    @property
+    def high(self) -> float | None:
+        return None if self.half_width is None else self.mean + self.half_width
+
+    def text(self, digits: int = 4) -> str:
+        if self.half_width is None:
+            return f"{self.mean:.{digits}f} (n={self.n})"
+        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f} (n={self.n})"
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "mean": self.mean, "std": self.std, "half_width": self.half_width, "low": self.low,
+                "high": self.high, "level": self.level}
+
+
+def t_quantile(p: float, df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def mean_ci(values, level: float = LEVEL) -> Interval:
+    """Mean and Student-t interval of independent values (e.g. one final metric per seed)."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if x.size == 0:
+        raise ValueError("no values")
+    if x.size == 1:
+        return Interval(1, float(x[0]), None, None, level)
+    std = float(x.std(ddof=1))
+    half = t_quantile(0.5 + level / 2, x.size - 1) * std / math.sqrt(x.size)
+    return Interval(int(x.size), float(x.mean()), std, half, level)
+
+
+def paired_ci(a: dict, b: dict, level: float = LEVEL) -> Interval | None:
+    """The t interval of ``a[k] - b[k]`` over the keys both have (e.g. seeds); None when none is shared."""
+    keys = sorted(set(a) & set(b), key=str)
+    diffs = [a[k] - b[k] for k in keys if a[k] is not None and b[k] is not None]
+    return mean_ci(diffs, level) if diffs else None
+
+
+def paired_bootstrap(a, b, reps: int = 10_000, level: float = LEVEL, seed: int = 0) -> Interval:
+    """Mean of the paired differences a[i] - b[i] (e.g. per-record losses of two adapters on the same
+    records) with a percentile bootstrap interval (records resampled with replacement, ``reps`` times).
+    ``half_width`` is the larger distance from the mean to the interval's ends."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise ValueError(f"need two equally long, non-empty lists of paired values (got {a.shape}, {b.shape})")
+    d = a - b
+    mean = float(d.mean())
+    if d.size == 1:
+        return Interval(1, mean, None, None, level)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(reps, d.size))].mean(axis=1)
+    low, high = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
+    return Interval(int(d.size), mean, float(d.std(ddof=1)), float(max(mean - low, high - mean)), level)
+
+
+def separated(a: Interval, b: Interval) -> bool | None:
+    """Whether two means differ by more than the sum of their half-widths (None without intervals)."""
+    if a.half_width is None or b.half_width is None:
+        return None
+    return abs(a.mean - b.mean) > a.half_width + b.half_width

@@ -1,0 +1,94 @@
+"""Means with t intervals, paired differences over seeds and records, and grouping runs by configuration."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator.tracking.compare import Comparison, Row, markdown
+from orchestrator.tracking.seeds import group_rows, paired_to_lora
+from orchestrator.tracking.stats import mean_ci, paired_bootstrap, paired_ci, separated
+
+
+def test_mean_ci_is_the_student_t_interval():
+    ci = mean_ci([1.0, 2.0, 3.0])
+    assert (ci.n, ci.mean, ci.std) == (3, 2.0, 1.0)
+    assert ci.half_width == pytest.approx(4.302652729911275 / math.sqrt(3))  # t(0.975, df=2)
+    assert ci.low == pytest.approx(2.0 - ci.half_width) and "±" in ci.text()
+    one = mean_ci([5.0, None, float("nan")])
+    assert (one.n, one.mean, one.half_width, one.low) == (1, 5.0, None, None)
+    with pytest.raises(ValueError):
+        mean_ci([])
+
+
+def test_paired_ci_uses_only_shared_keys():
+    d = paired_ci({0: 1.0, 1: 2.0, 2: 3.0, 9: 100.0}, {0: 0.5, 1: 1.5, 2: 2.0})
+    assert d.n == 3 and d.mean == pytest.approx(2 / 3)
+    assert d.half_width == pytest.approx(4.302652729911275 * np.std([0.5, 0.5, 1.0], ddof=1) / math.sqrt(3))
+    assert paired_ci({0: 1.0}, {1: 1.0}) is None
+
+
+def test_paired_bootstrap_matches_the_t_interval_on_many_records_and_is_reproducible():
+    rng = np.random.default_rng(0)
+    base = rng.normal(3.0, 1.0, 2000)
+    other = base - 0.05 + rng.normal(0, 0.2, 2000)  # per-record pairs: the shared part cancels
+    boot = paired_bootstrap(other, base, reps=4000)
+    t = mean_ci(other - base)
+    assert boot.mean == pytest.approx(t.mean) and boot.half_width == pytest.approx(t.half_width, rel=0.1)
+    assert boot.high < 0  # the 0.05 improvement is resolved
+    assert paired_bootstrap(other, base, reps=4000) == boot  # seeded
+    assert paired_bootstrap([1.0, 2.0], [1.0, 2.0]).half_width == 0.0
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0, 2.0], [1.0])
+
+
+def test_separated_needs_a_gap_larger_than_both_half_widths():
+    a, b = mean_ci([1.0, 1.1, 0.9]), mean_ci([2.0, 2.1, 1.9])
+    assert separated(a, b) is True
+    assert separated(a, mean_ci([1.05, 1.2, 0.95])) is False
+    assert separated(a, mean_ci([1.0])) is None
+
+
+def row(variant, seed, value, rank=4, lr=1e-3, label=None, steps=8):
+    return Row(run_id=f"{variant}{seed}{lr}", run_name=f"{variant}-r{rank}-s{seed}", status="finished", backbone="chameleon",
+               variant=variant, label=label or variant, rank=rank, kernel_size=3 if variant == "moss" else None,
+               conv_space="full" if variant == "moss" else None, lr=lr, trainable_parameters=100, value=value,
+               step=steps, sampled={"adapter.variant": variant, "train.seed": seed},
+               curve=[(s, value + (steps - s)) for s in range(1, steps + 1)], seed=seed, budget=steps)
+
+
+def test_runs_differing_only_in_seed_form_one_configuration_paired_to_lora_by_seed():
+    rows = [row("lora", s, v) for s, v in ((0, 2.0), (1, 2.2), (2, 2.1))]
+    rows += [row("moss", s, v, label="moss/full") for s, v in ((0, 1.5), (1, 1.8), (2, 1.6), (3, 1.0))]  # seed 3: no pair
+    rows += [row("lora", s, v, lr=1e-2) for s, v in ((0, 3.0), (1, 3.2))]  # a worse LoRA configuration
+    groups = group_rows(rows, "min")
+    assert [(g.first.label, g.first.lr, g.interval.n) for g in groups] == [
+        ("moss/full", 1e-3, 4), ("lora", 1e-3, 3), ("lora", 1e-2, 2)]
+    assert groups[0].interval.mean == pytest.approx(np.mean([1.5, 1.8, 1.6, 1.0]))
+    (pair,) = paired_to_lora(groups)
+    assert pair["pairs"] == 3 and pair["lora_lr"] == 1e-3  # against the best LoRA configuration, shared seeds only
+    assert pair["diff"] == pytest.approx(np.mean([-0.5, -0.4, -0.5]))
+    assert pair["excludes_zero"] is True
+
+
+def test_the_report_says_when_there_is_one_seed_and_shows_intervals_when_there_are_more():
+    single = Comparison("val/image_loss", "min", "test", [row("lora", 0, 2.0), row("moss", 0, 1.9, label="moss/full")])
+    text = markdown(single, {})
+    assert "One seed per configuration: no intervals" in text and "## Paired difference" not in text
+    rows = [row("lora", s, 2.0 + 0.1 * s) for s in range(3)] + [row("moss", s, 2.05 + 0.1 * s, label="moss/full")
+                                                                for s in range(3)]
+    text = markdown(Comparison("val/image_loss", "min", "test", rows), {})
+    assert "## Over seeds" in text and "± " in text and "## Paired difference to LoRA" in text
+    data = Comparison("val/image_loss", "min", "test", rows).to_json()
+    assert [g["n"] for g in data["groups"]] == [3, 3] and data["paired_to_lora"][0]["pairs"] == 3
+
+
+def test_the_parameter_plot_draws_intervals_over_seeds(tmp_path):
+    from orchestrator.tracking.plots import write_plots
+
+    rows = [row("lora", s, 2.0 + 0.1 * s) for s in range(3)] + [row("moss", s, 1.5 + 0.1 * s, label="moss/full")
+                                                                for s in range(3)]
+    plots = write_plots(Comparison("val/image_loss", "min", "test", rows), tmp_path)
+    assert (tmp_path / plots["val/image_loss vs trainable parameters"]).stat().st_size > 0
