@@ -156,6 +156,12 @@ class SearchSpace(_Strict):
         if not self.params:
             raise ValueError("params is empty: name at least one key to search")
         if self.num_seeds is not None:
+            sampled = [k for k, p in self.params.items() if p.grid is None]
+            if self.search.algorithm != "grid" or sampled:
+                raise ValueError("num_seeds repeats each configuration over seeds, so every param must be a grid and "
+                                 f"search.algorithm grid (got {self.search.algorithm}"
+                                 + (f", sampled params {sampled})" if sampled else ")")
+                                 + "; a sampled param would differ between the seeds of one configuration")
             seeds = Param(grid=list(range(self.num_seeds)))
             if self.params.get("train.seed", seeds) != seeds or "train.seed" in self.set:
                 raise ValueError("num_seeds sets the train.seed grid: do not also give train.seed in params or set")

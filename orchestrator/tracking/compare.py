@@ -15,7 +15,7 @@ from pathlib import Path
 from ..moss.variants import REFERENCE, find_variant, label_of
 from . import mlflow as tracking
 from . import tags as TAG
-from .seeds import group_rows, markdown_sections, paired_to_lora
+from .seeds import group_rows, identity, markdown_sections, paired_to_lora, value_at
 
 REPORT_ARTIFACTS = "report"
 
@@ -39,6 +39,7 @@ class Row:
     curve: list[tuple[int, float]] = field(default_factory=list)
     seed: int | None = None  # train.seed: runs differing only in it are one configuration (seeds.py)
     budget: int | None = None  # train.max_steps
+    settings: dict = field(default_factory=dict)  # the params that make a configuration (seeds.IDENTITY)
 
 
 def _int(v):
@@ -93,13 +94,7 @@ def to_row(mlc, run, metric: str) -> Row:
         conv_space=p.get("adapter.conv_space") if conv else None, lr=_float(p.get("train.lr")),
         trainable_parameters=_int(p.get("trainable_parameters")), value=run.data.metrics.get(metric),
         step=history[-1][0] if history else None, sampled=json.loads(tags.get(TAG.SAMPLED, "{}")),
-        curve=history, seed=_int(p.get("train.seed")), budget=_int(p.get("train.max_steps")))
-
-
-def value_at(row: Row, step: int) -> float | None:
-    """The metric's value at ``step`` (or the last one logged before it)."""
-    before = [v for s, v in row.curve if s <= step]
-    return before[-1] if before else None
+        curve=history, seed=_int(p.get("train.seed")), budget=_int(p.get("train.max_steps")), settings=identity(p))
 
 
 def sort_key(mode: str):

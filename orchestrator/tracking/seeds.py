@@ -7,16 +7,28 @@ import json
 from dataclasses import dataclass
 
 from ..moss.variants import REFERENCE
-from .stats import Interval, mean_ci, paired_ci
+from .stats import Interval, finite, mean_ci, paired_ci
+
+#: the logged params that make a configuration: what is trained, on what, how (not where it is logged or stored)
+IDENTITY = ("backbone.", "adapter.", "train.", "data.", "scaling.")
+NOT_IDENTITY = ("train.seed", "train.run_name")
+
+
+def identity(params: dict) -> dict:
+    """A run's configuration: its params under IDENTITY, seed and run name left out."""
+    return {k: v for k, v in params.items() if k.startswith(IDENTITY) and k not in NOT_IDENTITY}
 
 
 @dataclass
 class Group:
-    """The runs of one configuration (everything but the seed), best first."""
+    """One configuration (everything but the seed): one run per seed, the interval read at ``step``, the last
+    step every one of them reached (so an early-stopped seed is not averaged with finished ones)."""
 
     key: tuple
-    rows: list  # compare.Row
+    rows: list  # compare.Row, one per seed, in seed order
     interval: Interval
+    step: int | None
+    repeats: int = 0  # further runs with a seed already counted (the one that got furthest is used)
 
     @property
     def first(self):
@@ -25,31 +37,47 @@ class Group:
     def to_json(self) -> dict:
         r = self.first
         return {"backbone": r.backbone, "label": r.label, "rank": r.rank, "kernel_size": r.kernel_size, "lr": r.lr,
-                "budget": r.budget, "seeds": [x.seed for x in self.rows], "runs": [x.run_name for x in self.rows],
-                "trainable_parameters": r.trainable_parameters, **self.interval.to_json()}
+                "budget": r.budget, "step": self.step, "seeds": [x.seed for x in self.rows], "repeats": self.repeats,
+                "runs": [x.run_name for x in self.rows], "trainable_parameters": r.trainable_parameters,
+                **self.interval.to_json()}
 
 
 def config_key(row) -> tuple:
     """What makes two runs the same configuration: all settings but the seed."""
-    sampled = {k: v for k, v in row.sampled.items() if k != "train.seed"}
+    settings = row.settings or {k: v for k, v in row.sampled.items() if k != "train.seed"}
     return (row.backbone, row.label, row.rank, row.kernel_size, row.conv_space, row.lr, row.budget,
-            json.dumps(sampled, sort_keys=True, default=str))
+            json.dumps(settings, sort_keys=True, default=str))
+
+
+def value_at(row, step: int) -> float | None:
+    """The metric's value at ``step`` (or the last one logged before it)."""
+    before = [v for s, v in row.curve if s <= step]
+    return before[-1] if before else None
+
+
+def _one_per_seed(rows: list) -> tuple[list, int]:
+    best: dict = {}
+    for r in rows:  # the run of a seed that got furthest (a repeat of a seed is not another sample)
+        if r.seed not in best or (r.step or 0) > (best[r.seed].step or 0):
+            best[r.seed] = r
+    return sorted(best.values(), key=lambda r: (r.seed is None, r.seed or 0)), len(rows) - len(best)
 
 
 def group_rows(rows: list, mode: str) -> list[Group]:
-    """Configurations with at least one finished value, best mean first (``mode``: min or max)."""
+    """Configurations with a finite value, best mean first (``mode``: min or max)."""
     by_key: dict[tuple, list] = {}
     for r in rows:
-        if r.value is not None:
+        if finite([r.value]) and r.step is not None:
             by_key.setdefault(config_key(r), []).append(r)
-    groups = [Group(k, rs, mean_ci([r.value for r in rs])) for k, rs in by_key.items()]
+    groups = []
+    for key, members in by_key.items():
+        chosen, repeats = _one_per_seed(members)
+        step = min(r.step for r in chosen)
+        values = finite(value_at(r, step) for r in chosen)
+        if values:
+            groups.append(Group(key, chosen, mean_ci(values), step, repeats))
     sign = 1 if mode == "min" else -1
     return sorted(groups, key=lambda g: sign * g.interval.mean)
-
-
-def _value_at(row, step: int) -> float | None:
-    before = [v for s, v in row.curve if s <= step]
-    return before[-1] if before else None
 
 
 def paired_to_lora(groups: list[Group]) -> list[dict]:
@@ -70,17 +98,15 @@ def paired_to_lora(groups: list[Group]) -> list[dict]:
         mine, ref = {}, {}
         for x in g.rows:
             y = theirs.get(x.seed)
-            if y is None or x.step is None or y.step is None:
-                continue
-            step = min(x.step, y.step)
-            mine[x.seed], ref[x.seed] = _value_at(x, step), _value_at(y, step)
+            if y is not None:
+                step = min(x.step, y.step)
+                mine[x.seed], ref[x.seed] = value_at(x, step), value_at(y, step)
         diff = paired_ci(mine, ref)
         if diff is None:
             continue
         out.append({"backbone": r.backbone, "label": r.label, "rank": r.rank, "kernel_size": r.kernel_size, "lr": r.lr,
                     "budget": r.budget, "lora_lr": base.first.lr, "pairs": diff.n, "diff": diff.mean,
-                    "half_width": diff.half_width, "excludes_zero": None if diff.half_width is None
-                    else abs(diff.mean) > diff.half_width})
+                    "half_width": diff.half_width, "excludes_zero": diff.excludes_zero})
     return out
 
 
@@ -88,12 +114,13 @@ def markdown_sections(groups: list[Group], pairs: list[dict], metric: str, mode:
     """The report's "Over seeds" and "Paired difference to LoRA" sections (``table``: compare.md_table)."""
     if not any(g.interval.n > 1 for g in groups):
         return ["## Over seeds", "", "One seed per configuration: no intervals, so no difference here is shown to "
-                "be more than noise. Repeat seeds with a `train.seed` grid in the space.", ""]
-    rows = [[g.first.backbone, g.first.label, g.first.rank, g.first.kernel_size, g.first.lr, g.first.budget,
-             g.interval.n, g.interval.text(), g.first.trainable_parameters] for g in groups]
+                "be more than noise. Repeat seeds with `num_seeds` (or a `train.seed` grid) in the space.", ""]
+    rows = [[g.first.backbone, g.first.label, g.first.rank, g.first.kernel_size, g.first.lr, g.step, g.interval.n,
+             g.interval.text(), g.first.trainable_parameters] for g in groups]
     parts = ["## Over seeds", "", f"Runs that differ only in `train.seed`, as mean ± {int(100 * groups[0].interval.level)}% "
-             f"CI (Student t) of {metric}.", "",
-             table(["backbone", "variant", "rank", "kernel", "lr", "steps", "seeds", metric, "trainable params"], rows), ""]
+             f"CI (Student t) of {metric}, read at the last step every seed of the configuration reached.", "",
+             table(["backbone", "variant", "rank", "kernel", "lr", "at step", "seeds", metric, "trainable params"], rows),
+             ""]
     better = "negative" if mode == "min" else "positive"
     parts += ["## Paired difference to LoRA", "", f"Mean over shared seeds of (run - LoRA run with the same seed, "
               f"backbone, rank and step budget; the best LoRA configuration there), read at the last step both reached; "

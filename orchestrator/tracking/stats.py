@@ -16,21 +16,25 @@ LEVEL = 0.95
 
 @dataclass(frozen=True)
 class Interval:
-    """A mean over ``n`` values with its two-sided confidence interval (``half_width`` None when n < 2)."""
+    """A mean over ``n`` values with its two-sided confidence interval [low, high] (None when n < 2);
+    ``half_width``: the larger distance from the mean to an end (the two are equal for t intervals)."""
 
     n: int
     mean: float
     std: float | None
     half_width: float | None
     level: float = LEVEL
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.half_width is not None and self.low is None:
+            object.__setattr__(self, "low", self.mean - self.half_width)
+            object.__setattr__(self, "high", self.mean + self.half_width)
 
     @property
-    def low(self) -> float | None:
-        return None if self.half_width is None else self.mean - self.half_width
-
-    @property
-    def high(self) -> float | None:
-        return None if self.half_width is None else self.mean + self.half_width
+    def excludes_zero(self) -> bool | None:
+        return None if self.low is None else (self.low > 0 or self.high < 0)
 
     def text(self, digits: int = 4) -> str:
         if self.half_width is None:
@@ -48,9 +52,14 @@ def t_quantile(p: float, df: int) -> float:
     return float(t.ppf(p, df))
 
 
+def finite(values) -> list[float]:
+    """The values that are numbers (None and NaN dropped: a run that logged nothing, or diverged)."""
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
+
+
 def mean_ci(values, level: float = LEVEL) -> Interval:
     """Mean and Student-t interval of independent values (e.g. one final metric per seed)."""
-    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    x = np.asarray(finite(values), dtype=float)
     if x.size == 0:
         raise ValueError("no values")
     if x.size == 1:
@@ -63,7 +72,7 @@ def mean_ci(values, level: float = LEVEL) -> Interval:
 def paired_ci(a: dict, b: dict, level: float = LEVEL) -> Interval | None:
     """The t interval of ``a[k] - b[k]`` over the keys both have (e.g. seeds); None when none is shared."""
     keys = sorted(set(a) & set(b), key=str)
-    diffs = [a[k] - b[k] for k in keys if a[k] is not None and b[k] is not None]
+    diffs = finite(a[k] - b[k] for k in keys if a[k] is not None and b[k] is not None)
     return mean_ci(diffs, level) if diffs else None
 
 
@@ -79,9 +88,11 @@ def paired_bootstrap(a, b, reps: int = 10_000, level: float = LEVEL, seed: int =
     if d.size == 1:
         return Interval(1, mean, None, None, level)
     rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(reps, d.size))].mean(axis=1)
-    low, high = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
-    return Interval(int(d.size), mean, float(d.std(ddof=1)), float(max(mean - low, high - mean)), level)
+    block = max(1, 2**22 // d.size)  # resamples per chunk: a few million indices at a time, whatever n is
+    means = np.concatenate([d[rng.integers(0, d.size, size=(min(block, reps - i), d.size))].mean(axis=1)
+                            for i in range(0, reps, block)])
+    low, high = (float(q) for q in np.quantile(means, [0.5 - level / 2, 0.5 + level / 2]))
+    return Interval(int(d.size), mean, float(d.std(ddof=1)), max(mean - low, high - mean), level, low, high)
 
 
 def separated(a: Interval, b: Interval) -> bool | None:

@@ -228,3 +228,7 @@ def test_num_seeds_repeats_every_configuration_over_train_seed(tmp_path):
     assert again.num_trials() == 6 and again.digest == space.digest
     with pytest.raises(ConfigError, match="num_seeds"):
         load_space(write(tmp_path, num_seeds=2, set={"train.seed": 1}))
+    with pytest.raises(ConfigError, match="every param must be a grid"):
+        load_space(write(tmp_path, num_seeds=2, params={"adapter.rank": {"grid": [4]}, "train.lr": {"loguniform": [1e-4, 1e-2]}}))
+    with pytest.raises(ConfigError, match="search.algorithm grid"):
+        load_space(write(tmp_path, num_seeds=2, search={"algorithm": "random"}))

@@ -40,6 +40,9 @@ def test_paired_bootstrap_matches_the_t_interval_on_many_records_and_is_reproduc
     assert boot.high < 0  # the 0.05 improvement is resolved
     assert paired_bootstrap(other, base, reps=4000) == boot  # seeded
     assert paired_bootstrap([1.0, 2.0], [1.0, 2.0]).half_width == 0.0
+    skewed = paired_bootstrap(rng.exponential(1.0, 40), np.zeros(40), reps=2000)
+    assert skewed.low < skewed.mean < skewed.high and skewed.high - skewed.mean != skewed.mean - skewed.low
+    assert skewed.half_width == max(skewed.high - skewed.mean, skewed.mean - skewed.low)
     with pytest.raises(ValueError):
         paired_bootstrap([1.0, 2.0], [1.0])
 
@@ -51,12 +54,12 @@ def test_separated_needs_a_gap_larger_than_both_half_widths():
     assert separated(a, mean_ci([1.0])) is None
 
 
-def row(variant, seed, value, rank=4, lr=1e-3, label=None, steps=8):
+def row(variant, seed, value, rank=4, lr=1e-3, label=None, steps=8, budget=8):
     return Row(run_id=f"{variant}{seed}{lr}", run_name=f"{variant}-r{rank}-s{seed}", status="finished", backbone="chameleon",
                variant=variant, label=label or variant, rank=rank, kernel_size=3 if variant == "moss" else None,
                conv_space="full" if variant == "moss" else None, lr=lr, trainable_parameters=100, value=value,
                step=steps, sampled={"adapter.variant": variant, "train.seed": seed},
-               curve=[(s, value + (steps - s)) for s in range(1, steps + 1)], seed=seed, budget=steps)
+               curve=[(s, value + (steps - s)) for s in range(1, steps + 1)], seed=seed, budget=budget)
 
 
 def test_runs_differing_only_in_seed_form_one_configuration_paired_to_lora_by_seed():
@@ -80,7 +83,8 @@ def test_the_report_says_when_there_is_one_seed_and_shows_intervals_when_there_a
     rows = [row("lora", s, 2.0 + 0.1 * s) for s in range(3)] + [row("moss", s, 2.05 + 0.1 * s, label="moss/full")
                                                                 for s in range(3)]
     text = markdown(Comparison("val/image_loss", "min", "test", rows), {})
-    assert "## Over seeds" in text and "± " in text and "## Paired difference to LoRA" in text
+    assert "## Over seeds" in text and "## Paired difference to LoRA" in text
+    assert mean_ci([2.0, 2.1, 2.2]).text() in text  # LoRA's cell: mean ± half-width (n=3)
     data = Comparison("val/image_loss", "min", "test", rows).to_json()
     assert [g["n"] for g in data["groups"]] == [3, 3] and data["paired_to_lora"][0]["pairs"] == 3
 
@@ -92,3 +96,29 @@ def test_the_parameter_plot_draws_intervals_over_seeds(tmp_path):
                                                                 for s in range(3)]
     plots = write_plots(Comparison("val/image_loss", "min", "test", rows), tmp_path)
     assert (tmp_path / plots["val/image_loss vs trainable parameters"]).stat().st_size > 0
+
+
+def test_grouping_counts_seeds_not_runs_reads_a_common_step_and_survives_nan():
+    rows = [row("lora", 0, 2.0), row("lora", 0, 2.0), row("lora", 1, 2.2)]  # seed 0 repeated (num_samples)
+    rows += [row("moss", 0, 1.0, label="moss/full"), row("moss", 1, 1.2, label="moss/full", steps=4)]  # stopped early
+    rows += [row("moe_lora", 0, float("nan")), row("moe_lora", 1, float("nan"))]  # diverged: no group, no crash
+    groups = group_rows(rows, "min")
+    lora = next(g for g in groups if g.first.variant == "lora")
+    assert lora.interval.n == 2 and lora.repeats == 1 and [r.seed for r in lora.rows] == [0, 1]
+    moss = next(g for g in groups if g.first.variant == "moss")
+    assert moss.step == 4  # seed 0 read at step 4 too: its curve is value + (8 - step)
+    assert moss.interval.mean == pytest.approx(np.mean([1.0 + 4, 1.2]))
+    assert {g.first.variant for g in groups} == {"lora", "moss"}
+    text = markdown(Comparison("val/image_loss", "min", "test", rows), {})
+    assert "## Over seeds" in text
+    best_first = group_rows([row("lora", s, v) for s, v in ((0, 1.0), (1, 1.0))]
+                            + [row("lora", s, v, lr=1e-2) for s, v in ((0, 3.0), (1, 3.0))], "max")
+    assert best_first[0].first.lr == 1e-2  # mode max: the higher mean first
+
+
+def test_runs_with_other_settings_are_other_configurations():
+    a, b = row("lora", 0, 2.0), row("lora", 1, 2.1)
+    c = row("lora", 2, 2.2)
+    a.settings = b.settings = {"adapter.variant": "lora", "train.grad_accum": "1"}
+    c.settings = {"adapter.variant": "lora", "train.grad_accum": "4"}  # separate `moss train` runs, no sampled tag
+    assert sorted(g.interval.n for g in group_rows([a, b, c], "min")) == [1, 2]
