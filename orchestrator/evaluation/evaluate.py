@@ -34,15 +34,27 @@ def flat_metrics(results: dict) -> dict[str, float]:
 
 
 def aspect_means(scored: list[dict]) -> dict:
-    """Per-aspect means over the records each aspect applies to (text aspects skip editing/subject tasks)."""
+    """Per-aspect means over the records each aspect applies to (text aspects skip editing/subject tasks), and
+    ``average``: the mean of those aspect means (each aspect weighs the same, however many records it covers)."""
     from .judge import ASPECTS, TEXT_ASPECTS, skips_text_aspects
 
     out = {}
-    for a in (*ASPECTS, "average"):
+    for a in ASPECTS:
         vals = [s[a] for s in scored if not (a in TEXT_ASPECTS and skips_text_aspects(s["task_name"]))]
         if vals:
             out[a] = sum(vals) / len(vals)
+    if out:
+        out["average"] = sum(out.values()) / len(out)
     return out
+
+
+def failed_generation_scores(task_name: str) -> dict:
+    """What the judge gives an answer with no text and no image: 0 on every aspect that applies (its own rule),
+    so an adapter whose generation fails is averaged over the same records as one whose does not."""
+    from .judge import ASPECTS, average
+
+    scores = {a: 0.0 for a in ASPECTS}  # all five, as in the judge's replies (aspect_means skips what does not apply)
+    return {**scores, "average": average(scores, task_name), "generation_failed": True}
 
 
 def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool, bench=None, client=None) -> dict:
@@ -76,6 +88,7 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
         scored, judge_failures = [], []
         for item, out in zip(items, outputs):
             if out.get("error"):
+                scored.append({"id": item.id, "task_name": item.task_name, **failed_generation_scores(item.task_name)})
                 continue
             try:
                 s = client.score(item.task_name, item.instruction, item.context,
@@ -86,7 +99,8 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
                 judge_failures.append({"id": item.id, "reason": str(e)[:300]})
         (bench_dir / "judge_scores.json").write_text(json.dumps(scored, indent=2))
         summary = aspect_means(scored)
-        summary.update({"scored": len(scored), "failed": len(judge_failures)})
+        summary.update({"scored": len(scored) - len(failures), "failed": len(judge_failures),
+                        "zero_scored": len(failures), "generation_failure_rate": len(failures) / max(len(items), 1)})
         result["judge"] = summary
         result["judge_failures"] = judge_failures
     return result

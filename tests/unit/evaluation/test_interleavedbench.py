@@ -27,6 +27,7 @@ from orchestrator.evaluation.interleavedbench import (
 )
 from orchestrator.evaluation.judge import (
     ASPECTS,
+    TEXT_ASPECTS,
     DEFAULT_MODEL,
     JudgeClient,
     average,
@@ -502,11 +503,16 @@ def test_run_interleavedbench_end_to_end_with_judge(tiny_model, bench_dir, tmp_p
 
     judge = result["judge"]
     assert judge["scored"] == 3 and judge["failed"] == 0 and result["judge_failures"] == []
+    # gone_0 failed to generate: it counts, with 0 on every aspect (text aspects: story, howto, gone; the others
+    # also edit), so every adapter is averaged over the same records
+    assert judge["zero_scored"] == 1 and judge["generation_failure_rate"] == pytest.approx(1 / 4)
+    expected = {a: SCORES[a] * (2 / 3 if a in TEXT_ASPECTS else 3 / 4) for a in ASPECTS}
     for a in ASPECTS:
-        assert judge[a] == pytest.approx(SCORES[a])
-    assert judge["average"] == pytest.approx((FULL_AVG + EDIT_AVG + FULL_AVG) / 3)
+        assert judge[a] == pytest.approx(expected[a])
+    assert judge["average"] == pytest.approx(sum(expected.values()) / 5)  # the mean of the aspect means
     scores = {s["id"]: s for s in json.loads((bench / "judge_scores.json").read_text())}
-    assert set(scores) == {"story_0", "edit_0", "howto_0"}
+    assert set(scores) == {"story_0", "edit_0", "howto_0", "gone_0"}
+    assert scores["gone_0"]["generation_failed"] and scores["gone_0"]["average"] == 0
     assert scores["edit_0"]["average"] == pytest.approx(EDIT_AVG)
     assert scores["story_0"]["average"] == pytest.approx(FULL_AVG)
     assert scores["edit_0"]["task_name"] == "image_editing"
@@ -531,7 +537,7 @@ def test_run_interleavedbench_judge_failures_do_not_end_the_run(tiny_model, benc
         result = run_interleavedbench(model, spec, bench_config(path), tmp_path / "eval", judge=True)
     assert result["records"] == 4 and [f["id"] for f in result["generation_failures"]] == ["gone_0"]
     assert result["judge"]["scored"] == 1 and result["judge"]["failed"] == 2
-    assert result["judge"]["average"] == pytest.approx(FULL_AVG)
+    assert result["judge"]["average"] == pytest.approx(FULL_AVG / 2)  # story_0 and gone_0 (zeros)
     failures = {f["id"]: f["reason"] for f in result["judge_failures"]}
     assert set(failures) == {"edit_0", "howto_0"}
     assert "no JSON object" in failures["edit_0"] and "not a chat completion" in failures["howto_0"]
