@@ -28,6 +28,9 @@ def check_field(name: str, value) -> None:
         why = "must be an integer >= 1"
     elif name == "alpha" and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
         why = "must be a number > 0"
+    elif name == "alpha_per_rank" and value is not None and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+        why = "must be a number > 0 or null"
     elif name == "dropout" and not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1):
         why = "must be in [0, 1)"
     elif name in ("image_inputs", "train_image_head") and not isinstance(value, bool):
@@ -49,6 +52,9 @@ class MossConfig:
     variant: str = "moss"
     rank: int = 8  # LoRA rank r of every branch, an integer >= 1
     alpha: float = 16.0  # > 0; scale = alpha / rank, on both branches
+    #: > 0 or null: alpha = alpha_per_rank x rank (it overrides alpha), so the scale alpha / rank stays the same
+    #: across a rank ablation; null: alpha as given
+    alpha_per_rank: float | None = None
     dropout: float = 0.0  # dropout on the adapter input, in [0, 1)
     #: k of the causal k x k conv (variants with a conv), an integer >= 1; 1 makes moss as expressive as moe_lora
     kernel_size: int = 3
@@ -70,6 +76,8 @@ class MossConfig:
                 check_field(f.name, getattr(self, f.name))
             except ValueError as e:
                 raise ValueError(f"MossConfig.{e}") from None
+        if self.alpha_per_rank is not None:
+            object.__setattr__(self, "alpha", float(self.alpha_per_rank * self.rank))
 
     @property
     def scaling(self) -> float:

@@ -109,6 +109,12 @@ class _AdapterBase(Section):
         check_field(info.field_name, value)  # MossConfig's own check, naming adapter.<field>
         return value
 
+    @model_validator(mode="after")
+    def _alpha_from_rank(self):
+        if self.alpha_per_rank is not None:  # as MossConfig does: logged params show the alpha in use
+            self.__dict__["alpha"] = float(self.alpha_per_rank * self.rank)
+        return self
+
     def to_moss_config(self) -> MossConfig:
         return MossConfig(**self.model_dump())
 

@@ -37,3 +37,16 @@ def test_formula_examples():
     assert low == r * 2 * d + r * d + 9 * r * r + r * d
     # k = 1: moss-full has exactly moe_lora's parameters
     assert trainable_params_per_layer(MossConfig(variant="moss", rank=r, kernel_size=1), d, d) == 2 * r * 2 * d
+
+
+def test_alpha_per_rank_keeps_the_scale_across_ranks():
+    from orchestrator.config import ConfigError, load_config
+
+    assert [MossConfig(rank=r, alpha_per_rank=2).scaling for r in (4, 32, 256)] == [2.0, 2.0, 2.0]
+    assert MossConfig(rank=32, alpha_per_rank=0.5).alpha == 16.0
+    cfg = MossConfig(rank=8, alpha_per_rank=3)
+    assert MossConfig.from_dict(cfg.to_dict()) == cfg
+    run = load_config(None, ["adapter.rank=64", "adapter.alpha_per_rank=0.25"])
+    assert run.adapter.alpha == 16.0 and run.adapter.to_moss_config().scaling == 0.25  # logged as in use
+    with pytest.raises(ConfigError, match="alpha_per_rank"):
+        load_config(None, ["adapter.alpha_per_rank=0"])
