@@ -26,6 +26,10 @@ def check_field(name: str, value) -> None:
         why = f"is not one of {CONV_SPACES}"
     elif name in ("rank", "kernel_size") and not (_is_int(value) and value >= 1):
         why = "must be an integer >= 1"
+    elif name == "image_rank" and value is not None and not (_is_int(value) and value >= 1):
+        why = "must be an integer >= 1 or null"
+    elif name == "match_params" and value is not None:
+        why = _match_problem(value)
     elif name == "alpha" and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
         why = "must be a number > 0"
     elif name == "alpha_per_rank" and value is not None and not (
@@ -39,6 +43,18 @@ def check_field(name: str, value) -> None:
         why = "must be a non-empty regex or null"
     if why:
         raise ValueError(f"{name}={value!r} {why}")
+
+
+def _match_problem(value) -> str | None:
+    from .variants import variant_names
+
+    if not isinstance(value, dict) or set(value) != {"variant", "rank"}:
+        return "must be {variant: <variant>, rank: <int>} (the adapter whose trainable count to match)"
+    if value["variant"] not in variant_names():
+        return f"names variant {value['variant']!r}, not one of {variant_names()}"
+    if not (_is_int(value["rank"]) and value["rank"] >= 1):
+        return "needs an integer rank >= 1"
+    return None
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,12 @@ class MossConfig:
     #: across a rank ablation; null: alpha as given
     alpha_per_rank: float | None = None
     dropout: float = 0.0  # dropout on the adapter input, in [0, 1)
+    #: rank of the image branch (variants with one); null: rank. The scale stays alpha / rank on both branches
+    image_rank: int | None = None
+    #: {variant: V, rank: R} or null: solve image_rank (from the per-layer parameter formula, on the model's own
+    #: layer widths) so this adapter trains as many parameters as V at rank R, within 2% (equal-parameter
+    #: comparisons); the solved image_rank is what the adapter is built, saved and logged with
+    match_params: dict | None = None
     #: k of the causal k x k conv (variants with a conv), an integer >= 1; 1 makes moss as expressive as moe_lora
     kernel_size: int = 3
     #: full: k x k conv d_in -> r, then B (the paper's form); lowrank: A to r, k x k conv r -> r with a residual,
@@ -78,10 +100,21 @@ class MossConfig:
                 raise ValueError(f"MossConfig.{e}") from None
         if self.alpha_per_rank is not None:
             object.__setattr__(self, "alpha", float(self.alpha_per_rank * self.rank))
+        if self.match_params is not None:
+            from .variants import get_variant
+
+            if get_variant(self.variant).shared_branch:
+                raise ValueError(f"MossConfig.match_params: {self.variant} has no image branch whose rank could be "
+                                 "solved; set its rank instead")
 
     @property
     def scaling(self) -> float:
         return self.alpha / self.rank
+
+    @property
+    def image_r(self) -> int:
+        """The image branch's rank."""
+        return self.image_rank or self.rank
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,3 +152,35 @@ def trainable_params_per_layer(cfg: MossConfig, d_in: int, d_out: int) -> int:
     from .variants import get_variant
 
     return get_variant(cfg.variant).params_per_layer(cfg, d_in, d_out)
+
+
+def match_parameters(cfg: MossConfig, dims: list[tuple[int, int]], tolerance: float = 0.02) -> MossConfig:
+    """``cfg`` with ``image_rank`` solved for ``match_params`` on layers of these (d_in, d_out) widths: the image
+    rank whose total trainable count is closest to the reference adapter's (ValueError beyond ``tolerance``).
+    Unchanged without match_params, or when image_rank is already set (a saved, solved adapter)."""
+    if cfg.match_params is None or cfg.image_rank is not None:
+        return cfg
+    if not dims:
+        raise ValueError("match_params: no adapted layers to count")
+    ref = MossConfig(variant=cfg.match_params["variant"], rank=cfg.match_params["rank"], kernel_size=cfg.kernel_size,
+                     conv_space=cfg.conv_space)
+    target = sum(trainable_params_per_layer(ref, i, o) for i, o in dims)
+
+    def total(ri: int) -> int:
+        c = dataclasses.replace(cfg, image_rank=ri, match_params=None)
+        return sum(trainable_params_per_layer(c, i, o) for i, o in dims)
+
+    lo, hi = 1, 1
+    while total(hi) < target and hi < 1 << 20:  # the count grows with the image rank
+        hi *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if total(mid) < target else (lo, mid)
+    best = min({max(1, lo - 1), lo}, key=lambda r: abs(total(r) - target))
+    off = (total(best) - target) / target
+    if abs(off) > tolerance:
+        raise ValueError(
+            f"match_params: no image rank brings {cfg.variant} (rank {cfg.rank}) within {tolerance:.0%} of "
+            f"{ref.variant} at rank {ref.rank} ({target:,} parameters): image_rank {best} gives {total(best):,} "
+            f"({off:+.1%}); lower adapter.rank so the image branch has room")
+    return dataclasses.replace(cfg, image_rank=best)

@@ -75,8 +75,9 @@ class MossLinear(nn.Module, LoraLayer):
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config, **kwargs: Any) -> None:
         super().update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)  # text branch
-        self.variant.build(self, adapter_name, self.moss, r)  # the image branch's A / conv, as the variant needs
-        self.lora_img_B[adapter_name] = nn.Linear(r, self.out_features, bias=False)
+        ri = self.moss.image_r  # the image branch's rank (image_rank; by default the text rank r)
+        self.variant.build(self, adapter_name, self.moss, ri)  # the image branch's A / conv, as the variant needs
+        self.lora_img_B[adapter_name] = nn.Linear(ri, self.out_features, bias=False)
         nn.init.zeros_(self.lora_img_B[adapter_name].weight)  # fresh adapter == base model
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
@@ -98,7 +99,7 @@ class MossLinear(nn.Module, LoraLayer):
         return self.variant.step_rank_space(self, name, flat, step), self.lora_img_B[name].weight
 
     def _rank_space(self, name: str, x: torch.Tensor, plan: RoutingPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z, W) with adapter output = z @ W.T: z (N, r | 2r) per token, W (d_out, r | 2r).
+        """(z, W) with adapter output = z @ W.T: z (N, r | r + r_img) per token, W (d_out, r | r + r_img).
 
         With images, z = [text-branch z masked to text positions | image-branch z masked to image
         cells] and W = [B_text | B_image], so no d_out-wide tensor is gathered, scattered or masked;

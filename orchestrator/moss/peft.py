@@ -21,7 +21,7 @@ from torch import nn
 
 from ..wrappers import unwrap
 from .cache import Step
-from .config import MossConfig, trainable_params_per_layer
+from .config import MossConfig, match_parameters, trainable_params_per_layer
 from .layers import MossContext, MossLinear
 from .layout import ImageLayout, build_routing_plan
 from .variants import get_variant
@@ -187,8 +187,17 @@ def is_adapter_tensor(name: str) -> bool:
     return ".lora_" in name or HEAD_ROWS in name
 
 
+def target_dims(model: nn.Module, config: MossConfig, spec) -> list[tuple[int, int]]:
+    """(d_in, d_out) of every linear layer the adapter wraps."""
+    pattern = config.target_modules or spec.target_modules
+    return [(m.in_features, m.out_features) for name, m in unwrap(model).named_modules()
+            if re.fullmatch(pattern, name) and hasattr(m, "in_features")]
+
+
 def apply_moss(model: nn.Module, config: MossConfig, spec) -> PeftModel:
-    """Wrap the language model's projections of ``model`` with the adapter ``config`` describes."""
+    """Wrap the language model's projections of ``model`` with the adapter ``config`` describes (with
+    ``match_params``, its image rank solved on this model's layers first: see ``base.moss_config``)."""
+    config = match_parameters(config, target_dims(model, config, spec))
     lora_cfg = lora_config_for(config, spec)
     ctx = None
     if not get_variant(config.variant).shared_branch:
@@ -269,11 +278,9 @@ def trainable_parameters(model: nn.Module) -> int:
 
 def expected_trainable_parameters(model: nn.Module, config: MossConfig, spec) -> int:
     """The closed-form count (see trainable_params_per_layer) summed over the targeted linears."""
-    pattern = config.target_modules or spec.target_modules
-    total = 0
-    for name, module in unwrap(model).named_modules():
-        if re.fullmatch(pattern, name) and hasattr(module, "in_features"):
-            total += trainable_params_per_layer(config, module.in_features, module.out_features)
+    dims = target_dims(model, config, spec)
+    config = match_parameters(config, dims)
+    total = sum(trainable_params_per_layer(config, d_in, d_out) for d_in, d_out in dims)
     rows = image_head_rows(config, spec)
     if rows:  # one row of the head's input width per image code
         head = unwrap(model).get_submodule(spec.image_head_module)

@@ -93,13 +93,13 @@ class MoeLora(Variant):
     description = "a separate linear LoRA per modality, hard-routed"
 
     def params_per_layer(self, cfg, d_in, d_out):
-        return 2 * self.text_params(cfg.rank, d_in, d_out)
+        return self.text_params(cfg.rank, d_in, d_out) + self.text_params(cfg.image_r, d_in, d_out)
 
     def image_macs_per_token(self, cfg, d_in, d_out):
-        return self.text_params(cfg.rank, d_in, d_out)  # one branch runs per token
+        return self.text_params(cfg.image_r, d_in, d_out)  # one branch runs per token
 
     def activation_bytes(self, cfg, tokens, image_tokens, projs, d_in_sum, per):
-        return tokens * projs * 2 * cfg.rank * per
+        return tokens * projs * (cfg.rank + cfg.image_r) * per
 
     def build(self, layer, name, cfg, r):
         layer.lora_img_A[name] = init_linear(layer.in_features, r)
@@ -124,13 +124,13 @@ class Moss(Variant):
         return f"moss/{conv_space or 'full'}"
 
     def params_per_layer(self, cfg, d_in, d_out):
-        r, k = cfg.rank, cfg.kernel_size
-        if cfg.conv_space == "full":  # k x k conv d_in -> r, then B
-            return self.text_params(r, d_in, d_out) + k * k * d_in * r + r * d_out
-        return self.text_params(r, d_in, d_out) + r * d_in + k * k * r * r + r * d_out  # A, conv r -> r, B
+        r, ri, k = cfg.rank, cfg.image_r, cfg.kernel_size
+        if cfg.conv_space == "full":  # k x k conv d_in -> r_img, then B
+            return self.text_params(r, d_in, d_out) + k * k * d_in * ri + ri * d_out
+        return self.text_params(r, d_in, d_out) + ri * d_in + k * k * ri * ri + ri * d_out  # A, conv, B
 
     def image_macs_per_token(self, cfg, d_in, d_out):
-        r, k = cfg.rank, cfg.kernel_size
+        r, k = cfg.image_r, cfg.kernel_size
         if cfg.conv_space == "full":
             return k * k * d_in * r + r * d_out
         return r * d_in + k * k * r * r + r * d_out
@@ -138,8 +138,8 @@ class Moss(Variant):
     def activation_bytes(self, cfg, tokens, image_tokens, projs, d_in_sum, per):
         """MoSS full also keeps the image rows it gathers (d_in each) and the conv taps (k^2 r, twice); the
         low-rank conv its rank-space canvas."""
-        r, k = cfg.rank, cfg.kernel_size
-        text = tokens * projs * 2 * r * per
+        r, k = cfg.image_r, cfg.kernel_size
+        text = tokens * projs * (cfg.rank + r) * per
         if cfg.conv_space == "full":
             return text + image_tokens * (d_in_sum + 2 * projs * k * k * r) * per
         return text + image_tokens * projs * (k * k / 2 + 3) * r * per

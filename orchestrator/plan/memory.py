@@ -51,10 +51,15 @@ class Workload:
     rank: int
     kernel_size: int
     conv_space: str
+    image_rank: int | None = None  # the image branch's, when it differs (adapter.image_rank / match_params)
 
     @property
     def tokens(self) -> int:
         return self.micro_batch * self.seq_len
+
+    @property
+    def image_r(self) -> int:
+        return self.image_rank or self.rank
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import RunConfig
+from ..moss.config import match_parameters
 from ..moss.variants import get_variant
 from .checkpoints import CheckpointCheck, check_checkpoint
 from .hardware import ClusterFileError, NodeType, load_cluster
@@ -39,6 +40,7 @@ class Row:
     strategy: str = "ddp"
     device_gib: float | None = None  # memory of one GPU (or of this machine, for CPU runs)
     trainable: int | None = None
+    image_rank: int | None = None  # solved for adapter.match_params (or adapter.image_rank)
     estimate: Estimate | None = None
     fits: bool | None = None
     image_tokens: tuple[int, int] | None = None  # one image, smallest and largest
@@ -119,6 +121,11 @@ class Planner:
             row.problems.append(f"adapter.train_image_head: {cfg.backbone.name} has no image-code rows in its output "
                                 "head (its images are predicted by a head of their own)")
         self._image_budget(cfg, shape, row)
+        try:
+            row.image_rank = match_parameters(a.to_moss_config(), shape.targets).image_rank
+        except ValueError as e:
+            row.problems.append(f"adapter.{e}")
+            return row
         row.trainable = trainable_parameters(shape, a.to_moss_config())
         if self.memory:
             self._memory(cfg, shape, row)
@@ -159,7 +166,8 @@ class Planner:
                         checkpointing=t.activation_checkpointing, strategy=t.strategy, workers=cfg.scaling.num_workers,
                         loss_chunk=t.loss_chunk_tokens, image_fraction=min(1.0, fit * cells / cfg.data.max_seq_len),
                         head_rows=a.train_image_head,
-                        variant=a.variant, rank=a.rank, kernel_size=a.kernel_size, conv_space=a.conv_space)
+                        variant=a.variant, rank=a.rank, kernel_size=a.kernel_size, conv_space=a.conv_space,
+                        image_rank=match_parameters(a.to_moss_config(), shape.targets).image_rank)
 
     def estimate(self, cfg: RunConfig, shape: ModelShape, trainable: int, w: Workload) -> Estimate:
         return estimate(shape, trainable, w, cfg.plan.margin_gb, cfg.plan.margin_fraction)

@@ -44,8 +44,9 @@ class ModelShape:
 
 def trainable_parameters(shape: ModelShape, moss_cfg) -> int:
     """Adapter parameters of a MossConfig on this model (closed form; + trained head rows)."""
-    from ..moss.config import trainable_params_per_layer
+    from ..moss.config import match_parameters, trainable_params_per_layer
 
+    moss_cfg = match_parameters(moss_cfg, shape.targets)  # ValueError: match_params out of reach (a config problem)
     n = sum(trainable_params_per_layer(moss_cfg, d_in, d_out) for d_in, d_out in shape.targets)
     if moss_cfg.train_image_head:
         n += shape.image_head_rows * shape.hidden

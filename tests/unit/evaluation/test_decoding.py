@@ -75,7 +75,10 @@ class TextOnlyDecoder(IncrementalDecoder):
         return TEXT_STEP
 
 
-CASES = dict(ADAPTERS, **{"moss-full-no-image-inputs": MossConfig(rank=4, alpha=8, image_inputs=False)})
+CASES = dict(ADAPTERS, **{"moss-full-no-image-inputs": MossConfig(rank=4, alpha=8, image_inputs=False),
+                          # an image branch of its own rank (adapter.image_rank / match_params): the caches follow it
+                          "moss-full-image-rank-3": MossConfig(rank=4, alpha=8, image_rank=3),
+                          "moss-lowrank-image-rank-6": MossConfig(rank=4, alpha=8, image_rank=6, conv_space="lowrank")})
 
 
 @pytest.mark.parametrize("label", list(CASES))
