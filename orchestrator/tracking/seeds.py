@@ -80,9 +80,21 @@ def group_rows(rows: list, mode: str) -> list[Group]:
     return sorted(groups, key=lambda g: sign * g.interval.mean)
 
 
+def reference_rank(row) -> int | None:
+    """The LoRA rank a run is compared with: the one its parameters were matched to (adapter.match_params),
+    else its own rank."""
+    if row.settings.get("adapter.match_params.variant") == REFERENCE:
+        try:
+            return int(row.settings["adapter.match_params.rank"])
+        except (KeyError, ValueError):
+            pass
+    return row.rank
+
+
 def paired_to_lora(groups: list[Group]) -> list[dict]:
-    """Each non-LoRA configuration against the best LoRA configuration of the same backbone, rank and budget:
-    the mean over shared seeds of (its value - LoRA's), both read at the last step the two runs share."""
+    """Each non-LoRA configuration against the best LoRA configuration of the same backbone, rank (the matched
+    one for equal-parameter runs) and budget: the mean over shared seeds of (its value - LoRA's), both read at
+    the last step the two runs share."""
     lora: dict[tuple, Group] = {}
     for g in groups:  # best first: the first LoRA group of a (backbone, rank, budget) is its best
         r = g.first
@@ -91,7 +103,7 @@ def paired_to_lora(groups: list[Group]) -> list[dict]:
     out = []
     for g in groups:
         r = g.first
-        base = lora.get((r.backbone, r.rank, r.budget))
+        base = lora.get((r.backbone, reference_rank(r), r.budget))
         if r.variant == REFERENCE or base is None:
             continue
         theirs = {x.seed: x for x in base.rows}
@@ -105,7 +117,10 @@ def paired_to_lora(groups: list[Group]) -> list[dict]:
         if diff is None:
             continue
         out.append({"backbone": r.backbone, "label": r.label, "rank": r.rank, "kernel_size": r.kernel_size, "lr": r.lr,
-                    "budget": r.budget, "lora_lr": base.first.lr, "pairs": diff.n, "diff": diff.mean,
+                    "budget": r.budget, "lora_rank": base.first.rank, "lora_lr": base.first.lr,
+                    "params_ratio": (r.trainable_parameters / base.first.trainable_parameters
+                                     if r.trainable_parameters and base.first.trainable_parameters else None),
+                    "pairs": diff.n, "diff": diff.mean,
                     "half_width": diff.half_width, "excludes_zero": diff.excludes_zero})
     return out
 
@@ -123,10 +138,13 @@ def markdown_sections(groups: list[Group], pairs: list[dict], metric: str, mode:
              ""]
     better = "negative" if mode == "min" else "positive"
     parts += ["## Paired difference to LoRA", "", f"Mean over shared seeds of (run - LoRA run with the same seed, "
-              f"backbone, rank and step budget; the best LoRA configuration there), read at the last step both reached; "
+              f"backbone, rank and step budget; the best LoRA configuration there; for an equal-parameter run "
+              f"(adapter.match_params) the LoRA rank it was matched to), read at the last step both reached; "
               f"{better} = better than LoRA. *yes*: the interval excludes 0.", ""]
-    parts.append(table(["backbone", "variant", "rank", "kernel", "lr", "steps", "pairs", "difference", "± 95%", "≠ 0"],
-                       [[p["backbone"], p["label"], p["rank"], p["kernel_size"], p["lr"], p["budget"], p["pairs"],
-                         p["diff"], p["half_width"], {True: "yes", False: "no", None: "–"}[p["excludes_zero"]]]
+    parts.append(table(["backbone", "variant", "rank", "kernel", "vs LoRA rank", "params × LoRA", "steps", "pairs",
+                        "difference", "± 95%", "≠ 0"],
+                       [[p["backbone"], p["label"], p["rank"], p["kernel_size"], p["lora_rank"], p["params_ratio"],
+                         p["budget"], p["pairs"], p["diff"], p["half_width"],
+                         {True: "yes", False: "no", None: "–"}[p["excludes_zero"]]]
                         for p in pairs]) if pairs else "No LoRA runs with matching seeds, rank and budget.")
     return parts + [""]

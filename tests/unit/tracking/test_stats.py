@@ -122,3 +122,12 @@ def test_runs_with_other_settings_are_other_configurations():
     a.settings = b.settings = {"adapter.variant": "lora", "train.grad_accum": "1"}
     c.settings = {"adapter.variant": "lora", "train.grad_accum": "4"}  # separate `moss train` runs, no sampled tag
     assert sorted(g.interval.n for g in group_rows([a, b, c], "min")) == [1, 2]
+
+
+def test_an_equal_parameter_run_is_paired_with_the_lora_rank_it_was_matched_to():
+    lora = [row("lora", s, 2.0 + 0.1 * s, rank=8) for s in range(3)] + [row("lora", s, 9.0, rank=4) for s in range(3)]
+    matched = [row("moss", s, 1.9 + 0.1 * s, rank=4, label="moss/full") for s in range(3)]
+    for r in matched:
+        r.settings = {"adapter.match_params.variant": "lora", "adapter.match_params.rank": "8", "adapter.rank": "4"}
+    (pair,) = paired_to_lora(group_rows(lora + matched, "min"))
+    assert pair["lora_rank"] == 8 and pair["diff"] == pytest.approx(-0.1) and pair["pairs"] == 3
