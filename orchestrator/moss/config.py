@@ -76,8 +76,8 @@ class MossConfig:
     image_rank: int | None = None
     #: {variant: V, rank: R} or null: solve image_rank (from the per-layer parameter formula, on the model's own
     #: layer widths) so this adapter trains as many parameters as V at rank R, within 2% (equal-parameter
-    #: comparisons); the solved image_rank is what the adapter is built, saved and logged with
-    match_params: dict | None = None
+    #: comparisons); the adapter is built and saved with the solved rank (MLflow: adapter.image_rank_in_use)
+    match_params: dict | None = dataclasses.field(default=None, hash=False)
     #: k of the causal k x k conv (variants with a conv), an integer >= 1; 1 makes moss as expressive as moe_lora
     kernel_size: int = 3
     #: full: k x k conv d_in -> r, then B (the paper's form); lowrank: A to r, k x k conv r -> r with a residual,
@@ -170,6 +170,9 @@ def match_parameters(cfg: MossConfig, dims: list[tuple[int, int]], tolerance: fl
         c = dataclasses.replace(cfg, image_rank=ri, match_params=None)
         return sum(trainable_params_per_layer(c, i, o) for i, o in dims)
 
+    if total(2) == total(1):
+        raise ValueError(f"match_params: {cfg.variant}'s parameter formula does not depend on the image rank "
+                         "(Variant.params_per_layer must count the image branch at cfg.image_r)")
     lo, hi = 1, 1
     while total(hi) < target and hi < 1 << 20:  # the count grows with the image rank
         hi *= 2

@@ -292,7 +292,8 @@ class Planner:
         rank = cfg.adapter.rank // 2
         while rank >= 1 and len(out) < 4:
             moss = cfg.adapter.model_copy(update={"rank": rank}).to_moss_config()
-            if est := fits(replace(w, rank=rank), trainable=trainable_parameters(shape, moss)):
+            image_rank = match_parameters(moss, shape.targets).image_rank  # re-solved for this text rank
+            if est := fits(replace(w, rank=rank, image_rank=image_rank), trainable=trainable_parameters(shape, moss)):
                 out.append(f"a rank cap: adapter.rank <= {rank} (~{est.total / GiB:.1f} GiB)")
                 break
             rank //= 2

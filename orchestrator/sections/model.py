@@ -110,6 +110,16 @@ class _AdapterBase(Section):
         return value
 
     @model_validator(mode="after")
+    def _together(self):
+        if self.match_params is not None and self.image_rank is not None:
+            raise ValueError("image_rank and match_params both set: match_params solves image_rank; give one")
+        try:
+            self.to_moss_config()  # MossConfig's checks across fields (e.g. match_params on a variant without image branch)
+        except ValueError as e:
+            raise ValueError(str(e).removeprefix("MossConfig.")) from None
+        return self
+
+    @model_validator(mode="after")
     def _alpha_from_rank(self):
         if self.alpha_per_rank is not None:  # as MossConfig does: logged params show the alpha in use
             self.__dict__["alpha"] = float(self.alpha_per_rank * self.rank)

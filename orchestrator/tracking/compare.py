@@ -15,7 +15,7 @@ from pathlib import Path
 from ..moss.variants import REFERENCE, find_variant, label_of
 from . import mlflow as tracking
 from . import tags as TAG
-from .seeds import group_rows, identity, markdown_sections, paired_to_lora, value_at
+from .seeds import group_rows, identity, markdown_sections, paired_to_lora, reference_rank, value_at
 
 REPORT_ARTIFACTS = "report"
 
@@ -126,7 +126,7 @@ class Comparison:
                 lora.setdefault((r.backbone, r.rank), r)
         gaps = []
         for r in self.rows:
-            base = lora.get((r.backbone, r.rank))
+            base = lora.get((r.backbone, reference_rank(r)))  # equal-parameter runs: the LoRA rank they matched
             if r.variant == REFERENCE or base is None or r.value is None:
                 continue
             step = min(r.step, base.step)
@@ -220,7 +220,8 @@ def markdown(c: Comparison, plots: dict[str, str]) -> str:
                        for r in c.best_per_variant()]), ""]
     gaps = c.lora_gaps()
     parts += ["## Gap to LoRA at equal rank", "",
-              f"Each run minus the best plain-LoRA run of the same backbone and rank ({'negative' if c.mode == 'min' else 'positive'} "
+              f"Each run minus the best plain-LoRA run of the same backbone and rank (an equal-parameter run: the rank it was "
+              f"matched to; {'negative' if c.mode == 'min' else 'positive'} "
               "= better than LoRA), both read at the last step the two runs share, with trainable parameters "
               "as a multiple of that LoRA's.", ""]
     parts.append(md_table(["backbone", "variant", "rank", "kernel", "at step", c.metric, "LoRA", "gap", "gap %",

@@ -141,9 +141,9 @@ def markdown_sections(groups: list[Group], pairs: list[dict], metric: str, mode:
               f"backbone, rank and step budget; the best LoRA configuration there; for an equal-parameter run "
               f"(adapter.match_params) the LoRA rank it was matched to), read at the last step both reached; "
               f"{better} = better than LoRA. *yes*: the interval excludes 0.", ""]
-    parts.append(table(["backbone", "variant", "rank", "kernel", "vs LoRA rank", "params × LoRA", "steps", "pairs",
+    parts.append(table(["backbone", "variant", "rank", "kernel", "lr", "vs LoRA rank", "params × LoRA", "steps", "pairs",
                         "difference", "± 95%", "≠ 0"],
-                       [[p["backbone"], p["label"], p["rank"], p["kernel_size"], p["lora_rank"], p["params_ratio"],
+                       [[p["backbone"], p["label"], p["rank"], p["kernel_size"], p["lr"], p["lora_rank"], p["params_ratio"],
                          p["budget"], p["pairs"], p["diff"], p["half_width"],
                          {True: "yes", False: "no", None: "–"}[p["excludes_zero"]]]
                         for p in pairs]) if pairs else "No LoRA runs with matching seeds, rank and budget.")

@@ -186,7 +186,9 @@ def train_loop(loop_config: dict) -> dict:
         logger = MetricsLogger(run["tracking_uri"], run["mlflow_run_id"], cfg.tracking,
                                Journal.on(storage.storage_filesystem, storage.experiment_fs_path))
     if logger is not None:
-        logger.log_params({"trainable_parameters": str(n_trainable), "world_size": str(ctx.get_world_size())})
+        in_use = unwrap(model).moss_config  # with match_params: the image rank solved on this model
+        logger.log_params({"trainable_parameters": str(n_trainable), "world_size": str(ctx.get_world_size()),
+                           "adapter.image_rank_in_use": str(in_use.image_r)})
         if restored is not None:
             logger.log({"resumed_from_step": state.step}, state.step)
 

@@ -42,6 +42,21 @@ def test_an_unreachable_match_and_a_variant_without_image_branch_are_refused():
         MossConfig(variant="lora", match_params={"variant": "lora", "rank": 256})
     with pytest.raises(ValueError, match="match_params"):
         MossConfig(match_params={"variant": "lora"})
+    from orchestrator.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="no image branch"):  # refused by the run config, before any cluster work
+        load_config(None, ["adapter.variant=lora", "adapter.match_params={variant: moe_lora, rank: 8}"])
+    with pytest.raises(ConfigError, match="give one"):
+        load_config(None, ["adapter.image_rank=4", "adapter.match_params={variant: lora, rank: 8}"])
+
+
+def test_a_variant_whose_formula_ignores_the_image_rank_cannot_be_matched(monkeypatch):
+    from orchestrator.moss.variants import get_variant
+
+    moe = get_variant("moe_lora")
+    monkeypatch.setattr(type(moe), "params_per_layer", lambda self, cfg, d_in, d_out: 2 * cfg.rank * (d_in + d_out))
+    with pytest.raises(ValueError, match="does not depend on the image rank"):
+        match_parameters(MossConfig(variant="moe_lora", rank=64, match_params={"variant": "lora", "rank": 256}), ANOLE_7B)
 
 
 @pytest.mark.parametrize("cfg", [
