@@ -23,13 +23,13 @@ class TanhLora(Variant):  # --- the whole variant: docs/extending.md shows this 
     description = "a linear LoRA per modality; the image branch's rank space squashed by tanh"
 
     def params_per_layer(self, cfg, d_in, d_out):
-        return 2 * self.text_params(cfg.rank, d_in, d_out)
+        return self.text_params(cfg.rank, d_in, d_out) + self.text_params(cfg.image_r, d_in, d_out)
 
     def image_macs_per_token(self, cfg, d_in, d_out):
-        return self.text_params(cfg.rank, d_in, d_out)
+        return self.text_params(cfg.image_r, d_in, d_out)
 
     def activation_bytes(self, cfg, tokens, image_tokens, projs, d_in_sum, per):
-        return tokens * projs * 2 * cfg.rank * per + image_tokens * projs * cfg.rank * per
+        return tokens * projs * (cfg.rank + cfg.image_r) * per + image_tokens * projs * cfg.image_r * per
 
     def build(self, layer, name, cfg, r):
         layer.lora_img_A[name] = init_linear(layer.in_features, r)
