@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install docs demo test test-fast bench bench-data bench-train bench-sweep bench-generation clean
+.PHONY: install docs demo test test-fast bench bench-data bench-train bench-sweep bench-generation bench-locality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-sweep: $(STAMP)
 
 bench-generation: $(STAMP)
 	$(BIN)/python benchmarks/generation.py
+
+bench-locality: $(STAMP)
+	$(BIN)/python benchmarks/locality.py
 
 clean:
 	rm -rf $(VENV) demo_out benchmarks/results report generated eval .pytest_cache

@@ -1,4 +1,4 @@
-"""`ray job submit ... -- python jobs/demo.py [--out DIR]`: the demo (sample -> shards -> smoke sweep -> report)."""
+"""`ray job submit ... -- python jobs/demo.py [--out DIR]`: the demo (sample -> shards -> demo sweep -> report)."""
 
 import sys
 

@@ -32,9 +32,9 @@ def _config_command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
 
 def _run_parsers(sub) -> None:
     """demo, plan, validate, preprocess, train, sweep."""
-    demo = sub.add_parser("demo", help="sample set -> Ray Data shards -> the smoke sweep (Tune + Train + MLflow) -> report")
+    demo = sub.add_parser("demo", help="sample set -> Ray Data shards -> the demo sweep (Tune + Train + MLflow, 3 seeds) -> report")
     demo.add_argument("--out", default="demo_out", help="folder for everything it writes (sample, shards, runs, report)")
-    demo.add_argument("--space", help="search space (default: search_spaces/smoke.yaml)")
+    demo.add_argument("--space", help="search space (default: search_spaces/demo.yaml)")
     demo.add_argument("--per-domain", type=int, default=60, help="sample records per domain")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a dotted key of the space's base config (repeatable)")

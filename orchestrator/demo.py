@@ -1,5 +1,5 @@
 """`moss demo`: the whole product on a laptop, offline: the bundled LeafInstruct-format sample set ->
-Ray Data shards -> the smoke sweep (Ray Tune over Ray Train, MLflow parent + child runs) -> report ->
+Ray Data shards -> the demo sweep (Ray Tune over Ray Train, MLflow parent + child runs) -> report ->
 `moss evaluate` of the best trial (held-out loss / perplexity, editing metrics, MLflow run linked to it).
 
 Everything it writes goes under one folder (default demo_out/): sample/, shards/, ray_results/,
@@ -20,7 +20,7 @@ from .runtime import init_ray
 from .sweeps.space import load_space
 from .sweeps.tuner import describe_plan, format_summary, plan_sweep, run_sweep
 
-SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
+DEMO = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 
 
 def demo_overrides(root: Path) -> list[str]:
@@ -28,7 +28,7 @@ def demo_overrides(root: Path) -> list[str]:
             f"storage.path={root / 'ray_results'}", f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
 
 
-def run_demo(out_dir: str = "demo_out", space: str | Path = SMOKE, per_domain: int = 60,
+def run_demo(out_dir: str = "demo_out", space: str | Path = DEMO, per_domain: int = 60,
              extra: list[str] | tuple[str, ...] = ()) -> dict:
     t0 = time.perf_counter()
     root = Path(out_dir).resolve()

@@ -26,6 +26,8 @@ class JanusSpec(VQSpec):
     name = "janus"
     decoder_path = "model.language_model.layers"
     model_class = JanusForConditionalGeneration
+    logit_heads = ("lm_head", "model.generation_head.vision_head")  # text; image codes (after proj_out + GELU)
+    head_inputs = ("model.generation_head.proj_out",)
     hub_checkpoints = {"deepseek-community/Janus-Pro-7B": HubCheckpoint("pro-7b"),
                        "deepseek-community/Janus-Pro-1B": HubCheckpoint("pro-1b")}
     # deepseek-ai/Janus-Pro-{7B,1B} language_config (max_position_embeddings 16384 in both)

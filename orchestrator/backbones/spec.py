@@ -25,6 +25,7 @@ from torch import nn
 from ..layout import ImageLayout
 from ..wrappers import unwrap
 from .frame import ImageBudget, ImageFrame, ImagePiece
+from .heads import init_confident_heads
 from .hub import HubCheckpoint
 from .loss import IGNORE_INDEX, LossOutput, refuse_ddp, split_ce
 from .tokenizer import build_byte_tokenizer
@@ -78,6 +79,10 @@ class BackboneSpec(ABC):
     standin_model_type: str | None = None
     #: how to turn another published format into a transformers checkpoint (said when a format is refused)
     conversion_hint = ""
+    #: dotted paths of the Linear layers that produce logits; random-init presets draw them so a frozen head
+    #: can express confident predictions (heads.py), and the Linear layers feeding them inside a head
+    logit_heads: tuple[str, ...] = ("lm_head",)
+    head_inputs: tuple[str, ...] = ()
 
     def __init__(self, checkpoint: str = TINY, revision: str | None = None, trust_remote_code: bool = False):
         self.checkpoint = checkpoint
@@ -150,6 +155,7 @@ class BackboneSpec(ABC):
             torch.manual_seed(seed)
             model = self.model_class(self.random_config())
             self.init_random(model)
+            init_confident_heads(model, self.logit_heads, self.head_inputs, self.initializer_range(model), seed)
             model = model.to(dtype) if dtype is not None else model
         else:
             model = self.load(dtype)
@@ -158,6 +164,13 @@ class BackboneSpec(ABC):
     def rebind(self, checkpoint: str) -> BackboneSpec:
         """This spec, with the same settings, bound to another checkpoint."""
         return type(self)(checkpoint)
+
+    @staticmethod
+    def initializer_range(model: nn.Module) -> float:
+        """The std the config draws weights at (its text config's, for composite configs)."""
+        config = model.config
+        config = getattr(config, "text_config", None) or getattr(config, "language_config", None) or config
+        return float(getattr(config, "initializer_range", 0.02))
 
     def init_random(self, model: nn.Module) -> None:
         """Finish a random-init build (e.g. put in the preset's fixed image tokenizer)."""

@@ -7,9 +7,9 @@ import argparse
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import SMOKE, run_demo
+    from ..demo import DEMO, run_demo
 
-    summary = run_demo(out_dir=args.out, space=args.space or SMOKE, per_domain=args.per_domain, extra=args.set)
+    summary = run_demo(out_dir=args.out, space=args.space or DEMO, per_domain=args.per_domain, extra=args.set)
     return 0 if summary["errors"] == 0 and not summary["interrupted"] else 1
 
 

@@ -31,6 +31,7 @@ class Emu2Spec(Emu2Hub, Emu2Vision, Emu2Loss, Emu2Generation, BackboneSpec):
     name = "emu2"
     model_class = Emu2StandIn
     decoder_path = "model.decoder.lm.model.layers"
+    logit_heads = ("model.decoder.lm.lm_head",)  # text only: images are regressed (project_down)
     hub_checkpoints = {"BAAI/Emu2": HubCheckpoint("37b"), "BAAI/Emu2-Gen": HubCheckpoint("37b")}
     model_types = ()  # BAAI's config names its own remote-code class (auto_map): see remote_code
     remote_code = True
