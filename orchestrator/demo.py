@@ -20,7 +20,9 @@ from .runtime import init_ray
 from .sweeps.space import load_space
 from .sweeps.tuner import describe_plan, format_summary, plan_sweep, run_sweep
 
-DEMO = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+DEMO = SPACES / "demo.yaml"  # what the demo runs
+SMOKE = SPACES / "smoke.yaml"  # its exploration twin (benchmarks/sweep_efficiency.py)
 
 
 def demo_overrides(root: Path) -> list[str]:

@@ -46,8 +46,11 @@ def init_confident_heads(model: nn.Module, logit_heads: tuple[str, ...], head_in
         for path in head_inputs:
             layer = attrgetter(path)(model)
             drawn[path] = max(floor, 1 / math.sqrt(layer.in_features))
+        embeddings = model.get_input_embeddings().weight
         for path in logit_heads:
             layer = attrgetter(path)(model)
+            if layer.weight is embeddings:  # redrawing it would also scale every input embedding
+                raise ValueError(f"{path} is tied to the input embeddings: untie them in the preset's config")
             drawn[path] = max(floor, confident_std(layer.in_features, layer.out_features))
         for path, std in drawn.items():
             layer = attrgetter(path)(model)

@@ -47,6 +47,7 @@ class JanusSpec(VQSpec):
         p = self.preset
         return JanusConfig(
             image_token_id=self.token_id("<image_placeholder>"),
+            tie_word_embeddings=False,  # the presets redraw lm_head alone (heads.py), not the input embeddings
             text_config=dict(model_type="llama", vocab_size=TINY_TEXT_VOCAB, hidden_size=p["hidden"],
                              intermediate_size=p["intermediate"], num_hidden_layers=p["layers"],
                              num_attention_heads=p["heads"], num_key_value_heads=p["heads"],

@@ -38,9 +38,28 @@ def test_the_std_follows_the_logit_bound():
         confident_std(4, 10_000)
 
 
-def test_heads_are_seeded_and_the_rest_keeps_the_real_init():
+def test_heads_are_seeded():
     spec = spec_for("chameleon")
     a, b, c = spec.build(seed=0), spec.build(seed=0), spec.build(seed=1)
     assert torch.equal(a.lm_head.weight, b.lm_head.weight) and not torch.equal(a.lm_head.weight, c.lm_head.weight)
-    q = a.model.layers[0].self_attn.q_proj.weight
-    assert q.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_the_rest_keeps_the_real_init(name):
+    """Input embeddings (not tied to a redrawn head) and the decoder's projections stay at the config's std."""
+    spec = spec_for(name)
+    model = spec.build(seed=0)
+    std = spec.initializer_range(model)
+    assert model.get_input_embeddings().weight.std().item() == pytest.approx(std, rel=0.1)
+    q = spec.decoder_layers(model)[0].self_attn.q_proj.weight
+    assert q.std().item() == pytest.approx(std, rel=0.1)
+
+
+def test_a_head_tied_to_the_embeddings_is_refused():
+    from orchestrator.backbones.heads import init_confident_heads
+
+    spec = spec_for("chameleon")
+    model = spec.build(seed=0)
+    model.lm_head.weight = model.get_input_embeddings().weight
+    with pytest.raises(ValueError, match="tied to the input embeddings"):
+        init_confident_heads(model, ("lm_head",), (), 0.02, seed=0)

@@ -65,7 +65,7 @@ def test_kv_cache_steps_refuse_image_tokens_but_decode_text(name):
     ids = spec.encode(["Say hi:"])["input_ids"][None]
     # text only: the untrained base may well prefer an image token, which the next assertion is about
     text = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, use_cache=True,
-                          suppress_tokens=spec.text_banned_ids())
+                          min_new_tokens=3, suppress_tokens=spec.text_banned_ids())
     assert text.shape[1] == ids.shape[1] + 3
     out = model(input_ids=ids, use_cache=True)
     step = spec.image_token_ids[:1][None]
