@@ -60,6 +60,7 @@ def train_one(job: dict) -> dict:
     import torch
 
     from orchestrator.backbones import get_backbone
+    from orchestrator.backbones.heads import config_std
     from orchestrator.data.locality import RuleGrids
     from orchestrator.moss import MossConfig
     from orchestrator.moss.peft import apply_moss, trainable_parameters
@@ -82,7 +83,7 @@ def train_one(job: dict) -> dict:
         with torch.no_grad():
             for path in spec.logit_heads + spec.head_inputs:
                 w = model.get_submodule(path).weight
-                w.copy_(torch.randn(w.shape, generator=g) * spec.initializer_range(model))
+                w.copy_(torch.randn(w.shape, generator=g) * config_std(model))
     fields = dict(CONFIGS[job["config"]])
     if "match_params" in fields:
         cfg = equal_parameters(model, spec, fields, job["rank"])

@@ -24,6 +24,8 @@ from operator import attrgetter
 import torch
 from torch import nn
 
+from .hub import language_config
+
 HEAD_MARGIN = 16.0  # nats a frozen random head lets a prediction reach (p = 0.95 of 768 needs 9.6)
 HEAD_SEED = 0x4EAD  # offset of the head's generator from the model seed
 
@@ -36,10 +38,16 @@ def confident_std(d: int, vocab: int, margin: float = HEAD_MARGIN) -> float:
     return margin / usable
 
 
+def config_std(model: nn.Module) -> float:
+    """The std the model's config draws weights at (its language model's, for composite configs)."""
+    return float(getattr(language_config(model.config), "initializer_range", 0.02))
+
+
 def init_confident_heads(model: nn.Module, logit_heads: tuple[str, ...], head_inputs: tuple[str, ...],
-                         floor: float, seed: int) -> dict[str, float]:
-    """Redraw the logit heads (and the Linear layers feeding them inside a head, variance-preserving);
-    returns {path: std} of what was drawn. ``floor``: the config's initializer_range."""
+                         seed: int) -> dict[str, float]:
+    """Redraw the logit heads (and the Linear layers feeding them inside a head, variance-preserving), never
+    below the config's own std; returns {path: std} of what was drawn."""
+    floor = config_std(model)
     g = torch.Generator().manual_seed(seed + HEAD_SEED)
     drawn = {}
     with torch.no_grad():

@@ -20,6 +20,11 @@ class HubCheckpoint:
     warning: str | None = None
 
 
+def language_config(config):
+    """The language model's part of a config (``text_config`` of composite configs, else the config)."""
+    return getattr(config, "text_config", None) or config
+
+
 def load_submodule(checkpoint: str, model_class, get_sub, prefixes: tuple[str, ...], revision: str | None = None) -> nn.Module:
     """Load one submodule (e.g. the VQ) of a checkpoint without loading the language model weights.
 

@@ -26,7 +26,7 @@ from ..layout import ImageLayout
 from ..wrappers import unwrap
 from .frame import ImageBudget, ImageFrame, ImagePiece
 from .heads import init_confident_heads
-from .hub import HubCheckpoint
+from .hub import HubCheckpoint, language_config
 from .loss import IGNORE_INDEX, LossOutput, refuse_ddp, split_ce
 from .tokenizer import build_byte_tokenizer
 
@@ -79,8 +79,7 @@ class BackboneSpec(ABC):
     standin_model_type: str | None = None
     #: how to turn another published format into a transformers checkpoint (said when a format is refused)
     conversion_hint = ""
-    #: dotted paths of the Linear layers that produce logits; random-init presets draw them so a frozen head
-    #: can express confident predictions (heads.py), and the Linear layers feeding them inside a head
+    #: the Linear layers that produce logits (and feed them inside a head): presets redraw them (heads.py)
     logit_heads: tuple[str, ...] = ("lm_head",)
     head_inputs: tuple[str, ...] = ()
 
@@ -155,7 +154,7 @@ class BackboneSpec(ABC):
             torch.manual_seed(seed)
             model = self.model_class(self.random_config())
             self.init_random(model)
-            init_confident_heads(model, self.logit_heads, self.head_inputs, self.initializer_range(model), seed)
+            init_confident_heads(model, self.logit_heads, self.head_inputs, seed)
             model = model.to(dtype) if dtype is not None else model
         else:
             model = self.load(dtype)
@@ -164,13 +163,6 @@ class BackboneSpec(ABC):
     def rebind(self, checkpoint: str) -> BackboneSpec:
         """This spec, with the same settings, bound to another checkpoint."""
         return type(self)(checkpoint)
-
-    @staticmethod
-    def initializer_range(model: nn.Module) -> float:
-        """The std the config draws weights at (its text config's, for composite configs)."""
-        config = model.config
-        config = getattr(config, "text_config", None) or getattr(config, "language_config", None) or config
-        return float(getattr(config, "initializer_range", 0.02))
 
     def init_random(self, model: nn.Module) -> None:
         """Finish a random-init build (e.g. put in the preset's fixed image tokenizer)."""
@@ -184,10 +176,8 @@ class BackboneSpec(ABC):
         return None
 
     def export_tiny(self, directory: str, seed: int = 0) -> str:
-        """Write a complete local checkpoint (weights, tokenizer, image processor) of the tiny model.
-
-        ``get_backbone(name, checkpoint=directory)`` then exercises the same loading code as a hub id.
-        """
+        """Write a complete local checkpoint (weights, tokenizer, image processor) of the tiny model: loading
+        it (``get_backbone(name, checkpoint=directory)``) exercises the same code as a hub id."""
         if not self.is_random:
             raise ValueError("export_tiny needs a spec bound to a random-init preset")
         self.build(seed=seed).save_pretrained(directory)
@@ -214,8 +204,7 @@ class BackboneSpec(ABC):
     @staticmethod
     def position_limit(config) -> int | None:
         """The language model's position limit (max_position_embeddings), where the config says it."""
-        text = getattr(config, "text_config", None) or config
-        return getattr(text, "max_position_embeddings", None)
+        return getattr(language_config(config), "max_position_embeddings", None)
 
     def enable_activation_checkpointing(self, model: nn.Module) -> None:
         """Recompute decoder activations in the backward pass (transformers' gradient checkpointing)."""

@@ -6,7 +6,7 @@ from operator import attrgetter
 import pytest
 import torch
 
-from orchestrator.backbones.heads import HEAD_MARGIN, confident_std
+from orchestrator.backbones.heads import HEAD_MARGIN, config_std, confident_std
 from tests.helpers import BACKBONE_NAMES, spec_for
 
 
@@ -49,7 +49,7 @@ def test_the_rest_keeps_the_real_init(name):
     """Input embeddings (not tied to a redrawn head) and the decoder's projections stay at the config's std."""
     spec = spec_for(name)
     model = spec.build(seed=0)
-    std = spec.initializer_range(model)
+    std = config_std(model)
     assert model.get_input_embeddings().weight.std().item() == pytest.approx(std, rel=0.1)
     q = spec.decoder_layers(model)[0].self_attn.q_proj.weight
     assert q.std().item() == pytest.approx(std, rel=0.1)
@@ -62,4 +62,4 @@ def test_a_head_tied_to_the_embeddings_is_refused():
     model = spec.build(seed=0)
     model.lm_head.weight = model.get_input_embeddings().weight
     with pytest.raises(ValueError, match="tied to the input embeddings"):
-        init_confident_heads(model, ("lm_head",), (), 0.02, seed=0)
+        init_confident_heads(model, ("lm_head",), (), seed=0)
