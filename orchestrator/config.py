@@ -67,7 +67,8 @@ LATER_DEFAULTS: dict[str, Any] = {
     "data.allowed_schemes": None, "data.max_record_bytes": 16 * 2**20, "data.max_file_bytes": 2**30,
     "train.stall_timeout_s": 600.0, "tracking.retry_every_s": 15.0, "tracking.startup_wait_s": 300.0,
     "tracking.flush_timeout_s": 60.0, "adapter.alpha_per_rank": None, "adapter.image_rank": None,
-    "adapter.match_params": None,
+    "adapter.match_params": None, "train.loss_normalization": "auto",
+    "adapter.conv_activation": "none",
 }
 
 

@@ -93,3 +93,21 @@ def fixed_grid_layout(
             row.append(ImageSegment(off, h, w, w, seg.n_cells, is_input_image(labels, b, seg.positions())))
         segs.append(row)
     return ImageLayout.from_lists(segs, input_ids.shape[1])
+
+
+def frame_positions(frame_of, input_ids: torch.Tensor, layout: ImageLayout) -> torch.Tensor:
+    """(B, T) mask of the tokens that frame each laid-out image (open, header, row ends, close): not
+    content, so neither text nor image in the loss's metrics (``frame_loss``). ``frame_of(h, w)``: the
+    backbone's ImageFrame. A position counts only where it holds the frame's own token, so a cut image
+    or a frame the layout does not describe never marks text."""
+    mask = torch.zeros(input_ids.shape, dtype=torch.bool)
+    ids = input_ids.cpu()
+    for b, segments in enumerate(layout.segments):
+        for seg in segments:
+            frame = frame_of(seg.height, seg.width)
+            expected = torch.tensor(frame.tokens([-1] * (seg.height * seg.width)))
+            pos = torch.arange(len(expected)) + seg.offset - 1 - len(frame.header)
+            keep = (expected >= 0) & (pos >= 0) & (pos < ids.shape[1])
+            pos, expected = pos[keep], expected[keep]
+            mask[b, pos[ids[b, pos] == expected]] = True
+    return mask.to(input_ids.device)

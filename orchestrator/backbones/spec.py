@@ -24,7 +24,7 @@ from torch import nn
 
 from ..layout import ImageLayout
 from ..wrappers import unwrap
-from .frame import ImageBudget, ImageFrame, ImagePiece
+from .frame import ImageBudget, ImageFrame, ImagePiece, frame_positions
 from .heads import init_confident_heads
 from .hub import HubCheckpoint, language_config
 from .loss import IGNORE_INDEX, LossOutput, refuse_ddp, split_ce
@@ -328,17 +328,17 @@ class BackboneSpec(ABC):
 
     def loss(self, model: nn.Module, batch: dict, weights: tuple[float, float] = (1.0, 1.0),
              chunk: int | None = None) -> LossOutput:
-        """Text CE + image CE on a collated batch, weighted (text, image), computed from hidden states.
-
-        Logits come from the heads directly, never from the HF forward (Chameleon masks image logits),
-        ``chunk`` target rows at a time (chunked_cross_entropy; None: all at once).
+        """Text CE + image CE on a collated batch, weighted (text, image), computed from hidden states; frame
+        tokens apart in the metrics. Logits come from the heads directly, never from the HF forward (Chameleon
+        masks image logits), ``chunk`` target rows at a time (chunked_cross_entropy; None: all at once).
         Under DDP wrap ``orchestrator.training.objective.loss_module(model, spec)`` and call that, so the
         forward runs through DDP.
         """
         refuse_ddp(model)
         h = self.hidden_states(model, batch)
+        frame = frame_positions(self.image_frame, batch["input_ids"], batch["image_layout"])
         return split_ce(lambda r, t, image: self.head(model, r, t, image), h, batch["labels"], self.is_image_target,
-                        weights, chunk)
+                        weights, chunk, frame)
 
     # ---- generation -------------------------------------------------------------------------------
     def count_visual(self, input_ids: torch.Tensor) -> int:

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..wrappers import unwrap
 from .hub import load_submodule
+from .local_vq import localize
 from .spec import BackboneSpec
 
 TINY_VQ_SEED = 1234  # a preset's image tokenizer is the same whatever seed the model is built with
@@ -45,10 +46,10 @@ class VQSpec(BackboneSpec):
         self.vq_module(model).load_state_dict(self.tiny_vq().state_dict())
 
     def tiny_vq(self) -> nn.Module:
-        """The fixed tiny image tokenizer (seeded independently of the model seed)."""
+        """The fixed tiny image tokenizer (seeded independently of the model seed), with local codes."""
         if not hasattr(self, "_tiny_vq"):
             torch.manual_seed(TINY_VQ_SEED)
-            self._tiny_vq = self.vq_module(self.model_class(self.random_config())).eval()
+            self._tiny_vq = localize(self.vq_module(self.model_class(self.random_config()))).eval()
         return self._tiny_vq
 
     @cached_property

@@ -14,8 +14,8 @@ from ..config import ConfigError, RunConfig
 from ..data.pipeline import output_dir
 from ..files import absolute
 from ..training.data import collate_rows, train_columns
-from ..training.metrics import add_loss, loss_metrics, use_bf16
-from ..training.objective import adapter_loss
+from ..training.metrics import N_SUMS, add_loss, loss_metrics, use_bf16
+from ..training.objective import adapter_loss, loss_weights
 
 
 def split_table(cfg: RunConfig, split: str, spec):
@@ -37,8 +37,8 @@ def heldout_metrics(model, spec, cfg: RunConfig, split: str = "val") -> dict:
         raise ConfigError(f"the {split} split of {output_dir(cfg)} is empty (data.val_fraction=0?)")
     device = next(model.parameters()).device
     bf16 = use_bf16(cfg, device)  # what training's eval ran under
-    weights = (cfg.train.text_weight, cfg.train.image_weight)
-    sums = [0.0] * 5
+    weights = loss_weights(cfg.train, spec)
+    sums = [0.0] * N_SUMS
     step = cfg.train.micro_batch
     for start in range(0, table.num_rows, step):
         batch = collate_rows(spec, table.slice(start, step).to_pylist())

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONV_SPACES = ("full", "lowrank")
+CONV_ACTIVATIONS = ("none", "gelu")
 MOSS_CONFIG_FILE = "moss_config.json"
 
 
@@ -24,6 +25,8 @@ def check_field(name: str, value) -> None:
         why = f"is not one of {variant_names()}"
     elif name == "conv_space" and value not in CONV_SPACES:
         why = f"is not one of {CONV_SPACES}"
+    elif name == "conv_activation" and value not in CONV_ACTIVATIONS:
+        why = f"is not one of {CONV_ACTIVATIONS}"
     elif name in ("rank", "kernel_size") and not (_is_int(value) and value >= 1):
         why = "must be an integer >= 1"
     elif name == "image_rank" and value is not None and not (_is_int(value) and value >= 1):
@@ -83,6 +86,9 @@ class MossConfig:
     #: full: k x k conv d_in -> r, then B (the paper's form); lowrank: A to r, k x k conv r -> r with a residual,
     #: then B (Zhong et al.'s Conv-LoRA, one causal expert)
     conv_space: str = "full"
+    #: none, or gelu: conv_space lowrank adds gelu(conv(A x)) to A x, as Zhong et al.'s Conv-LoRA experts do
+    #: (conv then GELU); full keeps the paper's linear conv
+    conv_activation: str = "none"
     #: prompt images (not targets) use the image branch too; false: they take the text branch
     image_inputs: bool = True
     #: regex of the linear layers to wrap; null: the backbone's decoder projections
@@ -98,6 +104,9 @@ class MossConfig:
                 check_field(f.name, getattr(self, f.name))
             except ValueError as e:
                 raise ValueError(f"MossConfig.{e}") from None
+        if self.conv_activation != "none" and self.conv_space != "lowrank":
+            raise ValueError(f"MossConfig.conv_activation={self.conv_activation} needs conv_space=lowrank (Conv-LoRA's "
+                             "form); the full conv stays linear, as in the MoSS paper")
         if self.alpha_per_rank is not None:
             object.__setattr__(self, "alpha", float(self.alpha_per_rank * self.rank))
         if self.match_params is not None:

@@ -118,7 +118,8 @@ class Moss(Variant):
     uses_conv = True
 
     def forms(self):
-        return {f"moss-{space}": {"variant": "moss", "conv_space": space} for space in ("full", "lowrank")}
+        forms = {f"moss-{space}": {"variant": "moss", "conv_space": space} for space in ("full", "lowrank")}
+        return {**forms, "moss-lowrank-gelu": {"variant": "moss", "conv_space": "lowrank", "conv_activation": "gelu"}}
 
     def label(self, conv_space=None):
         return f"moss/{conv_space or 'full'}"
@@ -164,14 +165,23 @@ class Moss(Variant):
         z = layer.lora_img_A[name](flat)  # (N, r)
         z = z * plan.image_weight(z.dtype)
         c = causal_conv2d(z.index_select(0, plan.image_pos), conv, plan)  # (n_img, r)
-        return z.index_add(0, plan.image_pos, c.to(z.dtype))
+        return z.index_add(0, plan.image_pos, self.activate(layer, c).to(z.dtype))
 
     def step_rank_space(self, layer, name, flat, step):
         cache, conv = layer.moss_context.conv_cache, layer.lora_img_conv[name].weight
         if layer.moss.conv_space == "full":
             return cache.conv((id(layer), name), flat[0], conv, *step.cell)[None]
         z = layer.lora_img_A[name](flat)
-        return z + cache.conv((id(layer), name), z[0], conv, *step.cell)[None]
+        return z + self.activate(layer, cache.conv((id(layer), name), z[0], conv, *step.cell))[None]
+
+    @staticmethod
+    def activate(layer, c):
+        """The low-rank conv's output through conv_activation (Conv-LoRA: GELU)."""
+        if layer.moss.conv_activation == "gelu":
+            from torch.nn.functional import gelu
+
+            return gelu(c)
+        return c
 
 
 _REGISTRY: dict[str, Variant] = {}

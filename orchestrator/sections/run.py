@@ -27,8 +27,12 @@ class TrainSection(Section):
     grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
     max_steps: int | None = Field(200, ge=1)  # stop after this many steps, or after max_epochs, whichever first
     max_epochs: int | None = Field(None, ge=1)  # passes over the train split; null: max_steps decides
-    text_weight: float = Field(1.0, ge=0)  # loss = (w_t * sum text CE + w_i * sum image CE) / target tokens
-    image_weight: float = Field(1.0, ge=0)  # w_i of the loss above
+    text_weight: float = Field(1.0, ge=0)  # w_t: the weight of the text targets' loss
+    image_weight: float = Field(1.0, ge=0)  # w_i: the weight of the image targets' loss
+    #: tokens: (w_t * sum text + w_i * sum image) / targets of the weighted modalities (a token mean);
+    #: per_modality: w_t * mean text + w_i * mean image; auto: per_modality where the image loss is not a
+    #: cross-entropy (Emu2's regression), tokens otherwise. docs/training.md compares them
+    loss_normalization: Literal["auto", "tokens", "per_modality"] = "auto"
     #: auto: bf16 autocast on GPU (frozen base weights stored in bf16), fp32 on CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     activation_checkpointing: bool = False  # recompute decoder layers in the backward pass (less memory, more time)

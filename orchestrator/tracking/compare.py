@@ -89,12 +89,17 @@ def to_row(mlc, run, metric: str) -> Row:
     return Row(
         run_id=run.info.run_id, run_name=tags.get(TAG.MLFLOW_RUN_NAME, run.info.run_name), status=status,
         backbone=p.get("backbone.name", tags.get(TAG.BACKBONE, "?")), variant=variant,
-        label=label_of(variant, p.get("adapter.conv_space")),
+        label=label_of(variant, p.get("adapter.conv_space")) + _activation(p.get("adapter.conv_activation")),
         rank=_int(p.get("adapter.rank")), kernel_size=_int(p.get("adapter.kernel_size")) if conv else None,
         conv_space=p.get("adapter.conv_space") if conv else None, lr=_float(p.get("train.lr")),
         trainable_parameters=_int(p.get("trainable_parameters")), value=run.data.metrics.get(metric),
         step=history[-1][0] if history else None, sampled=json.loads(tags.get(TAG.SAMPLED, "{}")),
         curve=history, seed=_int(p.get("train.seed")), budget=_int(p.get("train.max_steps")), settings=identity(p))
+
+
+def _activation(name: str | None) -> str:
+    """A low-rank conv with an activation is another method: moss/lowrank+gelu."""
+    return f"+{name}" if name not in (None, "none") else ""
 
 
 def sort_key(mode: str):

@@ -80,7 +80,7 @@ def planned_steps(cfg: RunConfig, train_rows: int) -> int:
 #: data order, the objective and the optimizer state restored from the checkpoint
 RESUME_FIXED = ("train.seed", "train.micro_batch", "train.grad_accum", "train.shuffle_buffer", "train.lr",
                 "train.weight_decay", "train.betas", "train.warmup_steps", "train.min_lr_ratio", "train.text_weight",
-                "train.image_weight", "scaling.num_workers")
+                "train.image_weight", "train.loss_normalization", "scaling.num_workers")
 
 
 def fixed_settings(cfg: RunConfig) -> dict:

@@ -18,7 +18,8 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ..backbones import IGNORE_INDEX, backbone_from_config
+from ..backbones import backbone_from_config
+from ..backbones.loss import target_counts
 from ..config import RunConfig
 from ..moss import apply_moss, load_adapter, save_adapter, trainable_parameters, unwrap
 from ..tracking.journal import Journal
@@ -28,9 +29,9 @@ from .checkpoint import (ADAPTER_DIR, FINAL_ADAPTER, TrainState, load_train_stat
                          write_checksums)
 from .resume import intact_checkpoint
 from .data import ValRows, train_batches, watched
-from .metrics import (PROGRESS, TOKENS, TRAIN, VAL, add_loss, loss_metrics, peak_memory_mb, reset_peak_memory,
+from .metrics import (N_SUMS, PROGRESS, TOKENS, TRAIN, VAL, add_loss, loss_metrics, peak_memory_mb, reset_peak_memory,
                       step_metrics, use_bf16)
-from .objective import loss_module
+from .objective import loss_module, loss_weights
 from .optim import build_optimizer
 
 
@@ -65,7 +66,7 @@ def evaluate(module, spec, val_rows: ValRows, cfg: RunConfig, device, autocast, 
     fsdp = cfg.train.strategy == "fsdp" and parallel.distributed()
     model = module if fsdp else parallel.inner(module)  # FSDP gathers parameters inside forward: all ranks run it
     batches = val_rows.batches(spec)
-    sums = [0.0] * 5
+    sums = [0.0] * N_SUMS
     model.eval()
     with torch.no_grad():
         while True:
@@ -79,7 +80,7 @@ def evaluate(module, spec, val_rows: ValRows, cfg: RunConfig, device, autocast, 
             if batch is not None:
                 add_loss(sums, out, batch)
     model.train()
-    weights = (cfg.train.text_weight, cfg.train.image_weight)
+    weights = loss_weights(cfg.train, spec)
     return loss_metrics(parallel.all_reduce(sums, device), VAL, weights, ppl=True, image_ppl=spec.image_loss_is_ce)
 
 
@@ -121,9 +122,10 @@ def optimizer_step(module, batches, optimizer, scheduler, trainable, tc, device,
                    total: int):
     """grad_accum micro-batches (gradient sync on the last only), clip, step; advances ``state``.
 
-    The gradient is that of the logged loss: the weighted CE summed over every target token of the
-    step on all workers, divided by their global count (each micro-batch's sum is scaled by
-    world / global count, since DDP and FSDP average gradients over workers).
+    The gradient is that of the logged loss: the per-modality losses summed over every target of the step
+    on all workers, combined by the global target counts (LossWeights.scales: the counts are all-reduced
+    before any backward pass). Each micro-batch's sums are scaled by world size, since DDP and FSDP
+    average gradients over workers.
     """
     micro = []
     for _ in range(tc.grad_accum):
@@ -131,14 +133,16 @@ def optimizer_step(module, batches, optimizer, scheduler, trainable, tc, device,
             micro.append(next(batches))
         except StopIteration:  # max_epochs: the driver plans total_steps from the row count
             raise RuntimeError(f"the train shard ran out at step {state.step} of {total} planned") from None
-    n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for _, _, b in micro)
-    scale = parallel.world_size() / max(parallel.all_reduce([n_local], device)[0], 1)
-    sums = [0.0] * 5
+    objective = parallel.inner(module)
+    local = [target_counts(b["labels"], objective.spec.is_image_target) for _, _, b in micro]
+    n_text, n_image = parallel.all_reduce([sum(c[0] for c in local), sum(c[1] for c in local)], device)
+    scales = tuple(parallel.world_size() * s for s in objective.weights.scales(n_text, n_image))
+    sums = [0.0] * N_SUMS
     for i, (epoch, index, batch) in enumerate(micro):
         with parallel.no_sync(module, i < tc.grad_accum - 1):
             with autocast():
                 out = module(to_device(batch, device))
-            (out.loss * ((out.n_text + out.n_image) * scale)).backward()
+            out.weighted_sum(scales).backward()
         add_loss(sums, out, batch)
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
     lr = scheduler.get_last_lr()[0]
@@ -171,7 +175,7 @@ def train_loop(loop_config: dict) -> dict:
     with intact_checkpoint(ray.train.get_checkpoint()) as ckpt_dir:
         model, restored = setup_model(cfg, spec, ckpt_dir, bf16)
     n_trainable = trainable_parameters(model)  # before FSDP shards it
-    weights = (tc.text_weight, tc.image_weight)
+    weights = loss_weights(tc, spec)
     module = parallel.wrap(loss_module(model, spec, weights, tc.loss_chunk_tokens), tc.strategy,
                            spec.decoder_layers(unwrap(model)), device)
     optimizer, scheduler = build_optimizer(module, tc, run["total_steps"])

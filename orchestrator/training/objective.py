@@ -12,6 +12,7 @@ import contextlib
 from torch import nn
 
 from ..backbones import BackboneSpec, LossOutput
+from ..backbones.loss import LossWeights
 from ..moss import set_layout
 
 
@@ -24,6 +25,14 @@ def routed(model: nn.Module, layout):
     except BaseException:
         set_layout(model, None)
         raise
+
+
+def loss_weights(train, spec: BackboneSpec) -> LossWeights:
+    """The run's ``train.text_weight`` / ``image_weight`` / ``loss_normalization`` (auto resolved for ``spec``)."""
+    norm = train.loss_normalization
+    if norm == "auto":
+        norm = "tokens" if spec.image_loss_is_ce else "per_modality"
+    return LossWeights(train.text_weight, train.image_weight, norm)
 
 
 def adapter_loss(model: nn.Module, spec: BackboneSpec, batch: dict, weights: tuple[float, float] = (1.0, 1.0),

@@ -112,8 +112,8 @@ def test_saved_adapter_reproduces_logged_eval_loss(workdir, finished):
     with torch.no_grad():
         for i in range(0, len(rows), 2):
             out = adapter_loss(model, spec, collate_rows(spec, rows[i:i + 2]))
-            total += float(out.loss) * (out.n_text + out.n_image)
-            n += out.n_text + out.n_image
+            total += float(out.loss) * out.n_targets
+            n += out.n_targets
     logged = history(mlc, run.info.run_id, "val/loss")[-1][1]
     assert total / n == pytest.approx(logged, rel=1e-4)
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...wrappers import unwrap
+from ..frame import frame_positions
 from ..loss import LossOutput, chunked_cross_entropy, refuse_ddp, split_loss
 
 
@@ -90,4 +91,5 @@ class Emu2Loss:
                 target_grid = target_grid.index_put((b, t), visual[k, c].float())
             return self.regression_sum(base.project_down(hp[sel]), target_grid[:, 1:][sel])
 
-        return split_loss(term, labels, lambda targets: is_cell[:, 1:], weights, h)
+        frame = frame_positions(self.image_frame, batch["input_ids"], batch["image_layout"])
+        return split_loss(term, labels, lambda targets: is_cell[:, 1:], weights, h, frame)

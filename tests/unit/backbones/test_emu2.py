@@ -100,11 +100,18 @@ def test_loss_is_text_ce_plus_next_embedding_regression(regression):
     text = [(b, t) for b in range(labels.shape[0]) for t in range(1, labels.shape[1])
             if labels[b, t] != -100 and (b, t) not in cell_pos]
     logits = torch.stack([model.base_model.model.model.decoder.lm.lm_head(h[b, t - 1]) for b, t in text])
-    text_sum = float(F.cross_entropy(logits, torch.tensor([int(labels[b, t]) for b, t in text]), reduction="sum"))
-    assert (out.n_image, out.n_text) == (n_img, len(text)) and n_img == 2 * 64  # the prompt image is not a target
+    ce = F.cross_entropy(logits, torch.tensor([int(labels[b, t]) for b, t in text]), reduction="none")
+    # [IMG] and [/IMG] of the target images frame them: their CE is frame_loss, not text_loss
+    is_frame = torch.tensor([int(labels[b, t]) in (s.token_id(s.img), s.token_id(s.img_end)) for b, t in text])
+    text_sum, frame_sum = float(ce[~is_frame].sum()), float(ce[is_frame].sum())
+    n_frame = int(is_frame.sum())
+    assert (out.n_image, out.n_text, out.n_frame) == (n_img, len(text) - n_frame, n_frame)
+    assert n_img == 2 * 64 and n_frame == 2 * 2  # the prompt image is not a target
     assert float(out.image_loss) == pytest.approx(img_sum / n_img, rel=1e-5)
-    assert float(out.text_loss) == pytest.approx(text_sum / len(text), rel=1e-5)
-    assert float(out.loss.detach()) == pytest.approx((0.5 * text_sum + 2.0 * img_sum) / (n_img + len(text)), rel=1e-5)
+    assert float(out.text_loss) == pytest.approx(text_sum / (len(text) - n_frame), rel=1e-5)
+    assert float(out.frame_loss) == pytest.approx(frame_sum / n_frame, rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx((0.5 * (text_sum + frame_sum) + 2.0 * img_sum) / (n_img + len(text)),
+                                                     rel=1e-5)
 
 
 def test_regression_metrics_have_no_image_perplexity():

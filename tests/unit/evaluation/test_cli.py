@@ -86,7 +86,7 @@ def test_evaluate_scores_logs_and_links(adapters, tmp_path, capsys):
     with torch.no_grad():
         for row in rows:
             out = adapter_loss(model, spec, collate_rows(spec, [row]))
-            total, n = total + float(out.loss) * (out.n_text + out.n_image), n + out.n_text + out.n_image
+            total, n = total + float(out.loss) * out.n_targets, n + out.n_targets
     m = results["metrics"]
     assert results["heldout"]["rows"] == len(rows) > 0
     assert m["heldout/val/loss"] == pytest.approx(total / n, rel=1e-5)

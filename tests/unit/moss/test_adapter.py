@@ -297,3 +297,21 @@ def test_train_image_head_refused_where_the_head_has_no_image_rows():
     spec = spec_for("janus")
     with pytest.raises(ValueError, match="head of its own"):
         apply_moss(spec.build(), MossConfig(train_image_head=True), spec)
+
+
+def test_conv_activation_changes_only_what_follows_an_image():
+    """Conv-LoRA's GELU on the low-rank conv: same weights, other outputs from the first image cell on."""
+    spec = spec_for("chameleon")
+    batch = mixed_batch(spec)
+    first = min(seg.offset for segs in batch["image_layout"].segments for seg in segs)
+    linear = apply_moss(spec.build(seed=0), MossConfig(rank=4, conv_space="lowrank"), spec)
+    randomize_adapter(linear, seed=3)
+    gelu = apply_moss(spec.build(seed=0), MossConfig(rank=4, conv_space="lowrank", conv_activation="gelu"), spec)
+    gelu.load_state_dict(linear.state_dict())
+    a, b = hidden(spec, linear, batch), hidden(spec, gelu, batch)
+    assert torch.equal(a[:, :first], b[:, :first])
+    assert not torch.allclose(a[:, first:], b[:, first:], atol=1e-4)
+    with pytest.raises(ValueError, match="needs conv_space=lowrank"):
+        MossConfig(conv_activation="gelu")
+    with pytest.raises(ValueError, match="is not one of"):
+        MossConfig(conv_space="lowrank", conv_activation="relu")
