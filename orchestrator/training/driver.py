@@ -54,7 +54,7 @@ class RunPlan:
     def loop_args(self) -> dict:
         return {"total_steps": self.total_steps, "tracking_uri": self.tracking_uri, "mlflow_run_id": self.mlflow_run_id,
                 "config_hash": self.config_hash, "has_val": self.val_rows > 0,
-                "micro_per_epoch": self.micro_per_epoch}
+                "val_path": f"{self.shards}/split=val", "micro_per_epoch": self.micro_per_epoch}
 
 
 def micro_batches_per_epoch(cfg: RunConfig, train_rows: int) -> int:
@@ -205,12 +205,12 @@ def build_trainer(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()):
     from .loop import train_loop
 
 
-    splits = ["train", "val"] if plan.val_rows else ["train"]
+    splits = ["train"]  # val is read by each worker from the shards (ValRows)
     columns = train_columns(spec_class(cfg.backbone.name))  # the class says it: no checkpoint is loaded here
     datasets = {s: ray.data.read_parquet(f"{plan.shards}/split={s}", columns=columns,
                                          num_cpus=cfg.scaling.ingest_cpus_per_task) for s in splits}
     for ds in datasets.values():
-        ds.context.enable_progress_bars = False  # re-read every epoch / eval: bars would drown the step log
+        ds.context.enable_progress_bars = False  # re-read every epoch: bars would drown the step log
     s, t = cfg.scaling, cfg.train
     return TorchTrainer(
         train_loop,
@@ -219,8 +219,8 @@ def build_trainer(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()):
                                                resources_per_worker=s.ray_resources(),
                                                placement_strategy=s.placement_strategy),
         datasets=datasets,
-        # val is not split: every worker scores its share by record order. Rows keep the shards' order
-        # (then each worker's seeded shuffle buffer), so a rerun sees the same data order
+        # rows keep the shards' order (then each worker's seeded shuffle buffer), so a rerun sees the same
+        # data order
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ordered_ingest(splits)),
         run_config=ray.train.RunConfig(
             name=plan.name, storage_path=plan.storage,

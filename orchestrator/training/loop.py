@@ -28,7 +28,7 @@ from . import parallel
 from .checkpoint import (ADAPTER_DIR, FINAL_ADAPTER, TrainState, load_train_state, save_train_state,
                          write_checksums)
 from .resume import intact_checkpoint
-from .data import ValRows, train_batches, watched
+from .data import ValRows, train_batches, train_columns, watched
 from .metrics import (N_SUMS, PROGRESS, TOKENS, TRAIN, VAL, add_loss, loss_metrics, peak_memory_mb, reset_peak_memory,
                       step_metrics, use_bf16)
 from .objective import loss_module, loss_weights
@@ -200,7 +200,7 @@ def train_loop(loop_config: dict) -> dict:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     total = run["total_steps"]
-    val_rows = (ValRows(ray.train.get_dataset_shard("val"), tc.micro_batch, rank, ctx.get_world_size(),
+    val_rows = (ValRows(run["val_path"], train_columns(spec), tc.micro_batch, rank, ctx.get_world_size(),
                         tc.eval_max_batches, tc.stall_timeout_s) if run["has_val"] else None)
     epoch, skip = state.epoch, state.batch_in_epoch
     if skip >= run["micro_per_epoch"]:  # the checkpoint ended an epoch: start the next, no rows to skip
