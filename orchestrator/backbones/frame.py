@@ -101,11 +101,15 @@ def frame_positions(frame_of, input_ids: torch.Tensor, layout: ImageLayout) -> t
     backbone's ImageFrame. A position counts only where it holds the frame's own token, so a cut image
     or a frame the layout does not describe never marks text."""
     mask = torch.zeros(input_ids.shape, dtype=torch.bool)
-    ids = input_ids.cpu()
+    if not any(layout.segments):
+        return mask.to(input_ids.device)
+    ids, frames = input_ids.cpu(), {}
     for b, segments in enumerate(layout.segments):
         for seg in segments:
-            frame = frame_of(seg.height, seg.width)
-            expected = torch.tensor(frame.tokens([-1] * (seg.height * seg.width)))
+            if (seg.height, seg.width) not in frames:  # Emu3's header is tokenized: once per grid size
+                frame = frame_of(seg.height, seg.width)
+                frames[seg.height, seg.width] = frame, torch.tensor(frame.tokens([-1] * (seg.height * seg.width)))
+            frame, expected = frames[seg.height, seg.width]
             pos = torch.arange(len(expected)) + seg.offset - 1 - len(frame.header)
             keep = (expected >= 0) & (pos >= 0) & (pos < ids.shape[1])
             pos, expected = pos[keep], expected[keep]

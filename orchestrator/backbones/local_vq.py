@@ -5,7 +5,8 @@ changes it. A randomly initialised one does not. At the tiny presets' 32 x 32 in
 field covers most of the image, so zero padding and the encoder's attention make each code a mix of its
 position and the whole image. Such codes hide the 2-D structure that MoSS's convolution is for.
 
-`localize` keeps the real class and its random weights but makes every cell see only its own patch:
+`localize` keeps the real class and its random weights but makes every cell see only its own patch (and the
+image's GroupNorm statistics, which are the same for every cell of an image, so a flat region stays one code):
 - each k x k convolution keeps its centre tap, rescaled by sqrt(k * k) to keep the variance (a 3-D one, e.g.
   Emu3's temporal stack, keeps every temporal tap at the spatial centre: its padding in time is causal);
 - each attention block's output projection is zeroed, which leaves its residual path.

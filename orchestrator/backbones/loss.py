@@ -19,8 +19,9 @@ class LossWeights(NamedTuple):
     - ``tokens``: (w_t * sum text + w_i * sum image) / (targets of the modalities whose weight is not 0). At
       weights (1, 1) the usual token mean; a modality at weight 0 neither adds to the loss nor dilutes it.
     - ``per_modality``: w_t * mean text loss + w_i * mean image loss, so each weight scales its modality's mean
-      whatever the token counts (over one micro-batch in training, over the split in evaluation). Emu2 adds a
-      cross-entropy and a regression loss: only this makes its weights mean what they say.
+      whatever the token counts (the means over a training step's targets on all workers, or over the split
+      in evaluation). Emu2 adds a cross-entropy and a regression loss: only this makes its weights mean what
+      they say.
     """
 
     text: float = 1.0

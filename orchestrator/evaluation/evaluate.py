@@ -3,7 +3,7 @@
 Results go to <evaluate.output>/<label>/results.json (with generated images and predictions beside
 it) and to MLflow: a new run in the config's experiment, tagged ``moss.source_run_id`` with the
 training run it scores (the link), or, with ``into_training_run``, into the training run itself.
-Metric keys: heldout/<split>/{loss,text_loss,image_loss,ppl,text_ppl,image_ppl},
+Metric keys: heldout/<split>/{loss,text_loss,image_loss,frame_loss,ppl,text_ppl,image_ppl},
 editing/{l1,l2,clip_i,dino,code_match}, interleavedbench/{<aspect>,average}.
 """
 

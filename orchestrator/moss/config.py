@@ -104,9 +104,12 @@ class MossConfig:
                 check_field(f.name, getattr(self, f.name))
             except ValueError as e:
                 raise ValueError(f"MossConfig.{e}") from None
-        if self.conv_activation != "none" and self.conv_space != "lowrank":
-            raise ValueError(f"MossConfig.conv_activation={self.conv_activation} needs conv_space=lowrank (Conv-LoRA's "
-                             "form); the full conv stays linear, as in the MoSS paper")
+        if self.conv_activation != "none":
+            from .variants import get_variant
+
+            if self.conv_space != "lowrank" or not get_variant(self.variant).uses_conv:
+                raise ValueError(f"MossConfig.conv_activation={self.conv_activation} needs a conv variant with "
+                                 "conv_space=lowrank (Conv-LoRA's form); the full conv stays linear, as in the MoSS paper")
         if self.alpha_per_rank is not None:
             object.__setattr__(self, "alpha", float(self.alpha_per_rank * self.rank))
         if self.match_params is not None:

@@ -143,7 +143,8 @@ class Moss(Variant):
         text = tokens * projs * (cfg.rank + r) * per
         if cfg.conv_space == "full":
             return text + image_tokens * (d_in_sum + 2 * projs * k * k * r) * per
-        return text + image_tokens * projs * (k * k / 2 + 3) * r * per
+        gelu = 1 if cfg.conv_activation == "gelu" else 0  # GELU keeps its input (the conv output) for backward
+        return text + image_tokens * projs * (k * k / 2 + 3 + gelu) * r * per
 
     def build(self, layer, name, cfg, r):
         from torch import nn

@@ -52,6 +52,7 @@ class Workload:
     kernel_size: int
     conv_space: str
     image_rank: int | None = None  # the image branch's, when it differs (adapter.image_rank / match_params)
+    conv_activation: str = "none"
 
     @property
     def tokens(self) -> int:

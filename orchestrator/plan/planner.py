@@ -167,7 +167,8 @@ class Planner:
                         loss_chunk=t.loss_chunk_tokens, image_fraction=min(1.0, fit * cells / cfg.data.max_seq_len),
                         head_rows=a.train_image_head,
                         variant=a.variant, rank=a.rank, kernel_size=a.kernel_size, conv_space=a.conv_space,
-                        image_rank=match_parameters(a.to_moss_config(), shape.targets).image_rank)
+                        image_rank=match_parameters(a.to_moss_config(), shape.targets).image_rank,
+                        conv_activation=a.conv_activation)
 
     def estimate(self, cfg: RunConfig, shape: ModelShape, trainable: int, w: Workload) -> Estimate:
         return estimate(shape, trainable, w, cfg.plan.margin_gb, cfg.plan.margin_fraction)

@@ -83,12 +83,19 @@ RESUME_FIXED = ("train.seed", "train.micro_batch", "train.grad_accum", "train.sh
                 "train.image_weight", "train.loss_normalization", "scaling.num_workers")
 
 
+#: what a run's marker written before a RESUME_FIXED key existed meant by it (the behaviour then)
+FIXED_BEFORE = {"train.loss_normalization": "tokens"}
+
+
 def fixed_settings(cfg: RunConfig) -> dict:
+    """RESUME_FIXED's values, train.loss_normalization resolved for the backbone (auto is not a meaning)."""
     dump = cfg.model_dump(mode="json")
     out = {}
     for key in RESUME_FIXED:
         section, name = key.split(".")
         out[key] = dump[section][name]
+    if out["train.loss_normalization"] == "auto":
+        out["train.loss_normalization"] = "tokens" if spec_class(cfg.backbone.name).image_loss_is_ce else "per_modality"
     return out
 
 
@@ -164,6 +171,7 @@ def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
         raise ConfigError(f"run {plan.name!r} in {plan.storage} was started with a different backbone/adapter/data "
                           f"(shards) config (hash {marker['identity']}, now {plan.identity}): choose a new train.run_name")
     fixed = marker.get("fixed", {})
+    fixed = {**FIXED_BEFORE, **fixed}
     changed = {k: (v, fixed.get(k)) for k, v in fixed_settings(cfg).items() if fixed.get(k) != v}
     if changed:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in changed.items())

@@ -48,7 +48,7 @@ class LossModule(nn.Module):
     def __init__(self, model: nn.Module, spec: BackboneSpec, weights: tuple[float, float] = (1.0, 1.0),
                  chunk: int | None = None):
         super().__init__()
-        self.model, self.spec, self.weights, self.chunk = model, spec, weights, chunk
+        self.model, self.spec, self.weights, self.chunk = model, spec, LossWeights(*weights), chunk
 
     def forward(self, batch: dict) -> LossOutput:
         return adapter_loss(self.model, self.spec, batch, self.weights, self.chunk)

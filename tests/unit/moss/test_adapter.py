@@ -311,7 +311,9 @@ def test_conv_activation_changes_only_what_follows_an_image():
     a, b = hidden(spec, linear, batch), hidden(spec, gelu, batch)
     assert torch.equal(a[:, :first], b[:, :first])
     assert not torch.allclose(a[:, first:], b[:, first:], atol=1e-4)
-    with pytest.raises(ValueError, match="needs conv_space=lowrank"):
+    with pytest.raises(ValueError, match="needs a conv variant with conv_space=lowrank"):
         MossConfig(conv_activation="gelu")
+    with pytest.raises(ValueError, match="needs a conv variant"):
+        MossConfig(variant="moe_lora", conv_space="lowrank", conv_activation="gelu")
     with pytest.raises(ValueError, match="is not one of"):
         MossConfig(conv_space="lowrank", conv_activation="relu")

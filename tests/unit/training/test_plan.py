@@ -59,6 +59,22 @@ def test_relaunch_must_match_the_marker(tmp_path):
         plan_run(cfg_for(tmp_path, "train.run_name=r1", "tracking.experiment=other"))
 
 
+def test_a_run_marked_before_loss_normalization_existed_resumes_as_it_trained(tmp_path):
+    """A marker without train.loss_normalization meant the token mean: a CE backbone resumes under auto; a
+    run whose auto now means per_modality (Emu2) is refused unless the run keeps tokens."""
+    fake_manifest(tmp_path)
+    cfg = cfg_for(tmp_path, "train.run_name=old")
+    plan = plan_run(cfg)
+    old = {k: v for k, v in fixed_settings(cfg).items() if k != "train.loss_normalization"}
+    assert fixed_settings(cfg)["train.loss_normalization"] == "tokens"  # auto, resolved for chameleon
+    write_json(f"{plan.run_dir}/{MARKER}", {"identity": plan.identity, "fixed": old, "mlflow_run_id": "abc",
+                                            "experiment": "moss", "tracking_uri": plan.tracking_uri})
+    assert plan_run(cfg).mlflow_run_id == "abc"
+    with pytest.raises(ConfigError, match=r"changed train.loss_normalization: 'tokens' -> 'per_modality'"):
+        plan_run(cfg_for(tmp_path, "train.run_name=old", "train.loss_normalization=per_modality"))
+    assert fixed_settings(load_config(None, ["backbone.name=emu2"]))["train.loss_normalization"] == "per_modality"
+
+
 def test_foreign_ray_run_is_not_adopted(tmp_path):
     fake_manifest(tmp_path)
     (tmp_path / "runs" / "r2").mkdir(parents=True)
