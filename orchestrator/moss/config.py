@@ -86,8 +86,8 @@ class MossConfig:
     #: full: k x k conv d_in -> r, then B (the paper's form); lowrank: A to r, k x k conv r -> r with a residual,
     #: then B (Zhong et al.'s Conv-LoRA, one causal expert)
     conv_space: str = "full"
-    #: none, or gelu: conv_space lowrank adds gelu(conv(A x)) to A x, as Zhong et al.'s Conv-LoRA experts do
-    #: (conv then GELU); full keeps the paper's linear conv
+    #: none, or gelu (variant moss with conv_space lowrank only): A x + gelu(conv(A x)), as Zhong et al.'s
+    #: Conv-LoRA experts do (conv then GELU); the full conv stays linear, as in the MoSS paper
     conv_activation: str = "none"
     #: prompt images (not targets) use the image branch too; false: they take the text branch
     image_inputs: bool = True

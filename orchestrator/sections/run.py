@@ -53,6 +53,14 @@ class TrainSection(Section):
     #: waits for), so max_failures retries it instead of waiting forever
     stall_timeout_s: float = Field(600.0, gt=0)
 
+    def normalization_for(self, image_loss_is_ce: bool, value: str | None = None) -> str:
+        """``loss_normalization`` (or ``value``) with auto resolved for a backbone whose image loss is, or is
+        not, a cross-entropy: the one rule training, evaluation and resume checks share."""
+        value = value or self.loss_normalization
+        if value != "auto":
+            return value
+        return "tokens" if image_loss_is_ce else "per_modality"
+
     @model_validator(mode="after")
     def _check(self) -> TrainSection:
         if self.max_steps is None and self.max_epochs is None:

@@ -83,7 +83,8 @@ RESUME_FIXED = ("train.seed", "train.micro_batch", "train.grad_accum", "train.sh
                 "train.image_weight", "train.loss_normalization", "scaling.num_workers")
 
 
-#: what a run's marker written before a RESUME_FIXED key existed meant by it (the behaviour then)
+#: what a run's marker written before a RESUME_FIXED key existed meant by it (the behaviour then; a run with
+#: a loss weight of 0 divided by both modalities' targets then, and by the weighted ones' now)
 FIXED_BEFORE = {"train.loss_normalization": "tokens"}
 
 
@@ -94,8 +95,7 @@ def fixed_settings(cfg: RunConfig) -> dict:
     for key in RESUME_FIXED:
         section, name = key.split(".")
         out[key] = dump[section][name]
-    if out["train.loss_normalization"] == "auto":
-        out["train.loss_normalization"] = "tokens" if spec_class(cfg.backbone.name).image_loss_is_ce else "per_modality"
+    out["train.loss_normalization"] = cfg.train.normalization_for(spec_class(cfg.backbone.name).image_loss_is_ce)
     return out
 
 
@@ -171,7 +171,9 @@ def check_relaunch(cfg: RunConfig, plan: RunPlan) -> None:
         raise ConfigError(f"run {plan.name!r} in {plan.storage} was started with a different backbone/adapter/data "
                           f"(shards) config (hash {marker['identity']}, now {plan.identity}): choose a new train.run_name")
     fixed = marker.get("fixed", {})
-    fixed = {**FIXED_BEFORE, **fixed}
+    fixed = {**FIXED_BEFORE, **fixed}  # and a marker that kept auto meant what auto resolves to (same backbone)
+    key = "train.loss_normalization"
+    fixed[key] = cfg.train.normalization_for(spec_class(cfg.backbone.name).image_loss_is_ce, fixed[key])
     changed = {k: (v, fixed.get(k)) for k, v in fixed_settings(cfg).items() if fixed.get(k) != v}
     if changed:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in changed.items())

@@ -29,10 +29,7 @@ def routed(model: nn.Module, layout):
 
 def loss_weights(train, spec: BackboneSpec) -> LossWeights:
     """The run's ``train.text_weight`` / ``image_weight`` / ``loss_normalization`` (auto resolved for ``spec``)."""
-    norm = train.loss_normalization
-    if norm == "auto":
-        norm = "tokens" if spec.image_loss_is_ce else "per_modality"
-    return LossWeights(train.text_weight, train.image_weight, norm)
+    return LossWeights(train.text_weight, train.image_weight, train.normalization_for(spec.image_loss_is_ce))
 
 
 def adapter_loss(model: nn.Module, spec: BackboneSpec, batch: dict, weights: tuple[float, float] = (1.0, 1.0),

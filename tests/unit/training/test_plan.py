@@ -70,6 +70,10 @@ def test_a_run_marked_before_loss_normalization_existed_resumes_as_it_trained(tm
     write_json(f"{plan.run_dir}/{MARKER}", {"identity": plan.identity, "fixed": old, "mlflow_run_id": "abc",
                                             "experiment": "moss", "tracking_uri": plan.tracking_uri})
     assert plan_run(cfg).mlflow_run_id == "abc"
+    write_json(f"{plan.run_dir}/{MARKER}", {"identity": plan.identity, "mlflow_run_id": "abc", "experiment": "moss",
+                                            "fixed": {**old, "train.loss_normalization": "auto"},  # as kept unresolved
+                                            "tracking_uri": plan.tracking_uri})
+    assert plan_run(cfg_for(tmp_path, "train.run_name=old", "train.loss_normalization=tokens")).mlflow_run_id == "abc"
     with pytest.raises(ConfigError, match=r"changed train.loss_normalization: 'tokens' -> 'per_modality'"):
         plan_run(cfg_for(tmp_path, "train.run_name=old", "train.loss_normalization=per_modality"))
     assert fixed_settings(load_config(None, ["backbone.name=emu2"]))["train.loss_normalization"] == "per_modality"
