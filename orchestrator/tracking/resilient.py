@@ -88,6 +88,14 @@ class Tracker:
         with self._idle:
             return self._idle.wait_for(lambda: not self._busy(), timeout)
 
+    def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` until every write submitted so far is sent or journaled, so that a kill of
+        this process loses none of them; -> whether they were. Quick while the server answers (the writes in
+        flight) and once an outage is known (new writes go straight to the journal); at most one request's
+        bound (outage.request_bound_s) when the server has just gone away."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._unsettled == 0, timeout)
+
     def close(self, timeout: float | None = None) -> int:
         """Flush for ``timeout`` (default tracking.flush_timeout_s), then journal what is left; -> how many
         ops are left in the journal."""
@@ -286,6 +294,10 @@ class MetricsLogger:
 
     def log_dir(self, directory, artifact_path: str) -> None:
         self.tracker.log_dir(self.run_id, directory, artifact_path)
+
+    def settle(self) -> bool:
+        """Everything logged so far sent or journaled (Tracker.settle, bounded by one request)."""
+        return self.tracker.settle(request_bound_s() + 5)
 
     def close(self) -> int:
         return self.tracker.close()

@@ -98,6 +98,8 @@ def report(metrics: dict, state: TrainState, total: int, module, optimizer, sche
            rank: int, logger: MetricsLogger | None, final: bool) -> None:
     """ray.train.report (all workers, same number of calls); with a checkpoint written by rank 0."""
     state.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if logger is not None:  # a report lets Tune stop the trial (ASHA), killing this process: nothing may be
+        logger.settle()     # left only in memory then, so the steps are sent or journaled first
     with tempfile.TemporaryDirectory() as d:
         ckpt = None
         if with_checkpoint:

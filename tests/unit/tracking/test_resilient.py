@@ -89,6 +89,23 @@ def test_unreachable_server_journals_everything_in_order_and_warns_once(dead_uri
     assert mlc.get_metric_history(run_id, "train/loss") == []
 
 
+def test_settle_leaves_nothing_only_in_memory(dead_uri, store, tmp_path):
+    """Before a report lets Tune kill the trial: every write so far is sent (server up) or journaled (down)."""
+    uri, mlc, exp = store
+    run_id = mlc.create_run(exp).info.run_id
+    up = Tracker(uri, Journal(str(tmp_path / "up")), retry_every_s=60, flush_timeout_s=0)
+    for step in range(1, 4):
+        up.log_metrics(run_id, {"train/loss": 1.0 / step}, step)
+    assert up.settle(30)
+    assert [m.step for m in mlc.get_metric_history(run_id, "train/loss")] == [1, 2, 3]
+    down = Tracker(dead_uri, Journal(str(tmp_path / "down")), retry_every_s=60, flush_timeout_s=0)
+    for step in range(1, 4):
+        down.log_metrics(run_id, {"train/loss": 1.0 / step}, step)
+    assert down.settle(30)
+    assert len(Journal(str(tmp_path / "down")).names()) == 3  # on disk before close: a SIGKILL now loses none
+    down.close(0)
+
+
 def test_replay_sends_in_order_once_and_again_sends_nothing(dead_uri, store, tmp_path, capsys):
     uri, mlc, exp = store
     run_id = mlc.create_run(exp).info.run_id
