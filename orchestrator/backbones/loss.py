@@ -61,6 +61,9 @@ class LossOutput:
     frame_loss: torch.Tensor | None = None
     n_frame: int = 0
     frame_sum: torch.Tensor | None = None
+    #: per batch row, when asked for (split_loss's ``per_row``): (text sum, n text, image sum, n image, frame sum,
+    #: n frame) as floats and ints, for per-record scores
+    rows: list[tuple[float, int, float, int, float, int]] | None = None
 
     @property
     def n_targets(self) -> int:
@@ -83,7 +86,7 @@ class LossOutput:
 
 
 def split_loss(term, labels: torch.Tensor, is_image_target, weights: tuple[float, float] | LossWeights,
-               like: torch.Tensor, frame: torch.Tensor | None = None) -> LossOutput:
+               like: torch.Tensor, frame: torch.Tensor | None = None, per_row: bool = False) -> LossOutput:
     """Next-token loss at labelled positions, split by target kind.
 
     Position t predicts labels[t + 1]. ``term(sel, image) -> summed loss`` of the positions ``sel``
@@ -91,7 +94,8 @@ def split_loss(term, labels: torch.Tensor, is_image_target, weights: tuple[float
     are images, ``frame`` ((B, T) over labels, frame_positions) which non-image targets frame an image. The
     loss combines the sums by ``weights`` (LossWeights; a plain (text, image) pair normalises by tokens),
     frame tokens on the text side: with weights (1, 1) the usual token mean. text_loss / frame_loss /
-    image_loss are the unweighted means of each kind.
+    image_loss are the unweighted means of each kind. ``per_row``: each kind's sum is taken row by row (the
+    same forward; ``term`` called once per row and kind) and the rows' sums are returned in ``rows``.
     """
     weights = LossWeights(*weights)
     tgt = labels[:, 1:]
@@ -99,17 +103,32 @@ def split_loss(term, labels: torch.Tensor, is_image_target, weights: tuple[float
     img = valid & is_image_target(tgt)
     frm = valid & ~img & frame[:, 1:] if frame is not None else torch.zeros_like(img)
     txt = valid & ~img & ~frm
+    kinds = ((txt, False), (img, True), (frm, False))
+    row_sums = [[(0.0, 0)] * 3 for _ in range(tgt.shape[0])] if per_row else None
     sums, means, counts = [], [], []
-    for sel, image in ((txt, False), (img, True), (frm, False)):
+    for k, (sel, image) in enumerate(kinds):
         n = int(sel.sum())
         counts.append(n)
-        s = term(sel, image) if n else None
+        if n and per_row:
+            parts = []
+            for b in range(sel.shape[0]):
+                only = torch.zeros_like(sel)
+                only[b] = sel[b]
+                nb = int(only.sum())
+                if nb:
+                    parts.append(term(only, image))
+                    row_sums[b][k] = (float(parts[-1].detach()), nb)
+            s = sum(parts)
+        else:
+            s = term(sel, image) if n else None
         sums.append(s)
         means.append(s.detach() / n if n else None)
     other = [s for s in (sums[0], sums[2]) if s is not None]
     loss = (weights.combine(sum(other) if other else 0.0, counts[0] + counts[2], sums[1], counts[1])
             if any(counts) else like.sum() * 0.0)
-    return LossOutput(loss, means[0], means[1], counts[0], counts[1], sums[0], sums[1], means[2], counts[2], sums[2])
+    rows = [tuple(x for pair in r for x in pair) for r in row_sums] if per_row else None
+    return LossOutput(loss, means[0], means[1], counts[0], counts[1], sums[0], sums[1], means[2], counts[2], sums[2],
+                      rows)
 
 
 def target_counts(labels: torch.Tensor, is_image_target) -> tuple[int, int]:
@@ -122,7 +141,7 @@ def target_counts(labels: torch.Tensor, is_image_target) -> tuple[int, int]:
 
 def split_ce(
     logits_fn, h: torch.Tensor, labels: torch.Tensor, is_image_target, weights: tuple[float, float] | LossWeights,
-    chunk: int | None = None, frame: torch.Tensor | None = None,
+    chunk: int | None = None, frame: torch.Tensor | None = None, per_row: bool = False,
 ) -> LossOutput:
     """split_loss with cross-entropy for both modalities. h: (B, T, D) hidden states; ``logits_fn(h_sel,
     targets, image: bool) -> (logits, targets)`` maps selected hidden rows to logits over the right
@@ -132,7 +151,7 @@ def split_ce(
     def term(sel: torch.Tensor, image: bool) -> torch.Tensor:
         return chunked_cross_entropy(lambda r, t: logits_fn(r, t, image), hp[sel], tgt[sel], chunk)
 
-    return split_loss(term, labels, is_image_target, weights, h, frame)
+    return split_loss(term, labels, is_image_target, weights, h, frame, per_row)
 
 
 def chunked_cross_entropy(logits_fn, rows: torch.Tensor, targets: torch.Tensor, chunk: int | None) -> torch.Tensor:

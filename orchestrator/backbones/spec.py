@@ -327,18 +327,18 @@ class BackboneSpec(ABC):
         """Which target ids are image cells."""
 
     def loss(self, model: nn.Module, batch: dict, weights: tuple[float, float] = (1.0, 1.0),
-             chunk: int | None = None) -> LossOutput:
+             chunk: int | None = None, per_row: bool = False) -> LossOutput:
         """Text CE + image CE on a collated batch, weighted (text, image), computed from hidden states; frame
         tokens apart in the metrics. Logits come from the heads directly, never from the HF forward (Chameleon
         masks image logits), ``chunk`` target rows at a time (chunked_cross_entropy; None: all at once).
         Under DDP wrap ``orchestrator.training.objective.loss_module(model, spec)`` and call that, so the
-        forward runs through DDP.
+        forward runs through DDP. ``per_row``: per-record sums too (split_loss).
         """
         refuse_ddp(model)
         h = self.hidden_states(model, batch)
         frame = frame_positions(self.image_frame, batch["input_ids"], batch["image_layout"])
         return split_ce(lambda r, t, image: self.head(model, r, t, image), h, batch["labels"], self.is_image_target,
-                        weights, chunk, frame)
+                        weights, chunk, frame, per_row)
 
     # ---- generation -------------------------------------------------------------------------------
     def count_visual(self, input_ids: torch.Tensor) -> int:

@@ -109,9 +109,30 @@ class ImageEmbedder:
         return float(torch.nn.functional.cosine_similarity(self(a), self(b), dim=0))
 
 
-def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
-    """Generate an edit for each record; -> {"records": n, "metrics": {...}, "per_record": [...], "notes": [...]}."""
+#: what a record whose generation failed scores: each bounded metric's worst value (pixels in [0, 1], cosines
+#: in [-1, 1]), so every adapter is averaged over the same records. embedding_mse has no worst value: a failed
+#: record is left out of its mean (and counted in failure_rate).
+WORST = {"l1": 1.0, "l2": 1.0, "clip_i": -1.0, "dino": -1.0, "code_match": 0.0, "embedding_cos": -1.0}
+METRICS = ("l1", "l2", "clip_i", "dino", "code_match", "embedding_mse", "embedding_cos")
+
+
+def scored_keys(spec, embedders: dict) -> list[str]:
+    """The per-record metrics this evaluation scores."""
+    keys = ["embedding_mse", "embedding_cos"] if spec.continuous_images else ["code_match"]
+    if spec.has_pixel_decoder:
+        keys += ["l1", "l2"] + ["clip_i" if kind == "clip" else "dino" for kind in embedders]
+    return keys
+
+
+def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path, cost=None) -> dict:
+    """Generate an edit for each record; -> {"records": n, "metrics": {...}, "per_record": [...], "notes": [...]}.
+
+    A record whose input or target image cannot be read is skipped (``skipped["unreadable_image"]``: the same
+    for every adapter). A record whose generation fails is a failure of the adapter: it stays in ``per_record``
+    with ``failed`` and the worst value of each metric (WORST), and counts in ``failure_rate``. ``cost``: an
+    InferenceCost to add each answer's token times to."""
     records, skipped = editing_records(cfg)
+    skipped["unreadable_image"] = 0
     notes = []
     if not records:
         return {"records": 0, "skipped": skipped, "metrics": {}, "per_record": [],
@@ -127,26 +148,35 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
     if not spec.has_pixel_decoder:
         scored = "embedding_mse and embedding_cos are" if spec.continuous_images else "code_match is"
         notes.append(f"{spec.pixel_note}. L1/L2/CLIP-I/DINO need pixels: only {scored} scored")
+    keys = scored_keys(spec, embedders)
     base = SamplingConfig.from_section(cfg.generate, max_new_tokens=0, max_images=1, open_image=True, image_size=None)
     generator = Generator(model, spec)
     images_dir = out_dir / "editing"
     images_dir.mkdir(parents=True, exist_ok=True)
     rows, failures = [], []
     for rec in records:
-        try:  # one unreadable image or over-long prompt is a counted failure, not the end of the evaluation
+        try:  # the record's own images: unreadable ones are the data's fault, not the adapter's
             prompt = ([rec.instruction] if rec.instruction else []) + [
                 load_image(s.image) if s.is_image else s.text for s in rec.input]
             target = load_image(next(s.image for s in rec.output if s.is_image))
             with torch.no_grad():
                 tgrid = spec.target_grid(model, target)  # codes (h, w) or embeddings (h, w, d)
+        except ImageError as e:
+            skipped["unreadable_image"] += 1
+            failures.append({"id": rec.id, "stage": "input", "reason": f"{type(e).__name__}: {e}"[:300]})
+            continue
+        try:  # one over-long prompt or failed generation is a counted failure, not the end of the evaluation
             grid = tuple(tgrid.shape[:2])
             sampling = base.with_(image_size=grid if grid != tuple(spec.generation_grid()) else None)
             answer = generator.generate(prompt, sampling)
             if not answer.images:
                 raise ValueError(f"no image generated (stopped: {answer.stop})")
         except (ImageError, ValueError) as e:
-            failures.append({"id": rec.id, "reason": f"{type(e).__name__}: {e}"[:300]})
+            failures.append({"id": rec.id, "stage": "generation", "reason": f"{type(e).__name__}: {e}"[:300]})
+            rows.append({"id": rec.id, "failed": True, **{k: WORST.get(k) for k in keys}})
             continue
+        if cost is not None:
+            cost.add(answer)
         gen = answer.images[0]
         row = {"id": rec.id, **spec.grid_scores(gen.grid.cpu(), tgrid), "seconds": round(answer.seconds, 3)}
         files = gen.save(images_dir, file_stem(rec.id))
@@ -157,9 +187,11 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path) -> dict:
                 row["clip_i" if kind == "clip" else "dino"] = emb.similarity(gen.image, target)
         rows.append(row)
     metrics = {}
-    for key in ("l1", "l2", "clip_i", "dino", "code_match", "embedding_mse", "embedding_cos"):
+    for key in METRICS:
         vals = [r[key] for r in rows if r.get(key) is not None]
         if vals:
             metrics[key] = float(np.mean(vals))
+    if rows:
+        metrics["failure_rate"] = sum(bool(r.get("failed")) for r in rows) / len(rows)
     return {"records": len(rows), "skipped": skipped, "failures": failures, "metrics": metrics, "per_record": rows,
             "notes": notes}

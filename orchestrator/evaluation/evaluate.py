@@ -3,8 +3,10 @@
 Results go to <evaluate.output>/<label>/results.json (with generated images and predictions beside
 it) and to MLflow: a new run in the config's experiment, tagged ``moss.source_run_id`` with the
 training run it scores (the link), or, with ``into_training_run``, into the training run itself.
-Metric keys: heldout/<split>/{loss,text_loss,image_loss,frame_loss,ppl,text_ppl,image_ppl},
-editing/{l1,l2,clip_i,dino,code_match}, interleavedbench/{<aspect>,average}.
+Metric keys: heldout/<split>/{loss,text_loss,image_loss,frame_loss,ppl,text_ppl,image_ppl} (and the same per
+domain under heldout/by_domain/<domain>/<split>/...),
+editing/{l1,l2,clip_i,dino,code_match,failure_rate}, interleavedbench/{<aspect>,average},
+cost/{ms_per_image_token,ms_per_text_token} (generation time per token, on the device named in results.json).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from ..config import ConfigError, RunConfig
 from ..data.images import ImageError
 from ..tracking import tags as TAG
+from .cost import InferenceCost, device_name
 from .inference import AdapterSource
 
 
@@ -24,9 +27,15 @@ from .inference import AdapterSource
 def flat_metrics(results: dict) -> dict[str, float]:
     out = {}
     if "heldout" in results:
+        from .heldout import metric_name
+
         out.update({f"heldout/{k}": v for k, v in results["heldout"]["metrics"].items()})
+        for domain, metrics in results["heldout"].get("domains", {}).items():  # heldout/by_domain/<d>/val/image_loss
+            out.update({f"heldout/by_domain/{metric_name(domain)}/{k}": v for k, v in metrics.items()})
     if "editing" in results:
         out.update({f"editing/{k}": v for k, v in results["editing"]["metrics"].items()})
+    if "cost" in results:
+        out.update({f"cost/{k}": v for k, v in results["cost"].items() if k.startswith("ms_per_")})
     if "interleavedbench" in results:
         out.update({f"interleavedbench/{k}": v for k, v in results["interleavedbench"].get("judge", {}).items()
                     if isinstance(v, (int, float))})
@@ -57,8 +66,10 @@ def failed_generation_scores(task_name: str) -> dict:
     return {**scores, "average": average(scores, task_name), "generation_failed": True}
 
 
-def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool, bench=None, client=None) -> dict:
-    """Answer every record (and score the answers); ``bench`` / ``client``: already read / configured."""
+def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool, bench=None, client=None,
+                         cost=None) -> dict:
+    """Answer every record (and score the answers); ``bench`` / ``client``: already read / configured; ``cost``:
+    an InferenceCost to add each answer's token times to."""
     from .generate import Generator, SamplingConfig
     from .interleavedbench import answer_fields, prediction_images, read_bench, write_predictions
     from .judge import JudgeClient
@@ -76,6 +87,8 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
         try:
             answer = generator.generate(item.prompt(), sampling.with_(seed=g.seed + i))
             outputs.append(answer_fields(answer, item, bench_dir))
+            if cost is not None:
+                cost.add(answer)
         except (ImageError, ValueError, RuntimeError) as e:  # an unreadable image, a prompt too long...
             failures.append({"id": item.id, "reason": f"{type(e).__name__}: {e}"[:300]})
             outputs.append({"output": "", "output_image": [], "error": failures[-1]["reason"]})
@@ -143,12 +156,15 @@ def evaluate(cfg: RunConfig, source: AdapterSource, out_dir: Path, judge: bool =
         if cfg.train.eval_max_batches is not None:
             results["heldout"]["note"] = ("training scored only train.eval_max_batches batches per worker; "
                                           "this is the whole split")
+    cost = InferenceCost()
     if cfg.evaluate.editing:
         from .editing import evaluate_editing
 
-        results["editing"] = evaluate_editing(model, spec, cfg, out_dir)
+        results["editing"] = evaluate_editing(model, spec, cfg, out_dir, cost)
     if cfg.interleavedbench.path:
-        results["interleavedbench"] = run_interleavedbench(model, spec, cfg, out_dir, judge, bench, client)
+        results["interleavedbench"] = run_interleavedbench(model, spec, cfg, out_dir, judge, bench, client, cost)
+    if cost.image_tokens or cost.text_tokens:
+        results["cost"] = cost.summary(device_name(model))
     results["seconds"] = round(time.perf_counter() - t0, 2)
     results["metrics"] = flat_metrics(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))

@@ -107,6 +107,7 @@ class Answer:
     stop: str = ""  # eos | max_new_tokens | max_length
     seconds: float = 0.0
     image_token_seconds: list[float] = field(default_factory=list)  # per generated image cell
+    text_token_seconds: list[float] = field(default_factory=list)  # per generated text token (its head + step)
     #: (position, logits) of each token chosen by the sampler or forced open, before banning (record_logits)
     step_logits: list[tuple[int, torch.Tensor]] | None = None
 
@@ -217,6 +218,7 @@ class Generator:
             if dec.length + 1 >= self.max_length:
                 answer.stop = "max_length"
                 break
+            t_token = time.perf_counter()
             logits = spec.text_logits(self.model, h).float()
             raw = logits.clone() if record_logits else None
             logits[self.banned.to(logits.device)] = float("-inf")
@@ -243,6 +245,7 @@ class Generator:
             text_ids.append(token)
             n_text += 1
             h = feed(token)
+            answer.text_token_seconds.append(time.perf_counter() - t_token)
         flush_text()
         answer.seconds = time.perf_counter() - t0
         return answer

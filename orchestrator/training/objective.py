@@ -33,10 +33,11 @@ def loss_weights(train, spec: BackboneSpec) -> LossWeights:
 
 
 def adapter_loss(model: nn.Module, spec: BackboneSpec, batch: dict, weights: tuple[float, float] = (1.0, 1.0),
-                 chunk: int | None = None) -> LossOutput:
-    """``spec.loss`` of a collated batch, routed by ``batch["image_layout"]`` (a no-op for plain LoRA)."""
+                 chunk: int | None = None, per_row: bool = False) -> LossOutput:
+    """``spec.loss`` of a collated batch, routed by ``batch["image_layout"]`` (a no-op for plain LoRA);
+    ``per_row``: with each row's sums (LossOutput.rows)."""
     with routed(model, batch["image_layout"]):
-        return spec.loss(model, batch, weights, chunk)
+        return spec.loss(model, batch, weights, chunk, per_row)
 
 
 class LossModule(nn.Module):

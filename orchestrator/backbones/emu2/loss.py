@@ -63,7 +63,7 @@ class Emu2Loss:
             return (1 - F.cosine_similarity(pred, target, dim=-1)).sum()
         return (pred - target).pow(2).mean(-1).sum()
 
-    def loss(self, model, batch, weights=(1.0, 1.0), chunk: int | None = None) -> LossOutput:
+    def loss(self, model, batch, weights=(1.0, 1.0), chunk: int | None = None, per_row: bool = False) -> LossOutput:
         """Text CE (lm_head) + visual-embedding regression (project_down), weighted (text, image).
 
         Position t predicts position t + 1: where labels[t + 1] is ``<image>``, the target is the
@@ -92,4 +92,4 @@ class Emu2Loss:
             return self.regression_sum(base.project_down(hp[sel]), target_grid[:, 1:][sel])
 
         frame = frame_positions(self.image_frame, batch["input_ids"], batch["image_layout"])
-        return split_loss(term, labels, lambda targets: is_cell[:, 1:], weights, h, frame)
+        return split_loss(term, labels, lambda targets: is_cell[:, 1:], weights, h, frame, per_row)

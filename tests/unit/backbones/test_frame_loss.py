@@ -60,3 +60,23 @@ def test_text_loss_leaves_frame_tokens_out_and_the_objective_keeps_them(spec):
     assert m["val/frame_loss"] == pytest.approx(float(out.frame_loss), rel=1e-6)
     assert m["val/loss"] == pytest.approx(float(out.loss), rel=1e-5)
     assert m["val/text_ppl"] == pytest.approx(float(torch.exp(out.text_loss)), rel=1e-5)
+
+
+def test_per_row_sums_are_each_rows_own_loss_and_add_up_to_the_batch(spec):
+    """``per_row``: one forward, each row's sums by kind, adding up to the batch's sums and target counts."""
+    batch = mixed_batch(spec)
+    model = apply_moss(spec.build(seed=0), MossConfig(rank=4), spec)
+    randomize_adapter(model)
+    with torch.no_grad():
+        whole = adapter_loss(model, spec, batch)
+        out = adapter_loss(model, spec, batch, per_row=True)
+    assert whole.rows is None and len(out.rows) == batch["input_ids"].shape[0] > 1
+    assert float(out.loss) == pytest.approx(float(whole.loss), rel=1e-5)
+    for k, (mean, n) in enumerate(((out.text_loss, out.n_text), (out.image_loss, out.n_image),
+                                   (out.frame_loss, out.n_frame))):
+        assert sum(r[2 * k + 1] for r in out.rows) == n
+        assert sum(r[2 * k] for r in out.rows) == pytest.approx(float(mean) * n if n else 0.0, rel=1e-5)
+    valid = batch["labels"][:, 1:] != IGNORE_INDEX
+    for b, row in enumerate(out.rows):
+        assert row[1] + row[3] + row[5] == int(valid[b].sum())
+    assert any(r[3] for r in out.rows)  # some row has image targets

@@ -83,14 +83,30 @@ def test_evaluate_scores_logs_and_links(adapters, tmp_path, capsys):
     model = load_adapter(spec.build(seed=0), adapters / "chameleon", spec)
     rows = pads.dataset(f"{output_dir(cfg)}/split=val", format="parquet").to_table().to_pylist()
     total = n = 0
+    per_record = {r["id"]: r for r in results["heldout"]["per_record"]}
+    domains: dict = {}
     with torch.no_grad():
         for row in rows:
             out = adapter_loss(model, spec, collate_rows(spec, [row]))
             total, n = total + float(out.loss) * out.n_targets, n + out.n_targets
+            mine = per_record[row["id"]]  # each record's own sums, though scored in micro-batches of 3
+            assert (mine["n_text"], mine["n_image"], mine["n_frame"]) == (out.n_text, out.n_image, out.n_frame)
+            image_sum = float(out.image_loss) * out.n_image if out.n_image else 0.0
+            assert mine["image_sum"] == pytest.approx(image_sum, rel=1e-4, abs=1e-6)
+            assert mine["domain"] == row["domain"]
+            d = domains.setdefault(row["domain"], [0.0, 0])
+            d[0], d[1] = d[0] + image_sum, d[1] + out.n_image
     m = results["metrics"]
-    assert results["heldout"]["rows"] == len(rows) > 0
+    assert results["heldout"]["rows"] == len(rows) == len(per_record) > 0
     assert m["heldout/val/loss"] == pytest.approx(total / n, rel=1e-5)
+    assert len(domains) > 1
+    for domain, (s, k) in domains.items():
+        if k:
+            assert m[f"heldout/by_domain/{domain}/val/image_loss"] == pytest.approx(s / k, rel=1e-5)
     assert {"heldout/val/text_ppl", "heldout/val/image_ppl", "editing/code_match"} <= set(m)
+    # inference cost: every generated image cell timed (2 edits of an 8x8 grid), on the device named
+    assert results["cost"]["image_tokens"] == 2 * 64 and results["cost"]["device"] == "cpu"
+    assert m["cost/ms_per_image_token"] > 0 and m["editing/failure_rate"] == 0
     mlc = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = mlc.search_runs([mlc.get_experiment_by_name("moss").experiment_id])[0]
     assert run.data.tags["moss.kind"] == "evaluation" and run.info.status == "FINISHED"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
@@ -83,7 +84,7 @@ def test_evaluate_editing(name, sample, embedders, tmp_path):
     assert result["records"] == 2 and len(result["per_record"]) == 2
     m = result["metrics"]
     if name == "emu2":  # regressed embeddings vs the target's own: no pixels, and it says so
-        assert set(m) == {"embedding_mse", "embedding_cos"} and m["embedding_mse"] > 0 and -1 <= m["embedding_cos"] <= 1
+        assert set(m) == {"embedding_mse", "embedding_cos", "failure_rate"} and m["embedding_mse"] > 0 and -1 <= m["embedding_cos"] <= 1
         assert any("diffusion decoder" in n for n in result["notes"])
         for row in result["per_record"]:
             assert np.load(tmp_path / "editing" / f"{row['id']}.embeddings.npy").shape == (8, 8, 32)
@@ -93,7 +94,7 @@ def test_evaluate_editing(name, sample, embedders, tmp_path):
         codes = json.loads((tmp_path / "editing" / f"{row['id']}.codes.json").read_text())
         assert len(codes) * len(codes[0]) > 1
     if name == "chameleon":  # no pixel decoder in transformers: codes only, and it says so
-        assert set(m) == {"code_match"} and any("no pixel decoder" in n for n in result["notes"])
+        assert set(m) == {"code_match", "failure_rate"} and any("no pixel decoder" in n for n in result["notes"])
         return
     assert 0 < m["l1"] <= 1 and 0 < m["l2"] <= m["l1"] and -1 <= m["clip_i"] <= 1 and -1 <= m["dino"] <= 1
     row = result["per_record"][0]
@@ -116,7 +117,34 @@ def test_an_unreadable_record_is_counted_not_fatal(sample, tmp_path):
     (broken / "images" / "editing" / f"{first.id}_src.png").unlink()
     result = evaluate_editing(apply_moss(spec.build(seed=0), ADAPTERS["lora"], spec).eval(), spec, cfg, tmp_path / "o")
     assert result["records"] == 1 and result["failures"][0]["id"] == first.id
-    assert "missing file" in result["failures"][0]["reason"]
+    assert "missing file" in result["failures"][0]["reason"] and result["failures"][0]["stage"] == "input"
+    assert result["skipped"]["unreadable_image"] == 1 and result["metrics"]["failure_rate"] == 0
+
+
+def test_a_failed_generation_is_scored_worst_not_dropped(sample, tmp_path):
+    """A record the adapter cannot answer (here: a prompt longer than the model's context) stays in the mean at
+    each metric's worst value, so two adapters are always averaged over the same records."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(sample / "editing.parquet")
+    rows = table.to_pylist()[:2]
+    rows[0]["instruction"] = "make it red " * 3000
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), tmp_path / "editing.parquet")
+    shutil.copytree(sample / "images" / "editing", tmp_path / "images" / "editing")
+    spec = spec_for("janus")
+    cfg = load_config(None, [f"data.source={tmp_path / 'editing.parquet'}", "editing.split=all"])
+    model = apply_moss(spec.build(seed=0), ADAPTERS["lora"], spec).eval()
+    result = evaluate_editing(model, spec, cfg, tmp_path / "o")
+    assert len(result["per_record"]) == 2, result["skipped"]
+    failed, ok = result["per_record"]
+    assert failed["failed"] and failed["id"] == rows[0]["id"] and not ok.get("failed")
+    assert result["failures"][0]["stage"] == "generation" and "exceeds" in result["failures"][0]["reason"]
+    assert (failed["l1"], failed["l2"], failed["code_match"]) == (1.0, 1.0, 0.0)
+    m = result["metrics"]
+    assert m["failure_rate"] == 0.5 and result["records"] == 2
+    assert m["l1"] == pytest.approx((1.0 + ok["l1"]) / 2) and m["code_match"] == pytest.approx(ok["code_match"] / 2)
 
 
 def test_similarity_metrics_are_skipped_with_a_note(sample, tmp_path):
