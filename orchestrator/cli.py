@@ -71,10 +71,15 @@ def _tracking_parsers(sub) -> None:
     which = compare.add_mutually_exclusive_group()
     which.add_argument("--parent-run", help="a sweep's parent run id")
     which.add_argument("--experiment", help="the latest sweep of this experiment, else all its training runs")
+    which.add_argument("--paired", nargs=2, metavar=("A", "B"),
+                       help="two `moss evaluate` outputs (folder, results.json or MLflow run id): A - B per metric over "
+                            "the records both scored, with paired bootstrap intervals")
     compare.add_argument("--metric", help="default: the sweep's metric, else val/loss")
     compare.add_argument("--mode", choices=["min", "max"], help="default: the sweep's mode, else min")
     compare.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
-    compare.add_argument("--out", default="report/compare", help="folder for report.md, results.json and plots")
+    compare.add_argument("--out", default="report/compare", help="folder for report.md, results.json and plots "
+                                                                  "(--paired: paired.md, paired.json)")
+    compare.add_argument("--reps", type=int, default=10_000, help="--paired: bootstrap resamples (default 10000)")
     compare.set_defaults(func=cmd_compare)
     tracking = sub.add_parser("tracking", help="the local journal of MLflow writes a run kept while its server was away")
     tracking_sub = tracking.add_subparsers(dest="tracking_command", required=True)

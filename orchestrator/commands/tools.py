@@ -11,6 +11,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..tracking.compare import build_report
     from ..tracking.mlflow import tracking_uri
 
+    if args.paired:
+        return _compare_paired(args)
     uri = tracking_uri(args.tracking_uri)
     try:
         report = build_report(uri, parent_run_id=args.parent_run, experiment=args.experiment, metric=args.metric,
@@ -23,6 +25,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"report: {report['markdown']}; plots: {', '.join(report['plots'])}")
     if c.parent_run_id:
         print(f"logged to MLflow run {c.parent_run_id} (artifacts: report/)")
+    return 0
+
+
+def _compare_paired(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from ..tracking.paired import compare_paired, terminal_table, write_report
+
+    if args.reps < 100:
+        raise ConfigError(f"--reps {args.reps}: at least 100 resamples")
+    try:
+        result = compare_paired(*args.paired, uri=args.tracking_uri, reps=args.reps)
+    except (LookupError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    print(f"compare --paired: A = {result['a']}, B = {result['b']} (* : the interval excludes 0)")
+    print(terminal_table(result))
+    for note in result["notes"]:
+        print(f"  {note}")
+    print(f"report: {write_report(result, args.out)}")
     return 0
 
 

@@ -76,22 +76,34 @@ def paired_ci(a: dict, b: dict, level: float = LEVEL) -> Interval | None:
     return mean_ci(diffs, level) if diffs else None
 
 
-def paired_bootstrap(a, b, reps: int = 10_000, level: float = LEVEL, seed: int = 0) -> Interval:
+def paired_bootstrap(a, b, reps: int = 10_000, level: float = LEVEL, seed: int = 0, weights=None) -> Interval:
     """Mean of the paired differences a[i] - b[i] (e.g. per-record losses of two adapters on the same
     records) with a percentile bootstrap interval (records resampled with replacement, ``reps`` times).
-    ``half_width`` is the larger distance from the mean to the interval's ends."""
+    ``weights``: a weighted mean instead, sum w (a - b) / sum w, recomputed on each resample: with a[i], b[i]
+    a record's mean loss and w[i] its target count, the difference of the two token-mean losses over the
+    records (records of weight 0 drop out). ``half_width`` is the larger distance from the mean to the
+    interval's ends."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.ndim != 1 or a.shape != b.shape or a.size == 0:
         raise ValueError(f"need two equally long, non-empty lists of paired values (got {a.shape}, {b.shape})")
-    d = a - b
-    mean = float(d.mean())
+    w = np.ones_like(a) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != a.shape or (w < 0).any():
+        raise ValueError("weights: one non-negative weight per pair")
+    keep = w > 0
+    d, w = (a - b)[keep], w[keep]
+    if d.size == 0:
+        raise ValueError("every pair has weight 0")
+    wd = w * d
+    mean = float(wd.sum() / w.sum())
     if d.size == 1:
         return Interval(1, mean, None, None, level)
     rng = np.random.default_rng(seed)
     block = max(1, 2**22 // d.size)  # resamples per chunk: a few million indices at a time, whatever n is
-    means = np.concatenate([d[rng.integers(0, d.size, size=(min(block, reps - i), d.size))].mean(axis=1)
-                            for i in range(0, reps, block)])
-    low, high = (float(q) for q in np.quantile(means, [0.5 - level / 2, 0.5 + level / 2]))
+    means = []
+    for i in range(0, reps, block):
+        idx = rng.integers(0, d.size, size=(min(block, reps - i), d.size))
+        means.append(wd[idx].sum(axis=1) / w[idx].sum(axis=1))
+    low, high = (float(q) for q in np.quantile(np.concatenate(means), [0.5 - level / 2, 0.5 + level / 2]))
     return Interval(int(d.size), mean, float(d.std(ddof=1)), max(mean - low, high - mean), level, low, high)
 
 

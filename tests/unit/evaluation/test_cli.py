@@ -28,6 +28,10 @@ def adapters(tmp_path_factory):
         model = apply_moss(spec.build(seed=0), ADAPTERS["moss-lowrank"], spec)
         randomize_adapter(model, std=0.05)
         save_adapter(model, root / name)
+    spec = spec_for("chameleon")  # a second adapter on the same base: what `compare --paired` pairs with
+    model = apply_moss(spec.build(seed=0), ADAPTERS["lora"], spec)
+    randomize_adapter(model, std=0.05)
+    save_adapter(model, root / "chameleon-lora")
     draw("red").save(root / "red.png")
     return root
 
@@ -124,3 +128,25 @@ def test_evaluate_scores_logs_and_links(adapters, tmp_path, capsys):
     assert main([*fresh, "--into-run"]) == 2 and "--into-run" in capsys.readouterr().err
     assert main([*fresh, "--set", "generate.image_size=[2,2]"]) == 2  # before any model is built
     assert "generates 8x8 code grids only" in capsys.readouterr().err
+
+    # compare --paired: the same records scored by a second adapter, read back from its MLflow run
+    other = ["evaluate", "--adapter", str(adapters / "chameleon-lora"), "--out", str(tmp_path / "eval-b")]
+    assert main([*other, *[x for s in sets for x in ("--set", s)]]) == 0
+    b = json.loads((tmp_path / "eval-b" / "results.json").read_text())
+    b_run = next(r.info.run_id for r in mlc.search_runs([run.info.experiment_id]) if r.info.run_id != run.info.run_id)
+    capsys.readouterr()
+    uri = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--reps", "500"]
+    assert main(["compare", "--paired", str(tmp_path / "eval"), b_run, *uri, "--out", str(tmp_path / "paired")]) == 0
+    assert "heldout/val/image_loss" in capsys.readouterr().out
+    paired = json.loads((tmp_path / "paired" / "paired.json").read_text())
+    rows = {(r["scope"], r["metric"]): r for r in paired["rows"]}
+    image = rows[("all", "heldout/val/image_loss")]
+    assert image["a"] == pytest.approx(m["heldout/val/image_loss"], rel=1e-6)
+    assert image["b"] == pytest.approx(b["metrics"]["heldout/val/image_loss"], rel=1e-6)
+    assert image["diff"] == pytest.approx(image["a"] - image["b"], rel=1e-6) and image["low"] <= image["diff"] <= image["high"]
+    assert image["records"] == sum(1 for r in results["heldout"]["per_record"] if r["n_image"])
+    for domain in domains:  # per domain too, and the editing records
+        assert ("all", "heldout/val/text_loss") in rows and any(k[0] == domain for k in rows)
+    assert rows[("all", "editing/code_match")]["records"] == 2
+    assert main(["compare", "--paired", str(tmp_path / "eval"), str(tmp_path / "nowhere"), *uri]) == 2
+    assert "no results.json" in capsys.readouterr().err

@@ -131,3 +131,20 @@ def test_an_equal_parameter_run_is_paired_with_the_lora_rank_it_was_matched_to()
         r.settings = {"adapter.match_params.variant": "lora", "adapter.match_params.rank": "8", "adapter.rank": "4"}
     (pair,) = paired_to_lora(group_rows(lora + matched, "min"))
     assert pair["lora_rank"] == 8 and pair["diff"] == pytest.approx(-0.1) and pair["pairs"] == 3
+
+
+def test_weighted_paired_bootstrap_is_the_difference_of_token_means():
+    """Per-record mean losses weighted by target counts: the difference of the two corpus-level token means,
+    whatever the split of tokens over records; a record with no targets drops out."""
+    rng = np.random.default_rng(1)
+    n = rng.integers(0, 50, 300)
+    a, b = rng.normal(2.0, 0.5, 300), rng.normal(2.1, 0.5, 300)
+    boot = paired_bootstrap(a, b, reps=2000, weights=n)
+    assert boot.mean == pytest.approx(((a * n).sum() - (b * n).sum()) / n.sum())
+    assert boot.n == int((n > 0).sum()) and boot.low < boot.mean < boot.high
+    same = paired_bootstrap(a, b, reps=2000)
+    assert same == paired_bootstrap(a, b, reps=2000, weights=np.ones(300))
+    with pytest.raises(ValueError):
+        paired_bootstrap(a, b, weights=np.zeros(300))
+    with pytest.raises(ValueError):
+        paired_bootstrap(a, b, weights=-np.ones(300))
