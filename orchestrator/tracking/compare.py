@@ -16,6 +16,9 @@ from ..moss.variants import REFERENCE, find_variant, label_of
 from . import mlflow as tracking
 from . import tags as TAG
 from .seeds import group_rows, identity, markdown_sections, paired_to_lora, reference_rank, value_at
+from .table import COST_COLUMNS, LOSS_COLUMNS, method_rows
+from .table import markdown_section as methods_section
+from .table import terminal as methods_terminal
 
 REPORT_ARTIFACTS = "report"
 
@@ -40,6 +43,7 @@ class Row:
     seed: int | None = None  # train.seed: runs differing only in it are one configuration (seeds.py)
     budget: int | None = None  # train.max_steps
     settings: dict = field(default_factory=dict)  # the params that make a configuration (seeds.IDENTITY)
+    curves: dict = field(default_factory=dict)  # the method table's loss columns (table.LOSS_COLUMNS) -> history
 
 
 def _int(v):
@@ -80,11 +84,8 @@ def to_row(mlc, run, metric: str) -> Row:
     variant = p.get("adapter.variant", tags.get(TAG.VARIANT, "?"))
     known = find_variant(variant)
     conv = known is not None and known.uses_conv
-    latest: dict[int, tuple[int, float]] = {}  # a resumed run logs some steps twice: keep the later value
-    for m in mlc.get_metric_history(run.info.run_id, metric):
-        if m.step not in latest or m.timestamp >= latest[m.step][0]:
-            latest[m.step] = (m.timestamp, m.value)
-    history = sorted((step, v) for step, (_, v) in latest.items())
+    history = metric_history(mlc, run.info.run_id, metric)
+    curves = {m: history if m == metric else metric_history(mlc, run.info.run_id, m) for m in LOSS_COLUMNS}
     status = tags.get(TAG.STATUS) or run.info.status.lower()
     return Row(
         run_id=run.info.run_id, run_name=tags.get(TAG.MLFLOW_RUN_NAME, run.info.run_name), status=status,
@@ -94,7 +95,31 @@ def to_row(mlc, run, metric: str) -> Row:
         conv_space=p.get("adapter.conv_space") if conv else None, lr=_float(p.get("train.lr")),
         trainable_parameters=_int(p.get("trainable_parameters")), value=run.data.metrics.get(metric),
         step=history[-1][0] if history else None, sampled=json.loads(tags.get(TAG.SAMPLED, "{}")),
-        curve=history, seed=_int(p.get("train.seed")), budget=_int(p.get("train.max_steps")), settings=identity(p))
+        curve=history, seed=_int(p.get("train.seed")), budget=_int(p.get("train.max_steps")), settings=identity(p),
+        curves=curves)
+
+
+def metric_history(mlc, run_id: str, metric: str) -> list[tuple[int, float]]:
+    """(step, value) in step order; a resumed run logs some steps twice: the later value is kept."""
+    latest: dict[int, tuple[int, float]] = {}
+    for m in mlc.get_metric_history(run_id, metric):
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    return sorted((step, v) for step, (_, v) in latest.items())
+
+
+def evaluation_costs(mlc, experiment_ids: list[str], runs: list) -> dict[str, dict]:
+    """Run id -> the cost metrics of its latest `moss evaluate` (a linked evaluation run, or the run's own
+    metrics when it was evaluated --into-run)."""
+    ids = {r.info.run_id for r in runs}
+    costs = {r.info.run_id: {k: v for k, v in r.data.metrics.items() if k in COST_COLUMNS} for r in runs}
+    evals = search_all(mlc, experiment_ids, f"tags.`{TAG.KIND}` = 'evaluation'")
+    for e in sorted(evals, key=lambda e: e.info.start_time or 0):  # the latest evaluation wins
+        source = e.data.tags.get(TAG.SOURCE_RUN)
+        found = {k: v for k, v in e.data.metrics.items() if k in COST_COLUMNS}
+        if source in ids and found:
+            costs[source] = found
+    return {k: v for k, v in costs.items() if v}
 
 
 def _activation(name: str | None) -> str:
@@ -114,6 +139,7 @@ class Comparison:
     source: str  # what was compared (a sweep parent run, or an experiment)
     rows: list[Row]
     parent_run_id: str | None = None
+    costs: dict = field(default_factory=dict)  # run id -> cost metrics of its evaluation (evaluation_costs)
 
     def best_per_variant(self) -> list[Row]:
         best: dict[tuple, Row] = {}
@@ -151,10 +177,15 @@ class Comparison:
         """Configurations over seeds, best mean first (seeds.Group)."""
         return group_rows(self.rows, self.mode)
 
+    def methods(self):
+        """The lead table: one row per configuration (table.MethodRow)."""
+        return method_rows(self.groups(), self.costs)
+
     def to_json(self) -> dict:
         groups = self.groups()
         return {"metric": self.metric, "mode": self.mode, "source": self.source, "parent_run_id": self.parent_run_id,
-                "rows": [{k: v for k, v in asdict(r).items() if k != "curve"} for r in self.rows],
+                "methods": [m.to_json() for m in self.methods()],
+                "rows": [{k: v for k, v in asdict(r).items() if k not in ("curve", "curves")} for r in self.rows],
                 "best_per_variant": [r.run_name for r in self.best_per_variant()], "lora_gaps": self.lora_gaps(),
                 "groups": [g.to_json() for g in groups], "paired_to_lora": paired_to_lora(groups)}
 
@@ -182,7 +213,9 @@ def collect(uri: str, parent_run_id: str | None = None, experiment: str | None =
     if not runs:
         raise LookupError(f"no runs to compare in {source}")
     rows = sorted((to_row(mlc, r, metric) for r in runs), key=sort_key(mode))
-    return Comparison(metric, mode, source, rows, parent.info.run_id if parent is not None else None)
+    exp_ids = sorted({r.info.experiment_id for r in runs})
+    return Comparison(metric, mode, source, rows, parent.info.run_id if parent is not None else None,
+                      evaluation_costs(mlc, exp_ids, runs))
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -216,7 +249,9 @@ def markdown(c: Comparison, plots: dict[str, str]) -> str:
     parts = [f"# MoSS comparison: {c.source}", "",
              f"{len(c.rows)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}), ranked by "
              f"**{c.metric}** ({better} is better). A run stopped early by the scheduler shows its last value, "
-             "at the step it reached.", "", "## All runs", "", trials_table(c), ""]
+             "at the step it reached.", ""]
+    parts += methods_section(c.methods(), md_table)
+    parts += ["## All runs", "", trials_table(c), ""]
     groups = c.groups()
     parts += markdown_sections(groups, paired_to_lora(groups), c.metric, c.mode, md_table)
     parts += ["## Best per variant", "",
@@ -255,7 +290,8 @@ def build_report(uri: str, parent_run_id: str | None = None, experiment: str | N
     best = c.rows[0] if c.rows and c.rows[0].value is not None else None
     return {"dir": str(out), "markdown": str(out / "report.md"), "json": str(out / "results.json"),
             "plots": [str(out / p) for p in plots.values()], "comparison": c, "best": best,
-            "table_text": terminal_table(c)}
+            "table_text": (methods_terminal(c.methods()) + "\n\n" if any(g.interval.n > 1 for g in c.groups()) else "")
+            + terminal_table(c)}
 
 
 def terminal_table(c: Comparison, limit: int = 12) -> str:

@@ -51,7 +51,12 @@ def config_key(row) -> tuple:
 
 def value_at(row, step: int) -> float | None:
     """The metric's value at ``step`` (or the last one logged before it)."""
-    before = [v for s, v in row.curve if s <= step]
+    return curve_value(row.curve, step)
+
+
+def curve_value(curve: list[tuple[int, float]], step: int) -> float | None:
+    """A (step, value) history's value at ``step`` (or the last one logged before it)."""
+    before = [v for s, v in curve if s <= step]
     return before[-1] if before else None
 
 

@@ -82,3 +82,42 @@ def test_compare_cli(store, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6 runs of sweep 'sw'" in out and (tmp_path / "c" / "report.md").exists()
     assert main(["compare", "--tracking-uri", uri, "--experiment", "nope", "--out", str(tmp_path / "d")]) == 2
+
+
+def test_the_report_leads_with_the_method_table(tmp_path):
+    """Rows: methods over seeds; columns: image and text loss (mean ± t CI at the common step), params, and the
+    cost of their evaluation runs (linked by moss.source_run_id)."""
+    from orchestrator.tracking.stats import mean_ci
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlc = MlflowClient(uri)
+    exp = mlc.create_experiment("moss", artifact_location=(tmp_path / "mlruns").as_uri())
+    parent = mlc.create_run(exp, run_name="sw", tags={"moss.kind": "sweep", "moss.metric": "val/image_loss",
+                                                      "moss.mode": "min"}).info.run_id
+    losses = {"lora": ([2.0, 2.2, 2.1], [1.0, 1.1, 1.2]), "moss": ([1.5, 1.7, 1.6], [1.05, 1.1, 1.15])}
+    for variant, (image, text) in losses.items():
+        for seed in range(3):
+            run = mlc.create_run(exp, run_name=f"{variant}-{seed}", tags={"mlflow.parentRunId": parent}).info.run_id
+            for k, v in (("backbone.name", "chameleon"), ("adapter.variant", variant), ("adapter.rank", 8),
+                         ("adapter.kernel_size", 3), ("adapter.conv_space", "full"), ("train.seed", seed),
+                         ("train.max_steps", 10), ("trainable_parameters", 100 if variant == "lora" else 300)):
+                mlc.log_param(run, k, v)
+            for step in (5, 10):  # the table reads step 10 (every seed reached it)
+                mlc.log_metric(run, "val/image_loss", image[seed] + (10 - step), step=step)
+                mlc.log_metric(run, "val/text_loss", text[seed] + (10 - step), step=step)
+            mlc.set_terminated(run, "FINISHED")
+            if variant == "moss":  # one evaluation run per seed, with its generation cost
+                ev = mlc.create_run(exp, tags={"moss.kind": "evaluation", "moss.source_run_id": run}).info.run_id
+                mlc.log_metric(ev, "cost/ms_per_image_token", 2.0 + seed)
+    report = build_report(uri, parent_run_id=parent, out_dir=tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.index("## Methods") < md.index("## All runs")
+    methods = json.loads((tmp_path / "out" / "results.json").read_text())["methods"]
+    assert [m["label"] for m in methods] == ["moss/full", "lora"]  # best first
+    moss, lora = methods
+    assert moss["val/image_loss"]["mean"] == pytest.approx(1.6) and moss["seeds"] == 3 and moss["step"] == 10
+    assert moss["val/image_loss"]["half_width"] == pytest.approx(mean_ci([1.5, 1.7, 1.6]).half_width)
+    assert lora["val/text_loss"]["mean"] == pytest.approx(1.1)
+    assert moss["cost/ms_per_image_token"]["mean"] == pytest.approx(3.0) and lora["cost/ms_per_image_token"] is None
+    assert moss["trainable_parameters"] == 300
+    assert "1.600 ± " in md and "moss/full r8 k3" in report["table_text"]
