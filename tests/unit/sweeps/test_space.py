@@ -20,7 +20,7 @@ def write(tmp_path: Path, **fields) -> Path:
 
 
 @pytest.mark.parametrize("name,trials", [("smoke", 12), ("paper_ablation", 32), ("paper_ablation_7b", 32),
-                                         ("paper_ablation_emu3", 32), ("backbones", 8), ("paper_table2_7b", 18),
+                                         ("paper_ablation_emu3", 32), ("backbones", 8), ("paper_table2_7b", 18), ("paper_table2", 18),
                                          ("demo", 6)])
 def test_shipped_spaces_parse(name, trials):
     space = load_space(REPO / "search_spaces" / f"{name}.yaml")
