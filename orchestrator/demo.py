@@ -50,26 +50,60 @@ def run_demo(out_dir: str = "demo_out", space: str | Path = DEMO, per_domain: in
         print(f"best:        {best.run_name} ({best.label}, rank {best.rank}"
               + (f", kernel {best.kernel_size}" if best.kernel_size else "")
               + f"): {summary['report']['comparison'].metric} {best.value:.4f}")
-        evaluate_best(best, root, overrides)
+        evaluate_best(best, root, overrides, summary["report"]["comparison"].rows)
     print(f"demo: done in {time.perf_counter() - t0:.0f} s")
     return summary
 
 
-def evaluate_best(best, root: Path, overrides: list[str]) -> dict:
-    """`moss evaluate --run <best trial>`: its logged config and final adapter -> results.json + MLflow."""
+def evaluate_best(best, root: Path, overrides: list[str], rows: list | None = None) -> dict:
+    """`moss evaluate --run <best trial>`: its logged config and final adapter -> results.json + MLflow. With
+    ``rows`` (the sweep's runs) also its counterpart at the same seed (the LoRA run if the best is not LoRA,
+    else the best other method's), and `moss compare --paired` of the two on the same records."""
+    results = evaluate_run(best, root, overrides, "4/4")
+    partner = counterpart(best, rows or [])
+    if partner is not None:
+        from .tracking.paired import compare_paired, terminal_table, write_report
+
+        evaluate_run(partner, root, overrides, "4/4", quiet=True)
+        paired = compare_paired(str(root / "eval" / best.run_name), str(root / "eval" / partner.run_name), reps=2000)
+        shown = {**paired, "rows": [r for r in paired["rows"] if r["scope"] == "all"]}
+        print(f"paired:      A = {best.run_name} ({best.label}), B = {partner.run_name} ({partner.label}), "
+              "same seed, same records (* : the interval excludes 0)")
+        print(terminal_table(shown))
+        print(f"             per domain: {write_report(paired, root / 'report' / 'paired')}")
+    return results
+
+
+def counterpart(best, rows: list):
+    """The run to pair with ``best``: same backbone, seed and budget, LoRA if ``best`` is not, else the best
+    (rows are sorted) run of another method."""
+    from .moss.variants import REFERENCE
+
+    for r in rows:
+        if (r is not best and r.value is not None and (r.backbone, r.seed, r.budget) == (best.backbone, best.seed, best.budget)
+                and (r.variant == REFERENCE) != (best.variant == REFERENCE)):
+            return r
+    return None
+
+
+def evaluate_run(row, root: Path, overrides: list[str], stage: str, quiet: bool = False) -> dict:
+    """`moss evaluate --run <trial>` into <root>/eval/<trial> (+ an MLflow run linked to the trial)."""
     from .evaluation.evaluate import evaluate, log_to_mlflow
     from .evaluation.inference import resolve
 
     uri = next(o for o in overrides if o.startswith("tracking.tracking_uri="))
-    out = root / "eval" / best.run_name
+    out = root / "eval" / row.run_name
     shutil.rmtree(out, ignore_errors=True)  # a rerun of the demo: no stale files among this run's artifacts
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, source = resolve(None, [uri, "editing.max_records=4"], None, best.run_id, Path(tmp))
-        print(f"demo: 4/4 evaluating {best.run_name}: held-out loss on the val shards, editing metrics", flush=True)
+        cfg, source = resolve(None, [uri, "editing.max_records=4"], None, row.run_id, Path(tmp))
+        print(f"demo: {stage} evaluating {row.run_name}: held-out loss on the val shards, editing metrics", flush=True)
         results = evaluate(cfg, source, out)
     run_id = log_to_mlflow(cfg, source, results, out)
+    if quiet:
+        return results
     for key, value in sorted(results["metrics"].items()):
-        print(f"  {key:28s} {value:.4f}")
-    print(f"evaluation:  {out / 'results.json'}; MLflow run {run_id} (tag moss.source_run_id={best.run_id})")
-    print(f"generate:    moss generate --run {best.run_id} --set {uri} --prompt 'Draw a red square:' --image-first")
+        if not key.startswith("heldout/by_domain/"):  # per domain: in results.json and MLflow
+            print(f"  {key:28s} {value:.4f}")
+    print(f"evaluation:  {out / 'results.json'}; MLflow run {run_id} (tag moss.source_run_id={row.run_id})")
+    print(f"generate:    moss generate --run {row.run_id} --set {uri} --prompt 'Draw a red square:' --image-first")
     return results

@@ -148,3 +148,13 @@ def test_weighted_paired_bootstrap_is_the_difference_of_token_means():
         paired_bootstrap(a, b, weights=np.zeros(300))
     with pytest.raises(ValueError):
         paired_bootstrap(a, b, weights=-np.ones(300))
+
+
+def test_the_demo_pairs_its_best_run_with_the_other_method_at_the_same_seed():
+    from orchestrator.demo import counterpart
+
+    rows = sorted([row("moss", 1, 1.5), row("lora", 0, 1.6), row("lora", 1, 1.7), row("moss", 0, 1.9),
+                   row("lora", 2, 1.8)], key=lambda r: r.value)
+    assert counterpart(rows[0], rows).run_name == "lora-r4-s1"  # best is MoSS seed 1: LoRA seed 1
+    assert counterpart(rows[1], rows).run_name == "moss-r4-s0"  # best is LoRA seed 0: the other method, seed 0
+    assert counterpart(row("moss", 5, 1.0), rows) is None  # no run at that seed
