@@ -115,6 +115,9 @@ def _tool_parsers(sub) -> None:
     sample.add_argument("out", help="folder to write into")
     sample.add_argument("--per-domain", type=int, default=60)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--format", choices=["native", "sharegpt", "messages"], default="native",
+                        help="native: our segments/placeholders shapes; sharegpt / messages: the same records as "
+                             "conversations (same shards)")
     sample.set_defaults(func=cmd_sample)
     secrets = sub.add_parser("cluster-secrets", help="generate the cluster's Ray token and MLflow credentials "
                                                      "into a private env file (never commit it)")

@@ -65,7 +65,7 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from ..data.sample import write_sample
 
-    counts = write_sample(args.out, per_domain=args.per_domain, seed=args.seed)
+    counts = write_sample(args.out, per_domain=args.per_domain, seed=args.seed, fmt=args.format)
     print(f"sample: {sum(counts.values())} records in {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 

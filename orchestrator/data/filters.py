@@ -44,9 +44,9 @@ def run_stage(stage: str, fn, *args):
         raise Reject(stage, f"internal error: {type(e).__name__}: {str(e)[:200]}") from None
 
 
-def parse(raw, base: str) -> Record:
+def parse(raw, base: str, fmt: str = "auto") -> Record:
     obj = run_stage("parse", parse_json, raw)
-    return run_stage("schema", to_record, obj, base)
+    return run_stage("schema", to_record, obj, base, fmt)
 
 
 def read_images(record: Record, base: str, f: FilterSection, policy: ImagePolicy) -> list[bytes]:
@@ -68,7 +68,8 @@ def check_record_bounds(record: Record, f: FilterSection) -> None:
     chars = sum(len(t) for t in record.texts())
     if chars > f.max_text_chars:
         raise Reject("bounds", f"{chars} text characters > max_text_chars={f.max_text_chars}")
-    out_chars = sum(len(s.text) for s in record.output if not s.is_image)
+    segments, targets = record.segments()
+    out_chars = sum(len(s.text) for s, t in zip(segments, targets) if t and not s.is_image)
     if out_chars < f.min_output_chars:
         raise Reject("bounds", f"{out_chars} output characters < min_output_chars={f.min_output_chars}")
     n = len(record.images())
@@ -87,14 +88,17 @@ def check_near_duplicates(record: Record, images: list[Image.Image], f: FilterSe
     """Stage "image_dedupe": two images on the same side (input or output) with close perceptual hashes.
 
     Input and output are not compared with each other: an edited image is meant to resemble its source.
+    (In a conversation, the user turns' images are input and the answers' images output.)
     """
     if f.phash_max_distance < 0:
         return
-    n_in = sum(s.is_image for s in record.input)
+    segments, targets = record.segments()
+    is_output = [t for s, t in zip(segments, targets) if s.is_image]
     hashes = [phash(im) for im in images]
-    for side, lo, hi in (("input", 0, n_in), ("output", n_in, len(images))):
-        for j in range(lo, hi):
-            for i in range(lo, j):
+    for side, flag in (("input", False), ("output", True)):
+        members = [k for k, o in enumerate(is_output) if o == flag]
+        for a, j in enumerate(members):
+            for i in members[:a]:
                 d = hamming(hashes[i], hashes[j])
                 if d <= f.phash_max_distance:
                     raise Reject("image_dedupe", f"{side} image {j} near-duplicates image {i} (pHash distance {d})")
@@ -111,10 +115,10 @@ def content_hash(record: Record, image_bytes: list[bytes]) -> str:
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
 
-def content_key(raw, base: str, f: FilterSection, policy: ImagePolicy) -> tuple[str, str] | None:
+def content_key(raw, base: str, f: FilterSection, policy: ImagePolicy, fmt: str = "auto") -> tuple[str, str] | None:
     """(id, content hash) for cross-set dedupe, or None when the record fails before that stage anyway."""
     try:
-        record = parse(raw, base)
+        record = parse(raw, base, fmt)
         run_stage("bounds", check_record_bounds, record, f)  # 5,000 image references: none is read
         data = read_images(record, base, f, policy)
     except Exception:  # parse, schema, bounds or refused / unreadable images: rejected at their stage in the main pass

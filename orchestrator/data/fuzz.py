@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .formats import to_conversation
+
 from .sample import DOMAINS, MAKERS, _i, _t, _Writer
 
 FUZZ_LIMITS = [
@@ -75,9 +77,13 @@ class _Fuzz:
         r["output"] = [_t("Here it is:"), _i(path)]
         return r
 
+    def conversation(self, fmt: str | None = None, domain: str | None = None) -> dict:
+        """A fresh record as a ShareGPT or messages conversation (formats.py)."""
+        return to_conversation(self.fresh(domain), fmt or self.rng.choice(["sharegpt", "messages"]))
+
     # each kind: () -> (line bytes, expected stage, id or None)
-    def k_good(self):
-        r = self.fresh()
+    def k_good(self):  # in any of the four shapes
+        r = self.fresh() if self.rng.random() < 0.6 else self.conversation()
         self.good.append(r)
         return r, ""
 
@@ -110,6 +116,31 @@ class _Fuzz:
         r = self.fresh("storytelling")
         r["images"].append(r["images"][0])
         return r, "schema"
+
+    def k_conversation_unknown_role(self):
+        r = self.conversation("sharegpt")
+        r["conversations"][-1]["from"] = "narrator"
+        return r, "schema"
+
+    def k_conversation_ends_with_user(self):
+        r = self.conversation("messages")
+        r["messages"].append({"role": "user", "content": "And then?"})
+        return r, "schema"
+
+    def k_conversation_unmarked_image(self):
+        r = self.conversation(domain="vqa")
+        r["images"].append(r["images"][0])  # one image more than <image> markers
+        return r, "schema"
+
+    def k_conversation_bad_content(self):
+        r = self.conversation("messages")
+        r["messages"][-1]["content"] = {"text": 42}
+        return r, "schema"
+
+    def k_conversation_missing_image(self):
+        r = self.conversation("sharegpt", domain="vqa")
+        r["images"] = [f"images/{self.name}-bad/missing-{self.n}.png"]
+        return r, "image"
 
     def k_missing_image(self):
         return self.with_output_image(f"images/{self.name}-bad/missing-{self.n}.png"), "image"

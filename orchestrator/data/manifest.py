@@ -19,7 +19,7 @@ from .filters import STAGES
 from .shards import REJECTED, SPLITS, TOKEN_STATS
 
 FORMAT_VERSION = 1
-_LIGHT = ["split", "stage", "domain", "n_answer_images", *TOKEN_STATS]
+_LIGHT = ["split", "stage", "domain", "n_answer_images", "format", *TOKEN_STATS]
 #: the stages that drop a record for a size limit (data.filters bounds, data.max_seq_len); data.max_dropped_fraction
 #: bounds what they may drop, of the records (and answer images) that reach `bounds`
 SIZE_STAGES = ("bounds", "truncate")
@@ -35,6 +35,7 @@ def collect_stats(out_dir: str) -> dict:
     """Counts per split / stage / domain and token statistics, streaming over the light columns only."""
     by_split, by_stage = Counter(), Counter()
     by_domain: dict[str, Counter] = defaultdict(Counter)
+    by_format: dict[str, Counter] = defaultdict(Counter)  # records per shape read (data.format auto)
     tokens = {s: Counter() for s in SPLITS}
     max_len = Counter()
     drops = Counter()
@@ -45,6 +46,8 @@ def collect_stats(out_dir: str) -> dict:
             by_split[split] += 1
             domain = cols["domain"][i] or "(unparsed)"
             by_domain[domain][split] += 1
+            if cols["format"][i]:
+                by_format[cols["format"][i]]["kept" if split != REJECTED else "rejected"] += 1
             stage, answers = cols["stage"][i], cols["n_answer_images"][i] or 0
             if stage not in _BEFORE_BOUNDS:  # the record reached the size limits
                 drops["records_in"] += 1
@@ -71,8 +74,9 @@ def collect_stats(out_dir: str) -> dict:
     dropped = {"records_in": drops["records_in"], "answer_images_in": drops["answer_images_in"],
                "records": {s: drops[f"records:{s}"] for s in SIZE_STAGES},
                "answer_images": {s: drops[f"answer_images:{s}"] for s in SIZE_STAGES}}
+    formats = {k: {"kept": v["kept"], "rejected": v["rejected"]} for k, v in sorted(by_format.items())}
     return dict(by_split=dict(by_split), by_stage=dict(by_stage), by_domain=domains, tokens=token_stats,
-                dropped=dropped)
+                dropped=dropped, formats=formats)
 
 
 def check_dropped(manifest: dict, limit: float, where: str) -> None:
@@ -151,6 +155,7 @@ def build_manifest(cfg, spec, files: list[str], n_input: int, stats: dict, n_rej
         "stages": stage_table(n_input, stats["by_stage"]),
         "dropped": stats["dropped"],
         "domains": stats["by_domain"],
+        "formats": stats["formats"],  # records per shape read (kept / rejected after it parsed)
         "tokens": stats["tokens"],
     }
 
@@ -163,6 +168,9 @@ def format_summary(manifest: dict, out_dir: str) -> str:
     lines += ["", f"{'domain':<20}{'train':>8}{'val':>6}{'rejected':>10}"]
     for d, c in manifest["domains"].items():
         lines.append(f"{d:<20}{c.get('train', 0):>8}{c.get('val', 0):>6}{c.get(REJECTED, 0):>10}")
+    if manifest.get("formats"):
+        lines.append("formats: " + ", ".join(f"{k} {v['kept']} kept / {v['rejected']} rejected"
+                                             for k, v in manifest["formats"].items()))
     d = manifest["dropped"]
     lines.append(f"size limits dropped {sum(d['records'].values())} of {d['records_in']} records and "
                  f"{sum(d['answer_images'].values())} of {d['answer_images_in']} answer images (bounds / truncate: "

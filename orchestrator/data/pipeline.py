@@ -36,7 +36,8 @@ def output_dir(cfg: RunConfig) -> str:
 def preprocess(cfg: RunConfig, engine: str = "ray") -> dict:
     """Run the whole pipeline; returns the manifest (also written to <output>/<backbone>/manifest.json)."""
     out = output_dir(cfg)
-    reads = {"policy": ImagePolicy.from_config(cfg.data), "limits": Limits.from_config(cfg.data)}  # bad roots: stop now
+    reads = {"policy": ImagePolicy.from_config(cfg.data), "limits": Limits.from_config(cfg.data),
+             "fmt": cfg.data.format}  # bad roots: stop now
     files = list_files(cfg.data.sources(), exclude=cfg.data.output)
     chunks = plan_chunks(files, cfg.data.chunk_bytes)
     fs, root = arrow_fs(out)
@@ -147,9 +148,9 @@ class _SplitWriter:
 
 def _run_local(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, timings: dict, reads: dict) -> int:
     d, f = cfg.data, cfg.data.filters
-    policy, limits = reads["policy"], reads["limits"]
+    policy, limits, fmt = reads["policy"], reads["limits"], reads["fmt"]
     t = time.perf_counter()
-    keys = pa.concat_tables([chunk_keys(c, f, policy, limits) for c in chunks])
+    keys = pa.concat_tables([chunk_keys(c, f, policy, limits, fmt) for c in chunks])
     verdicts = find_duplicates(keys, files) if f.dedupe else {}
     timings["dedupe_keys_s"], t = round(time.perf_counter() - t, 2), time.perf_counter()
     stages = []
@@ -162,7 +163,7 @@ def _run_local(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, 
     writer = _SplitWriter(out, d.rows_per_file)
     try:
         for c in chunks:
-            for table in validate_chunk(c, f, verdicts, d.val_fraction, d.batch_size, policy, limits):
+            for table in validate_chunk(c, f, verdicts, d.val_fraction, d.batch_size, policy, limits, fmt):
                 for stage in stages:
                     table = stage(table)
                 writer.write(table)

@@ -174,13 +174,25 @@ def make_records(root: Path, domain: str, n: int, seed: int = 0, prefix: str = "
     return [MAKERS[domain](rng, w, f"{prefix}{domain}-{i:05d}") for i in range(n)]
 
 
-def write_sample(out_dir: str | Path, per_domain: int = 60, seed: int = 0) -> dict[str, int]:
-    """Write the sample set (``per_domain`` records in each of five domains); returns records per file."""
+def write_sample(out_dir: str | Path, per_domain: int = 60, seed: int = 0, fmt: str = "native") -> dict[str, int]:
+    """Write the sample set (``per_domain`` records in each of five domains); returns records per file.
+    ``fmt``: native (our two shapes, as tabled above), or the same records as ``sharegpt`` or ``messages``
+    conversations (formats.py), their parquet file with the images embedded as HF-datasets structs
+    ``{"bytes", "path"}``: every format gives the same shards."""
+    from .formats import CONVERSATIONS, to_conversation
+
+    if fmt != "native" and fmt not in CONVERSATIONS:
+        raise ValueError(f"format {fmt!r}: native, {', '.join(CONVERSATIONS)}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     counts = {}
     for domain, name in FILES.items():
         records = make_records(root, domain, per_domain, seed)
+        if fmt != "native":
+            records = [to_conversation(r, fmt) for r in records]
+            if name.endswith(".parquet"):
+                for r in records:
+                    r["images"] = [{"bytes": (root / p).read_bytes(), "path": p} for p in r["images"]]
         path = root / name
         if name.endswith(".parquet"):
             import pyarrow as pa

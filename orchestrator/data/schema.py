@@ -1,4 +1,7 @@
-"""LeafInstruct records: the two accepted input shapes, parsed into one ``Record`` type.
+"""LeafInstruct records: the accepted input shapes, parsed into one ``Record`` type.
+
+Our own two shapes are below; ShareGPT / LLaVA conversations and LLaMA-Factory messages are read by
+formats.py (``data.format``: auto detects each record's shape by its keys, or one shape is required).
 
 (a) segment lists::
 
@@ -59,11 +62,22 @@ class Record:
     input: tuple[Segment, ...]
     output: tuple[Segment, ...]
     extra: dict = field(default_factory=dict, compare=False)
+    #: which output segments are trained on (empty: all). A multi-turn conversation's output holds every turn
+    #: from the first answer on: the answers are targets, the user turns between them context
+    output_targets: tuple[bool, ...] = ()
+    format: str = field(default="segments", compare=False)  # the shape it was read from (formats.detect)
 
     def segments(self) -> tuple[list[Segment], list[bool]]:
-        """(segments, targets): instruction + input (not trained on), then output (trained on)."""
+        """(segments, targets): instruction + input (not trained on), then output (trained on, but for
+        the context turns of a conversation)."""
         prompt = ([Segment("text", text=self.instruction)] if self.instruction else []) + list(self.input)
-        return prompt + list(self.output), [False] * len(prompt) + [True] * len(self.output)
+        targets = list(self.output_targets) if self.output_targets else [True] * len(self.output)
+        return prompt + list(self.output), [False] * len(prompt) + targets
+
+    def answer_images(self) -> int:
+        """Images the record is trained to produce (in its target segments)."""
+        targets = self.output_targets or (True,) * len(self.output)
+        return sum(s.is_image and t for s, t in zip(self.output, targets))
 
     def images(self) -> list[Segment]:
         return [s for s in (*self.input, *self.output) if s.is_image]
@@ -130,12 +144,23 @@ def resolve_ref(ref: str, base: str) -> str:
     return os.path.normpath(os.path.join(base, ref))
 
 
-def to_record(obj, base: str = "") -> Record:
-    """Stage "schema": a JSON object in either accepted shape -> Record, or SchemaError(reason)."""
+FORMATS = ("auto", "segments", "placeholders", "sharegpt", "messages")
+
+
+def to_record(obj, base: str = "", fmt: str = "auto") -> Record:
+    """Stage "schema": a JSON object in an accepted shape -> Record, or SchemaError(reason). ``fmt``: the
+    shape required (data.format), or auto: each record's own, by its keys."""
+    from .formats import CONVERSATIONS, content_id, conversation, detect
+
     if not isinstance(obj, dict):
         raise SchemaError(f"a record must be a JSON object, got {type(obj).__name__}")
     obj = {k: v for k, v in obj.items() if v is not None}  # parquet stores absent fields as null
+    found = detect(obj)
+    if fmt != "auto" and found is not None and found != fmt:
+        raise SchemaError(f"a {found} record, but data.format is {fmt}")
     rid = obj.get("id")
+    if rid is None and found in CONVERSATIONS:  # LLaMA-Factory and many ShareGPT sets carry no id
+        rid = content_id(obj)
     if isinstance(rid, int) and not isinstance(rid, bool):
         rid = str(rid) if abs(rid) < _MAX_INT_ID else None  # (str() refuses ints of more than 4300 digits)
     if not isinstance(rid, str) or rid.strip() == "":
@@ -152,15 +177,20 @@ def to_record(obj, base: str = "") -> Record:
     if not isinstance(instruction, str):
         raise SchemaError(f"'instruction' must be a string, got {type(instruction).__name__}")
     checked(instruction, "'instruction'")
-    if isinstance(obj.get("output"), list) or isinstance(obj.get("input"), list):
+    if found is None:
+        raise SchemaError("neither shape: expected 'input'/'output' segment lists, 'context'/'output' text with "
+                          "'images', 'conversations' (ShareGPT) or 'messages'")
+    targets: tuple[bool, ...] = ()
+    if found in CONVERSATIONS:
+        instruction, inp, out, targets = conversation(obj, found, base)
+    elif found == "segments":
         inp, out = _segment_list(obj, "input", base), _segment_list(obj, "output", base)
-    elif "context" in obj or isinstance(obj.get("output"), str) or isinstance(obj.get("input"), str):
-        instruction, inp, out = _placeholder_form(obj, instruction, base)
     else:
-        raise SchemaError("neither shape: expected 'input'/'output' segment lists or 'context'/'output' text with 'images'")
+        instruction, inp, out = _placeholder_form(obj, instruction, base)
     if not out:
         raise SchemaError("'output' is empty: nothing to train on")
-    return Record(rid, domain, instruction, tuple(inp), tuple(out))
+    targets = () if all(targets) else targets  # all trained on: as the native shapes say it
+    return Record(rid, domain, instruction, tuple(inp), tuple(out), output_targets=targets, format=found)
 
 
 def _segment_list(obj: dict, key: str, base: str) -> list[Segment]:

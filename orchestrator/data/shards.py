@@ -19,7 +19,8 @@ _META = [
     ("order", pa.int64()), ("file", pa.string()), ("line", pa.int64()), ("id", pa.string()),
     ("domain", pa.string()), ("split", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
     ("content_hash", pa.string()), ("alignment", pa.float64()),
-    ("n_answer_images", pa.int32()),  # images in the record's output (known once it parses; 0 before)
+    ("n_answer_images", pa.int32()),  # images in the record's answers (known once it parses; 0 before)
+    ("format", pa.string()),  # the shape it was read in (schema.FORMATS; "" before it parses)
 ]
 #: rows leaving the CPU validation stages: metadata + segments (JSON: [[kind, text | image index, target]])
 #: + the images' encoded bytes. Rejected rows carry stage/reason and no segments or images.

@@ -17,6 +17,7 @@ from ..config import FilterSection
 from .dedupe import KEY_SCHEMA, order_of
 from .filters import (Reject, check_bounds, check_near_duplicates, check_record_bounds, content_key, load_images,
                       run_stage)
+from .formats import detect
 from .refs import ImagePolicy
 from .schema import Record, parse_json, to_record
 from .shards import REJECTED, VALIDATED_SCHEMA, build_table, split_of, storable
@@ -27,7 +28,8 @@ _DEFAULT_POLICY = ImagePolicy()
 
 def _row(chunk: Chunk, line: int, **kw) -> dict:
     row = dict(order=order_of(chunk.file_index, line), file=chunk.path, line=line, id="", domain="", split=REJECTED,
-               stage="", reason="", content_hash="", alignment=math.nan, n_answer_images=0, segments="", images=[])
+               stage="", reason="", content_hash="", alignment=math.nan, n_answer_images=0, format="", segments="",
+               images=[])
     row.update(kw)
     for k in ("file", "id", "domain", "reason"):  # what a reject names may hold what the schema refuses
         row[k] = storable(row[k])
@@ -47,24 +49,25 @@ def _segments_json(record: Record) -> str:
 
 
 def _known(obj) -> dict:
-    """id and domain of a record that may fail the schema, where they are plain values."""
+    """id, domain and shape of a record that may fail the schema, where they are plain values."""
     if not isinstance(obj, dict):
         return {}
     fields = {"id": obj.get("id"), "domain": obj.get("domain") or obj.get("task_name")}
-    return {k: str(v)[:256] for k, v in fields.items()  # (str() refuses ints of more than 4300 digits)
-            if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) < 10**256)}
+    known = {k: str(v)[:256] for k, v in fields.items()  # (str() refuses ints of more than 4300 digits)
+             if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) < 10**256)}
+    return {**known, "format": detect(obj) or ""}
 
 
 def validate_record(
     raw, chunk: Chunk, line: int, f: FilterSection, verdicts: dict[int, str], val_fraction: float,
-    policy: ImagePolicy = _DEFAULT_POLICY,
+    policy: ImagePolicy = _DEFAULT_POLICY, fmt: str = "auto",
 ) -> dict:
     known: dict = {}  # id / domain as soon as they are known, so rejects can name them
     try:
         obj = run_stage("parse", parse_json, raw)
         known = _known(obj)
-        record = run_stage("schema", to_record, obj, chunk.base)
-        known = dict(id=record.id, domain=record.domain, n_answer_images=sum(s.is_image for s in record.output))
+        record = run_stage("schema", to_record, obj, chunk.base, fmt)
+        known = dict(id=record.id, domain=record.domain, n_answer_images=record.answer_images(), format=record.format)
         run_stage("bounds", check_record_bounds, record, f)
         data, images = run_stage("image", load_images, record, chunk.base, f, policy)
         run_stage("bounds", check_bounds, record, images, f)
@@ -80,12 +83,12 @@ def validate_record(
 
 def validate_chunk(
     chunk: Chunk, f: FilterSection, verdicts: dict[int, str], val_fraction: float, rows_per_table: int = 16,
-    policy: ImagePolicy = _DEFAULT_POLICY, limits: Limits = Limits(),
+    policy: ImagePolicy = _DEFAULT_POLICY, limits: Limits = Limits(), fmt: str = "auto",
 ) -> Iterator[pa.Table]:
     """Validated rows of a chunk, handed on in tables of rows_per_table (bounded memory per task)."""
     rows = []
     for line, raw in read_chunk(chunk, limits):
-        rows.append(validate_record(raw, chunk, line, f, verdicts, val_fraction, policy))
+        rows.append(validate_record(raw, chunk, line, f, verdicts, val_fraction, policy, fmt))
         if len(rows) == rows_per_table:
             yield build_table(rows, VALIDATED_SCHEMA, "schema")
             rows = []
@@ -94,11 +97,11 @@ def validate_chunk(
 
 
 def chunk_keys(chunk: Chunk, f: FilterSection, policy: ImagePolicy = _DEFAULT_POLICY,
-               limits: Limits = Limits()) -> pa.Table:
+               limits: Limits = Limits(), fmt: str = "auto") -> pa.Table:
     """Dedupe keys of a chunk: one row per input record (content_hash "" where it fails earlier)."""
     rows = []
     for line, raw in read_chunk(chunk, limits):
-        key = content_key(raw, chunk.base, f, policy) if f.dedupe else None
+        key = content_key(raw, chunk.base, f, policy, fmt) if f.dedupe else None
         rid, h = key or ("", "")
         rows.append(dict(order=order_of(chunk.file_index, line), id=rid, content_hash=h))
     return build_table(rows, KEY_SCHEMA, "dedupe")
@@ -111,11 +114,11 @@ def _chunks_of(batch: pa.Table) -> list[Chunk]:
     return [Chunk(**row) for row in batch.to_pylist()]
 
 
-def keys_udf(batch: pa.Table, filters: FilterSection, policy: ImagePolicy, limits: Limits) -> pa.Table:
-    return pa.concat_tables([chunk_keys(c, filters, policy, limits) for c in _chunks_of(batch)])
+def keys_udf(batch: pa.Table, filters: FilterSection, policy: ImagePolicy, limits: Limits, fmt: str) -> pa.Table:
+    return pa.concat_tables([chunk_keys(c, filters, policy, limits, fmt) for c in _chunks_of(batch)])
 
 
 def validate_udf(batch: pa.Table, filters: FilterSection, verdicts: dict[int, str], val_fraction: float, rows: int,
-                 policy: ImagePolicy, limits: Limits):
+                 policy: ImagePolicy, limits: Limits, fmt: str):
     for c in _chunks_of(batch):
-        yield from validate_chunk(c, filters, verdicts, val_fraction, rows, policy, limits)
+        yield from validate_chunk(c, filters, verdicts, val_fraction, rows, policy, limits, fmt)

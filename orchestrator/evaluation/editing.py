@@ -59,7 +59,7 @@ def editing_records(cfg: RunConfig) -> tuple[list, dict]:
     for chunk in plan_chunks(list_files(sources), cfg.data.chunk_bytes):
         for _, raw in read_chunk(chunk, limits):
             try:
-                rec = parse(raw, chunk.base)
+                rec = parse(raw, chunk.base, cfg.data.format)
             except Reject:
                 skipped["unreadable"] += 1
                 continue
@@ -67,7 +67,7 @@ def editing_records(cfg: RunConfig) -> tuple[list, dict]:
                 skipped["other_domain"] += 1
             elif e.split != "all" and split_of(rec.id, cfg.data.val_fraction) != e.split:
                 skipped["other_split"] += 1
-            elif sum(s.is_image for s in rec.output) != 1 or not any(s.is_image for s in rec.input):
+            elif rec.answer_images() != 1 or not any(s.is_image for s in rec.input):
                 skipped["not_an_edit"] += 1
             else:
                 try:
@@ -158,7 +158,7 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path, cost=None) -> d
         try:  # the record's own images: unreadable ones are the data's fault, not the adapter's
             prompt = ([rec.instruction] if rec.instruction else []) + [
                 load_image(s.image) if s.is_image else s.text for s in rec.input]
-            target = load_image(next(s.image for s in rec.output if s.is_image))
+            target = load_image(next(s.image for s, t in zip(*rec.segments()) if t and s.is_image))
             with torch.no_grad():
                 tgrid = spec.target_grid(model, target)  # codes (h, w) or embeddings (h, w, d)
         except ImageError as e:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from .base import ConfigError, Section
@@ -42,6 +44,10 @@ class DataSection(Section):
     #: JSONL / JSON / parquet: a path, glob or directory (local, s3://, gs://, hf://datasets/...), or a list
     source: str | list[str] | None = None
     output: str = "shards"  # shards go to <output>/<backbone>/
+    #: record shape: auto (each record's own, by its keys; counted per format in the manifest), or one of
+    #: segments / placeholders (ours), sharegpt (ShareGPT / LLaVA conversations), messages (LLaMA-Factory);
+    #: a record of another shape is then a `schema` reject
+    format: Literal["auto", "segments", "placeholders", "sharegpt", "messages"] = "auto"
     max_seq_len: int = Field(2048, ge=8)  # tokens per record; longer ones lose whole trailing segments (truncate stage)
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # by a stable hash of the record id
     filters: FilterSection = Field(default_factory=FilterSection)
