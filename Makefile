@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install docs demo test test-fast bench bench-data bench-train bench-sweep bench-generation bench-locality clean
+.PHONY: install browser docs demo test test-fast bench bench-data bench-train bench-sweep bench-generation bench-locality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# headless Chromium for the report.html test (Debian's package), installed once when missing
+browser:
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q --no-install-recommends chromium >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null) \
+		|| echo "make: could not install chromium (apt-get as root); tests/unit/tracking/test_html.py will fail"
+
 docs: $(STAMP)
 	$(BIN)/python -m orchestrator.config_doc docs/configuration.md
 
@@ -29,7 +35,7 @@ demo: $(STAMP)
 test: test-fast
 	$(BIN)/python -m pytest -q tests -m slow
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(BIN)/python -m pytest -q -n 2 tests -m "not slow"
 
 bench: $(STAMP)

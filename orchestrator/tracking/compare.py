@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ..moss.variants import REFERENCE, find_variant, label_of
 from . import mlflow as tracking
@@ -43,6 +44,7 @@ class Row:
     seed: int | None = None  # train.seed: runs differing only in it are one configuration (seeds.py)
     budget: int | None = None  # train.max_steps
     settings: dict = field(default_factory=dict)  # the params that make a configuration (seeds.IDENTITY)
+    experiment_id: str = ""
     curves: dict = field(default_factory=dict)  # the method table's loss columns (table.LOSS_COLUMNS) -> history
 
 
@@ -96,7 +98,7 @@ def to_row(mlc, run, metric: str) -> Row:
         trainable_parameters=_int(p.get("trainable_parameters")), value=run.data.metrics.get(metric),
         step=history[-1][0] if history else None, sampled=json.loads(tags.get(TAG.SAMPLED, "{}")),
         curve=history, seed=_int(p.get("train.seed")), budget=_int(p.get("train.max_steps")), settings=identity(p),
-        curves=curves)
+        curves=curves, experiment_id=run.info.experiment_id)
 
 
 def metric_history(mlc, run_id: str, metric: str) -> list[tuple[int, float]]:
@@ -120,6 +122,16 @@ def evaluation_costs(mlc, experiment_ids: list[str], runs: list) -> dict[str, di
         if source in ids and found:
             costs[source] = found
     return {k: v for k, v in costs.items() if v}
+
+
+def ui_url(uri: str) -> str | None:
+    """The MLflow UI's address for a tracking server URI (credentials removed), None for a local store."""
+    from urllib.parse import urlparse
+
+    parts = urlparse(uri)
+    if parts.scheme not in ("http", "https"):
+        return None
+    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl().rstrip("/")
 
 
 def _activation(name: str | None) -> str:
@@ -225,7 +237,16 @@ def _fmt(v, digits: int = 4) -> str:
         return f"{v:.{digits}g}" if abs(v) < 1e-3 else f"{v:.{digits}f}"
     if isinstance(v, int) and abs(v) >= 10_000:
         return f"{v:,}"
+    if isinstance(v, Link):
+        return v.text
     return str(v)
+
+
+class Link(NamedTuple):
+    """A table cell that links somewhere (the HTML report renders the link; markdown the text)."""
+
+    text: str
+    href: str
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:
@@ -234,14 +255,24 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def trials_table(c: Comparison) -> str:
+def run_cell(r: Row, ui: str | None):
+    """A run's name, linked to its page in the MLflow UI at ``ui`` (a tracking server's http(s) URL)."""
+    if not ui or not r.experiment_id:
+        return r.run_name
+    return Link(r.run_name, f"{ui.rstrip('/')}/#/experiments/{r.experiment_id}/runs/{r.run_id}")
+
+
+def trials_table(c: Comparison, table=md_table, ui: str | None = None) -> str:
     headers = ["#", "run", "backbone", "variant", "rank", "kernel", "lr", "trainable params", c.metric, "at step",
                "status"]
-    return md_table(headers, [[i + 1, r.run_name, r.backbone, r.label, r.rank, r.kernel_size, r.lr,
-                               r.trainable_parameters, r.value, r.step, r.status] for i, r in enumerate(c.rows)])
+    return table(headers, [[i + 1, run_cell(r, ui), r.backbone, r.label, r.rank, r.kernel_size, r.lr,
+                            r.trainable_parameters, r.value, r.step, r.status] for i, r in enumerate(c.rows)])
 
 
-def markdown(c: Comparison, plots: dict[str, str]) -> str:
+def markdown(c: Comparison, plots: dict[str, str], table=md_table, ui: str | None = None) -> str:
+    """The report (``table``: how a table is written, md_table or html.html_table; ``ui``: the MLflow UI to
+    link runs to)."""
+    md_table = table
     counts: dict[str, int] = {}
     for r in c.rows:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -251,12 +282,12 @@ def markdown(c: Comparison, plots: dict[str, str]) -> str:
              f"**{c.metric}** ({better} is better). A run stopped early by the scheduler shows its last value, "
              "at the step it reached.", ""]
     parts += methods_section(c.methods(), md_table)
-    parts += ["## All runs", "", trials_table(c), ""]
+    parts += ["## All runs", "", trials_table(c, table, ui), ""]
     groups = c.groups()
     parts += markdown_sections(groups, paired_to_lora(groups), c.metric, c.mode, md_table)
     parts += ["## Best per variant", "",
              md_table(["backbone", "variant", "rank", "kernel", "trainable params", c.metric, "run"],
-                      [[r.backbone, r.label, r.rank, r.kernel_size, r.trainable_parameters, r.value, r.run_name]
+                      [[r.backbone, r.label, r.rank, r.kernel_size, r.trainable_parameters, r.value, run_cell(r, ui)]
                        for r in c.best_per_variant()]), ""]
     gaps = c.lora_gaps()
     parts += ["## Gap to LoRA at equal rank", "",
@@ -276,7 +307,9 @@ def markdown(c: Comparison, plots: dict[str, str]) -> str:
 
 def build_report(uri: str, parent_run_id: str | None = None, experiment: str | None = None, metric: str | None = None,
                  mode: str | None = None, out_dir: str | Path = "report") -> dict:
-    """Collect, write report.md + results.json + PNG plots into ``out_dir``, log them to the parent run."""
+    """Collect, write report.md, report.html, results.json and PNG plots into ``out_dir``, log them to the
+    parent run."""
+    from .html import write_html
     from .plots import write_plots
 
     c = collect(uri, parent_run_id=parent_run_id, experiment=experiment, metric=metric, mode=mode)
@@ -285,10 +318,11 @@ def build_report(uri: str, parent_run_id: str | None = None, experiment: str | N
     plots = write_plots(c, out)
     (out / "report.md").write_text(markdown(c, plots))
     (out / "results.json").write_text(json.dumps(c.to_json(), indent=2, default=str))
+    html = write_html(c, plots, out, ui_url(uri))
     if c.parent_run_id is not None:
         tracking.client(uri).log_artifacts(c.parent_run_id, str(out), REPORT_ARTIFACTS)
     best = c.rows[0] if c.rows and c.rows[0].value is not None else None
-    return {"dir": str(out), "markdown": str(out / "report.md"), "json": str(out / "results.json"),
+    return {"dir": str(out), "markdown": str(out / "report.md"), "json": str(out / "results.json"), "html": str(html),
             "plots": [str(out / p) for p in plots.values()], "comparison": c, "best": best,
             "table_text": (methods_terminal(c.methods()) + "\n\n" if any(g.interval.n > 1 for g in c.groups()) else "")
             + terminal_table(c)}
