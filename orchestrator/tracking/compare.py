@@ -329,9 +329,10 @@ def build_report(uri: str, parent_run_id: str | None = None, experiment: str | N
 
 
 def terminal_table(c: Comparison, limit: int = 12) -> str:
-    lines = [f"{'run':<34} {'variant':<13} {'rank':>4} {'k':>2} {'params':>10} {c.metric:>14} {'step':>5} status"]
+    w = max([3, *(len(r.run_name) for r in c.rows[:limit])])  # full names: they are what `moss generate --run` needs
+    lines = [f"{'run':<{w}} {'variant':<13} {'rank':>4} {'k':>2} {'params':>10} {c.metric:>14} {'step':>5} status"]
     for r in c.rows[:limit]:
-        lines.append(f"{r.run_name[-34:]:<34} {r.label:<13} {_fmt(r.rank):>4} {_fmt(r.kernel_size):>2} "
+        lines.append(f"{r.run_name:<{w}} {r.label:<13} {_fmt(r.rank):>4} {_fmt(r.kernel_size):>2} "
                      f"{_fmt(r.trainable_parameters):>10} {_fmt(r.value):>14} {_fmt(r.step):>5} {r.status}")
     if len(c.rows) > limit:
         lines.append(f"... {len(c.rows) - limit} more in the report")

@@ -58,6 +58,7 @@ def test_the_page_renders_sorts_and_logs_nothing(report, tmp_path):
     text = page.read_text()
     assert "<h2>Methods</h2>" in text and text.count("<table") >= 4 and "data:image/png;base64," in text
     assert "src=\"curves.png\"" not in text and "a-very-long-sweep-name-moss-0" in text  # inline plots, full names
+    assert "\na-very-long-sweep-name-lora-1 " in built["table_text"]  # the console table too, uncut
     dom, console = browse(f"{page.as_uri()}#check", "--dump-dom")
     assert console == []
     n_plots = len(built["plots"])
