@@ -12,16 +12,18 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 SWEEP_NAME = "table2-7b"
-APP = "/home/ray/moss-orchestrator"  # where k8s/Dockerfile puts the project: relative paths below start there
-#: name -> (what it runs, entrypoint, seconds the cluster lives after the job, comment)
+APP = "/home/ray/moss-orchestrator"  # where k8s/Dockerfile puts the project
+#: name -> (what it runs, entrypoint). KubeRay pastes the entrypoint unquoted into the submitter pod's
+#: `bash -c "ray job submit ... -- <entrypoint>"`: a shell character (&& ; | $( ) would run there, not in the
+#: job, so entrypoints are plain commands with absolute paths (tests/unit/test_k8s.py checks).
 JOBS = {
-    "preprocess": ("Ray Data: LeafInstruct records -> shards on /mnt/moss (CPU group only)",
-                   "python jobs/preprocess.py jobs/configs/leafinstruct_gpu.yaml"),
+    "preprocess": ("Ray Data: LeafInstruct records -> shards on /mnt/moss, tokenizer actors on the CPU group",
+                   f"python {APP}/jobs/preprocess.py {APP}/jobs/configs/leafinstruct_gpu.yaml "
+                   "--set data.tokenize_actors=60"),  # the head has no CPUs: size the pool for the CPU group
     "train": ("one Ray Train run; a retry relaunches the same train.run_name, which resumes from its checkpoint",
-              "python jobs/train.py jobs/configs/leafinstruct_gpu.yaml --set train.run_name=anole7b-moss-r256"),
+              f"python {APP}/jobs/train.py {APP}/jobs/configs/leafinstruct_gpu.yaml --set train.run_name=anole7b-moss-r256"),
     "sweep": ("the Table 2 protocol on Anole-7B; a retry resumes the sweep from its Tune state on /mnt/moss",
-              f"python jobs/sweep.py search_spaces/paper_table2_7b.yaml --name {SWEEP_NAME} "
-              f"$(test -f /mnt/moss/ray_results/{SWEEP_NAME}/moss_sweep.json && echo --resume)"),
+              f"python {APP}/jobs/sweep.py {APP}/search_spaces/paper_table2_7b.yaml --name {SWEEP_NAME} --resume-or-start"),
 }
 
 
@@ -30,10 +32,10 @@ def rayjob(name: str, what: str, entrypoint: str, cluster_spec: dict) -> str:
         "apiVersion": "ray.io/v1", "kind": "RayJob",
         "metadata": {"name": f"moss-{name}", "labels": {"app.kubernetes.io/name": "moss-orchestrator"}},
         "spec": {
-            "entrypoint": f"cd {APP} && {entrypoint}",
+            "entrypoint": entrypoint,
             "submissionMode": "K8sJobMode",
-            "shutdownAfterJobFinishes": True,  # the cluster goes when the job ends (GPU pods are the cost)
-            "ttlSecondsAfterFinished": 3600,  # its logs stay readable for an hour
+            "shutdownAfterJobFinishes": True,  # the cluster is deleted when the job ends ...
+            "ttlSecondsAfterFinished": 600,  # ... 10 minutes later: time to read its logs (GPU pods are the cost)
             "backoffLimit": 2,  # retries of a failed job, each on a fresh cluster (the job resumes: above)
             "rayClusterSpec": cluster_spec,
         },

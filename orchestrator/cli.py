@@ -61,6 +61,8 @@ def _run_parsers(sub) -> None:
     sweep.add_argument("--name", help="sweep name (default: <space>-<time>-<hex>); names its Tune state and parent run")
     sweep.add_argument("--resume", action="store_true",
                        help="continue an interrupted sweep (--name, else the latest of this space)")
+    sweep.add_argument("--resume-or-start", action="store_true",
+                       help="with --name: continue that sweep if it exists, else start it (for a job's retries)")
     sweep.add_argument("--report-dir", help="where the report goes (default: report/<sweep name>)")
     sweep.set_defaults(func=cmd_sweep)
 

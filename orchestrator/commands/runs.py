@@ -133,7 +133,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..lease import Lease
     from ..sweeps.tuner import describe_plan, format_summary, plan_sweep, run_sweep
 
-    plan = plan_sweep(args.space, args.set, name=args.name, resume=args.resume)
+    plan = plan_sweep(args.space, args.set, name=args.name, resume=args.resume, or_start=args.resume_or_start)
     with Lease(plan.sweep_dir, f"sweep {plan.name!r}"):  # a second --resume of this sweep exits 2 here
         print(f"sweep: {describe_plan(plan)}; Tune state in {plan.sweep_dir}", flush=True)
         init_ray()

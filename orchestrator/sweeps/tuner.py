@@ -68,9 +68,13 @@ def latest_sweep(storage: str, space_name: str) -> str | None:
     return max(found)[1] if found else None
 
 
-def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: bool = False) -> SweepPlan:
+def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: bool = False,
+               or_start: bool = False) -> SweepPlan:
     """Every check that needs no Ray: the space, `moss plan` of every trial (checkpoints, image budget,
-    memory on the node each lands on), every trial's shards, the sweep name vs storage."""
+    memory on the node each lands on), every trial's shards, the sweep name vs storage. ``or_start`` (with
+    ``name``): resume the sweep if it exists, else start it (a scheduler's retry of the same command)."""
+    if or_start and name is None:
+        raise ConfigError("--resume-or-start needs --name (the sweep to continue or start)")
     space = load_space(space_path, overrides)
     preflight = preflight_space(space)
     enforce(preflight, space.base_config().plan.enforce, "sweep")
@@ -86,6 +90,8 @@ def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: b
                      steps=trial_steps(space), overrides=tuple(overrides))
     marker = read_json(f"{plan.sweep_dir}/{MARKER}", hint=f"it records the space and MLflow parent run of sweep {name!r}: "
                        "restore it from your storage's versions or backups, or start a new sweep under another --name")
+    if or_start:
+        resume = marker is not None
     if resume:
         if marker is None:
             raise ConfigError(f"no sweep {name!r} in {storage} to resume (no {MARKER})")

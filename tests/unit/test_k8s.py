@@ -101,10 +101,15 @@ def test_versions_follow_pyproject_and_every_rayjob_runs_the_one_cluster():
         assert spec["rayClusterSpec"] == cluster["spec"], f"{name} drifted from raycluster.yaml: python k8s/render.py"
         assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
         assert spec["backoffLimit"] > 0
-        script = re.search(r"python (jobs/\S+\.py)", spec["entrypoint"]).group(1)
-        assert (REPO / script).is_file()
-        for path in re.findall(r"\b((?:search_spaces|jobs/configs)/\S+\.yaml)", spec["entrypoint"]):
+        entry = spec["entrypoint"]
+        # KubeRay pastes it unquoted into the submitter pod's `bash -c`: a shell character would run there
+        assert not re.search(r"[;&|$()<>`'\"\\*?]", entry), entry
+        paths = re.findall(r"/home/ray/moss-orchestrator/(\S+)", entry)  # where k8s/Dockerfile puts the project
+        assert paths and paths[0].startswith("jobs/") and entry.startswith("python /home/ray/moss-orchestrator/")
+        for path in paths:
             assert (REPO / path).is_file(), path
+    assert "--resume-or-start" in jobs["rayjob-sweep.yaml"]["spec"]["entrypoint"]
+    assert "COPY --chown=ray:users jobs /home/ray/moss-orchestrator/jobs" in dockerfile
 
 
 def test_layout_and_security_rules():
@@ -129,6 +134,12 @@ def test_layout_and_security_rules():
     text = "\n".join(p.read_text() for p in K8S.glob("*.yaml"))
     assert not re.search(r"(PASSWORD|TOKEN)\s*\n\s*value:", text)  # secrets only by secretKeyRef
     assert "secretKeyRef: {name: moss-mlflow-auth, key: MLFLOW_TRACKING_PASSWORD}" in text
+    mlflow = next(d for _, d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    hosts = next(e["value"] for e in mlflow["env"] if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS")
+    assert "moss-mlflow:5000" in hosts.split(",")  # the Host header of MLFLOW_TRACKING_URI=http://moss-mlflow:5000
+    root = mlflow["args"][mlflow["args"].index("--root") + 1]
+    mount = mlflow["volumeMounts"][0]["mountPath"]
+    assert root.startswith(mount + "/")  # its own folder inside the claim (the server chmods its root)
 
 
 @pytest.mark.parametrize("name", ["preprocess", "train", "sweep"])

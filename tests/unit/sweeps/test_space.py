@@ -159,6 +159,12 @@ def test_sweep_plan_checks_shards_names_and_resume(tmp_path, capsys, monkeypatch
     (tmp_path / "runs" / "fixed" / MARKER).write_text(
         f'{{"space": "t", "digest": "{plan.space.digest}", "parent_run_id": "p1", "created": "2026-01-01"}}')
     assert plan_sweep(str(path), name="fixed", resume=True).parent_run_id == "p1"
+    # --resume-or-start (a RayJob's retries run one command): resumes what exists, starts what does not
+    assert plan_sweep(str(path), name="fixed", or_start=True).parent_run_id == "p1"
+    fresh = plan_sweep(str(path), name="new-one", or_start=True)
+    assert fresh.name == "new-one" and fresh.parent_run_id is None
+    with pytest.raises(ConfigError, match="needs --name"):
+        plan_sweep(str(path), or_start=True)
     # one writer per sweep: a --resume while another --resume of it is live exits 2, before Ray
     import subprocess
     import sys
