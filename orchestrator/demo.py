@@ -62,11 +62,11 @@ def evaluate_best(best, root: Path, overrides: list[str], rows: list | None = No
     results = evaluate_run(best, root, overrides, "4/4")
     partner = counterpart(best, rows or [])
     if partner is not None:
-        from .tracking.paired import compare_paired, terminal_table, write_report
+        from .tracking.paired import ALL, compare_paired, terminal_table, write_report
 
         evaluate_run(partner, root, overrides, "4/4", quiet=True)
         paired = compare_paired(str(root / "eval" / best.run_name), str(root / "eval" / partner.run_name), reps=2000)
-        shown = {**paired, "rows": [r for r in paired["rows"] if r["scope"] == "all"]}
+        shown = {**paired, "rows": [r for r in paired["rows"] if r["scope"] == ALL]}
         print(f"paired:      A = {best.run_name} ({best.label}), B = {partner.run_name} ({partner.label}), "
               "same seed, same records (* : the interval excludes 0)")
         print(terminal_table(shown))

@@ -15,10 +15,13 @@
 
 Images: ``image`` / ``images`` (a path, or a list), one per ``<image>`` marker in turn order; an entry
 may be a path or URI, or a HF-datasets image struct ``{"bytes": ..., "path": ...}`` (how parquet exports
-embed them). Roles: system turns at the start become the instruction; every turn before the first
+embed them). Roles: a top-level ``system`` (LLaMA-Factory) or ``instruction``, and system turns at the
+start, become the instruction; every turn before the first
 assistant turn is context; from there on every assistant turn is a target and the user turns between
 them are context again. No chat template is applied (as for the native shapes), so a single-turn record
-gives exactly the tokens of the same record in the native ``segments`` shape. A record without ``id``
+gives exactly the tokens of the same record in the native ``segments`` shape (text is stripped at its
+edges, as the placeholder shape does). A multi-turn conversation is one sequence of its turns' segments,
+with no separator or end-of-turn token between them and EOS after the last answer only. A record without ``id``
 gets one from its content (``sha1-`` + 16 hex digits), so the same record always lands in the same split.
 """
 
@@ -94,7 +97,7 @@ def conversation(obj: dict, fmt: str, base: str) -> tuple[str, list[Segment], li
     if not isinstance(turns, list) or not turns:
         raise SchemaError(f"'{key}' must be a non-empty list of turns")
     queue = _image_list(obj)
-    system: list[str] = []
+    system = [checked(obj[k], f"'{k}'").strip() for k in ("system", "instruction") if isinstance(obj.get(k), str)]
     inp: list[Segment] = []
     out: list[Segment] = []
     targets: list[bool] = []
@@ -123,7 +126,7 @@ def conversation(obj: dict, fmt: str, base: str) -> tuple[str, list[Segment], li
     if not any(targets):
         raise SchemaError(f"no assistant turn with content in '{key}': nothing to train on")
     if not targets[-1]:  # user turns after the last answer: nothing follows them to learn
-        raise SchemaError(f"'{key}' ends with a user turn: the last turn must be the assistant's")
+        raise SchemaError(f"'{key}' does not end with an assistant turn with content")
     return "\n".join(s for s in system if s), inp, out, tuple(targets)
 
 

@@ -67,7 +67,8 @@ def editing_records(cfg: RunConfig) -> tuple[list, dict]:
                 skipped["other_domain"] += 1
             elif e.split != "all" and split_of(rec.id, cfg.data.val_fraction) != e.split:
                 skipped["other_split"] += 1
-            elif rec.answer_images() != 1 or not any(s.is_image for s in rec.input):
+            elif rec.output_targets or rec.answer_images() != 1 or not any(s.is_image for s in rec.input):
+                # (a multi-turn conversation is not one edit: its later turns would be left out of the prompt)
                 skipped["not_an_edit"] += 1
             else:
                 try:

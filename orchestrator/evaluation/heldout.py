@@ -10,6 +10,7 @@ train.eval_max_batches, which scores a prefix of the split). Each record's sums 
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pyarrow.dataset as pads
@@ -40,8 +41,12 @@ _SLOTS = (TEXT_SUM, N_TEXT, IMAGE_SUM, N_IMAGE, FRAME_SUM, N_FRAME)
 
 
 def metric_name(domain: str) -> str:
-    """A domain as one MLflow metric-name component (letters, digits, _ - . only)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", domain)[:100] or "_"
+    """A domain as one MLflow metric-name component: letters, digits, _ - . kept; anything else (and a name
+    that is only dots) replaced, with a hash of the domain appended so two domains never share a name."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", domain)[:100]
+    if name.strip(".") == "":
+        name = "_"
+    return name if name == domain else f"{name}-{hashlib.sha1(domain.encode('utf-8', 'surrogatepass')).hexdigest()[:6]}"
 
 
 def add_record(sums: list[float], record: dict) -> None:

@@ -21,6 +21,7 @@ from .stats import LEVEL, paired_bootstrap
 HELDOUT = (("text_loss", "text_sum", "n_text"), ("image_loss", "image_sum", "n_image"),
            ("frame_loss", "frame_sum", "n_frame"))
 EDITING = ("l1", "l2", "clip_i", "dino", "code_match", "embedding_mse", "embedding_cos")
+ALL = "(all)"  # the scope of every shared record (parenthesised, as the manifest's "(unparsed)", unlike real domains)
 
 
 def load_evaluation(ref: str, uri: str | None = None) -> tuple[str, dict]:
@@ -78,7 +79,7 @@ def heldout_rows(a: dict, b: dict, reps: int, seed: int) -> tuple[list[dict], li
             raise ValueError(f"held-out record {i!r}: targets {ca} in A but {cb} in B (text, image, frame): the two "
                              "were scored on different shards or backbones, so their losses do not pair")
     rows = []
-    scopes = [("all", shared)] + [(d, [i for i in shared if ra[i]["domain"] == d])
+    scopes = [(ALL, shared)] + [(d, [i for i in shared if ra[i]["domain"] == d])
                                   for d in sorted({ra[i]["domain"] for i in shared})]
     for scope, ids in scopes:
         for metric, s, n in HELDOUT:
@@ -111,7 +112,7 @@ def editing_rows(a: dict, b: dict, reps: int, seed: int) -> tuple[list[dict], li
         if not ids:
             continue
         av, bv = [ra[i][metric] for i in ids], [rb[i][metric] for i in ids]
-        rows.append(_row("all", f"editing/{metric}", sum(av) / len(av), sum(bv) / len(bv),
+        rows.append(_row(ALL, f"editing/{metric}", sum(av) / len(av), sum(bv) / len(bv),
                          paired_bootstrap(av, bv, reps, seed=seed)))
     return rows, notes
 

@@ -104,7 +104,8 @@ def paired_bootstrap(a, b, reps: int = 10_000, level: float = LEVEL, seed: int =
         idx = rng.integers(0, d.size, size=(min(block, reps - i), d.size))
         means.append(wd[idx].sum(axis=1) / w[idx].sum(axis=1))
     low, high = (float(q) for q in np.quantile(np.concatenate(means), [0.5 - level / 2, 0.5 + level / 2]))
-    return Interval(int(d.size), mean, float(d.std(ddof=1)), max(mean - low, high - mean), level, low, high)
+    std = float(np.sqrt((w * (d - mean) ** 2).sum() / w.sum() * d.size / (d.size - 1)))  # weighted, n - 1
+    return Interval(int(d.size), mean, std, max(mean - low, high - mean), level, low, high)
 
 
 def separated(a: Interval, b: Interval) -> bool | None:

@@ -86,7 +86,7 @@ def test_in_a_conversation_every_answer_is_a_target_and_user_turns_between_are_c
     ({"id": "a", "conversations": [{"from": "narrator", "value": "x"}]}, "must be one of"),
     ({"id": "a", "messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
     ({"id": "a", "messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "and?"}]},
-     "ends with a user turn"),
+     "does not end with an assistant turn"),
     ({"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"},
                               {"role": "assistant", "content": "yo"}]}, "system turn after"),
     ({"id": "a", "messages": [{"role": "assistant", "content": "hi"}], "images": ["x.png"]}, "have no <image> marker"),

@@ -96,6 +96,8 @@ def test_evaluate_scores_logs_and_links(adapters, tmp_path, capsys):
             mine = per_record[row["id"]]  # each record's own sums, though scored in micro-batches of 3
             assert (mine["n_text"], mine["n_image"], mine["n_frame"]) == (out.n_text, out.n_image, out.n_frame)
             image_sum = float(out.image_loss) * out.n_image if out.n_image else 0.0
+            text_sum = float(out.text_loss) * out.n_text if out.n_text else 0.0
+            assert mine["text_sum"] == pytest.approx(text_sum, rel=1e-4, abs=1e-6)
             assert mine["image_sum"] == pytest.approx(image_sum, rel=1e-4, abs=1e-6)
             assert mine["domain"] == row["domain"]
             d = domains.setdefault(row["domain"], [0.0, 0])
@@ -140,13 +142,13 @@ def test_evaluate_scores_logs_and_links(adapters, tmp_path, capsys):
     assert "heldout/val/image_loss" in capsys.readouterr().out
     paired = json.loads((tmp_path / "paired" / "paired.json").read_text())
     rows = {(r["scope"], r["metric"]): r for r in paired["rows"]}
-    image = rows[("all", "heldout/val/image_loss")]
+    image = rows[("(all)", "heldout/val/image_loss")]
     assert image["a"] == pytest.approx(m["heldout/val/image_loss"], rel=1e-6)
     assert image["b"] == pytest.approx(b["metrics"]["heldout/val/image_loss"], rel=1e-6)
     assert image["diff"] == pytest.approx(image["a"] - image["b"], rel=1e-6) and image["low"] <= image["diff"] <= image["high"]
     assert image["records"] == sum(1 for r in results["heldout"]["per_record"] if r["n_image"])
     for domain in domains:  # per domain too, and the editing records
-        assert ("all", "heldout/val/text_loss") in rows and any(k[0] == domain for k in rows)
-    assert rows[("all", "editing/code_match")]["records"] == 2
+        assert ("(all)", "heldout/val/text_loss") in rows and any(k[0] == domain for k in rows)
+    assert rows[("(all)", "editing/code_match")]["records"] == 2
     assert main(["compare", "--paired", str(tmp_path / "eval"), str(tmp_path / "nowhere"), *uri]) == 2
     assert "no results.json" in capsys.readouterr().err

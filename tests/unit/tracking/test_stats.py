@@ -142,8 +142,7 @@ def test_weighted_paired_bootstrap_is_the_difference_of_token_means():
     boot = paired_bootstrap(a, b, reps=2000, weights=n)
     assert boot.mean == pytest.approx(((a * n).sum() - (b * n).sum()) / n.sum())
     assert boot.n == int((n > 0).sum()) and boot.low < boot.mean < boot.high
-    same = paired_bootstrap(a, b, reps=2000)
-    assert same == paired_bootstrap(a, b, reps=2000, weights=np.ones(300))
+    assert paired_bootstrap(a, b, reps=2000).std == pytest.approx(np.std(a - b, ddof=1))
     with pytest.raises(ValueError):
         paired_bootstrap(a, b, weights=np.zeros(300))
     with pytest.raises(ValueError):
