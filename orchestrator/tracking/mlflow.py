@@ -178,8 +178,21 @@ def log_params_once(mlc, run_id: str, params: dict[str, str]) -> None:
         mlc.log_batch(run_id, tags=changed)
 
 
-def log_manifest(tracker, run_id: str, manifest: dict) -> None:
+def log_manifest(tracker, run_id: str, manifest: dict, shards: str | None = None) -> None:
+    """The manifest as an artifact, and the shards as the run's MLflow dataset input (context training):
+    digest = the manifest's hash of the backbone and data config, profile = records and tokens per split."""
     tracker.log_text(run_id, json.dumps(redact(manifest), indent=2), "data/manifest.json")
+    if shards is None:
+        return
+    scheme = urlparse(shards).scheme
+    profile = {s: {k: manifest["tokens"][s][k] for k in ("records", "n_tokens", "n_image_tokens")}
+               for s in ("train", "val") if s in manifest.get("tokens", {})}
+    schema = {"columns": ["input_ids", "labels", "image_layout", "pixels"], "backbone": manifest["backbone"]["name"],
+              "format_version": manifest.get("format_version")}
+    tracker.log_dataset(run_id, name=f"shards/{manifest['backbone']['name']}", digest=manifest["config_hash"],
+                        source_type=scheme if scheme and len(scheme) > 1 else "local",
+                        source=json.dumps({"uri": redact_text(shards)}), schema=json.dumps(schema),
+                        profile=json.dumps(profile), context="training")
 
 
 def run_summary(uri: str, run_id: str) -> dict:

@@ -43,6 +43,13 @@ def artifacts(run: RunRef, directory: str, path: str) -> dict:
     return {"kind": "artifacts", "run": run, "dir": directory, "path": path}
 
 
+def dataset(run: RunRef, name: str, digest: str, source_type: str, source: str, schema: str, profile: str,
+            context: str) -> dict:
+    """An MLflow dataset input of the run (what it trained on); logging it twice records it once."""
+    return {"kind": "dataset", "run": run, "name": name, "digest": digest, "source_type": source_type,
+            "source": source, "schema": schema, "profile": profile, "context": context}
+
+
 def terminate(run: RunRef, status: str, only_if_running: bool = False) -> dict:
     """End the run; ``only_if_running``: unless something else ended it (a sweep's early stop)."""
     return {"kind": "terminate", "run": run, "status": status, "only_if_running": only_if_running,
@@ -78,6 +85,11 @@ def apply(mlc, uri: str, op: dict, runs: dict) -> None:
         mlc.log_text(run_id, op["text"], op["path"])
     elif kind == "artifacts":
         mlc.log_artifacts(run_id, op["dir"], op["path"])
+    elif kind == "dataset":
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        data = Dataset(op["name"], op["digest"], op["source_type"], op["source"], op["schema"], op["profile"])
+        mlc.log_inputs(run_id, datasets=[DatasetInput(data, [InputTag("mlflow.data.context", op["context"])])])
     elif kind == "terminate":
         if op["only_if_running"] and mlc.get_run(run_id).info.status != "RUNNING":
             return

@@ -66,6 +66,10 @@ class Tracker:
     def log_text(self, run, body: str, path: str) -> None:
         self._submit(ops.text(run, body, path))
 
+    def log_dataset(self, run, **fields) -> None:
+        """An MLflow dataset input (ops.dataset's fields)."""
+        self._submit(ops.dataset(run, **fields))
+
     def log_dir(self, run, directory, path: str) -> None:
         """A copy of ``directory`` is sent: the caller may delete it as soon as this returns."""
         staged = tempfile.mkdtemp(prefix="moss-artifacts-")

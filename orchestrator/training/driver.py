@@ -264,7 +264,7 @@ def run_training(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()) ->
     try:
         tracking.log_run_inputs(cfg, tracker, run_id, resumed)
         if not resumed:
-            tracking.log_manifest(tracker, run_id, plan.manifest)
+            tracking.log_manifest(tracker, run_id, plan.manifest, plan.shards)
         with OrphanReaper():  # a killed earlier attempt's placement group must not starve this one
             result = build_trainer(cfg, plan, callbacks).fit()
     except BaseException as err:

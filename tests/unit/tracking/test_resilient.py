@@ -198,3 +198,20 @@ def test_start_of_run_reads_wait_then_fail_clearly(dead_uri, capfd):
     assert len(calls) >= 2 and capfd.readouterr().err.count("waiting up to 1.5 s") == 1
     with pytest.raises(ZeroDivisionError):  # anything else is not waited for
         wait_for(lambda: 1 / 0, "divide", dead_uri, 60)
+
+
+def test_the_dataset_op_is_an_mlflow_dataset_input_and_sending_it_twice_records_it_once(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import ops
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    mlc = MlflowClient(uri)
+    run_id = mlc.create_run(mlc.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())).info.run_id
+    op = ops.dataset(run_id, name="shards/chameleon", digest="0123456789abcdef", source_type="local",
+                     source='{"uri": "/data/shards/chameleon"}', schema="{}", profile='{"train": {"records": 3}}',
+                     context="training")
+    for _ in range(2):  # a retry after a lost answer
+        ops.apply(mlc, uri, json.loads(json.dumps(op)), {})  # as replayed from the journal
+    (data,) = mlc.get_run(run_id).inputs.dataset_inputs
+    assert (data.dataset.name, data.dataset.digest) == ("shards/chameleon", "0123456789abcdef")
