@@ -1,4 +1,5 @@
-"""`ray job submit ... -- python jobs/sweep.py SPACE [--set a.b=c ...] [--name N] [--resume]`: a Tune sweep."""
+"""`ray job submit ... -- python jobs/sweep.py SPACE [--set a.b=c ...] [--name N] [--resume | --resume-or-start]`:
+a Tune sweep."""
 
 import sys
 

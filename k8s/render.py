@@ -6,6 +6,7 @@ cluster (so the cluster is defined once; tests/unit/test_k8s.py fails when a Ray
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import yaml
@@ -17,9 +18,9 @@ APP = "/home/ray/moss-orchestrator"  # where k8s/Dockerfile puts the project
 #: `bash -c "ray job submit ... -- <entrypoint>"`: a shell character (&& ; | $( ) would run there, not in the
 #: job, so entrypoints are plain commands with absolute paths (tests/unit/test_k8s.py checks).
 JOBS = {
-    "preprocess": ("Ray Data: LeafInstruct records -> shards on /mnt/moss, tokenizer actors on the CPU group",
-                   f"python {APP}/jobs/preprocess.py {APP}/jobs/configs/leafinstruct_gpu.yaml "
-                   "--set data.tokenize_actors=60"),  # the head has no CPUs: size the pool for the CPU group
+    "preprocess": ("Ray Data: LeafInstruct records -> shards on /mnt/moss, on the CPU group (all of it up before the "
+                   "job starts, so the tokenizer pool is sized for it)",
+                   f"python {APP}/jobs/preprocess.py {APP}/jobs/configs/leafinstruct_gpu.yaml"),
     "train": ("one Ray Train run; a retry relaunches the same train.run_name, which resumes from its checkpoint",
               f"python {APP}/jobs/train.py {APP}/jobs/configs/leafinstruct_gpu.yaml --set train.run_name=anole7b-moss-r256"),
     "sweep": ("the Table 2 protocol on Anole-7B; a retry resumes the sweep from its Tune state on /mnt/moss",
@@ -45,10 +46,24 @@ def rayjob(name: str, what: str, entrypoint: str, cluster_spec: dict) -> str:
     return head + yaml.safe_dump(job, sort_keys=False, width=120)
 
 
+PREPROCESS_GROUP = "cpu-preprocess"
+
+
+def job_cluster(name: str, spec: dict) -> dict:
+    """The cluster a job runs on: raycluster.yaml's, but for preprocessing the CPU group at its maximum from
+    the start. Ray Data sizes its tokenizer pool from the CPUs present when it starts, and the head has none:
+    with the group at zero it would size one actor."""
+    spec = copy.deepcopy(spec)
+    if name == "preprocess":
+        group = next(g for g in spec["workerGroupSpecs"] if g["groupName"] == PREPROCESS_GROUP)
+        group["replicas"] = group["minReplicas"] = group["maxReplicas"]
+    return spec
+
+
 def main() -> None:
     spec = yaml.safe_load((HERE / "raycluster.yaml").read_text())["spec"]
     for name, (what, entrypoint) in JOBS.items():
-        (HERE / f"rayjob-{name}.yaml").write_text(rayjob(name, what, entrypoint, spec))
+        (HERE / f"rayjob-{name}.yaml").write_text(rayjob(name, what, entrypoint, job_cluster(name, spec)))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     c = report["comparison"]
     print(f"compare: {len(c.rows)} runs of {c.source}, by {c.metric} ({c.mode})")
     print(report["table_text"])
-    print(f"report: {report['markdown']}; plots: {', '.join(report['plots'])}")
+    print(f"report: {report['markdown']} and {report['html']}; plots: {', '.join(report['plots'])}")
     if c.parent_run_id:
         print(f"logged to MLflow run {c.parent_run_id} (artifacts: report/)")
     return 0

@@ -73,8 +73,8 @@ def plan_sweep(space_path: str, overrides=(), name: str | None = None, resume: b
     """Every check that needs no Ray: the space, `moss plan` of every trial (checkpoints, image budget,
     memory on the node each lands on), every trial's shards, the sweep name vs storage. ``or_start`` (with
     ``name``): resume the sweep if it exists, else start it (a scheduler's retry of the same command)."""
-    if or_start and name is None:
-        raise ConfigError("--resume-or-start needs --name (the sweep to continue or start)")
+    if or_start and (name is None or resume):
+        raise ConfigError("--resume-or-start needs --name (the sweep to continue or start), and no --resume")
     space = load_space(space_path, overrides)
     preflight = preflight_space(space)
     enforce(preflight, space.base_config().plan.enforce, "sweep")
@@ -315,7 +315,8 @@ def format_summary(summary: dict) -> str:
     lines = [f"sweep {summary['name']!r}: {summary['trials']} trial(s), {summary['errors']} failed"
              + (f", interrupted ({summary['interrupted']} trial(s) unfinished)" if summary["interrupted"] else ""),
              report["table_text"],
-             f"report:      {report['markdown']} (plots beside it; also on the parent run's artifacts, report/)",
+             f"report:      {report['markdown']}, {report['html']} (plots beside them; also on the parent "
+             "run's artifacts, report/)",
              f"MLflow:      parent run {summary['parent_run_id']} at {redact_text(summary['tracking_uri'])}",
              f"browse:      {tracking.ui_hint(summary['tracking_uri'])}",
              f"Tune state:  {summary['sweep_dir']}",

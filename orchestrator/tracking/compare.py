@@ -129,9 +129,11 @@ def ui_url(uri: str) -> str | None:
     from urllib.parse import urlparse
 
     parts = urlparse(uri)
-    if parts.scheme not in ("http", "https"):
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
-    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl().rstrip("/")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc, query="", fragment="").geturl().rstrip("/")  # no user, password, query
 
 
 def _activation(name: str | None) -> str:
@@ -251,7 +253,7 @@ class Link(NamedTuple):
 
 def md_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_fmt(c).replace("\n", " ").replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import base64
 import html
 import math
 import re
+import secrets
 from pathlib import Path
 
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -29,9 +30,14 @@ document.body.dataset.images=imgs.filter(i=>i.complete&&i.naturalWidth>0).length
 if(location.hash==='#check'){document.querySelectorAll('table.sortable').forEach(t=>sortTable(t,0,true))}});"""
 
 
+_LEADING_NUMBER = re.compile(r"\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?:\s|$)")
+
+
 def _value(v) -> str:
-    """data-v: the number a cell sorts by ('' for text)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
+    """data-v: the number a cell sorts by ('' for text); "1.94 ± 0.04" sorts by its mean."""
+    if isinstance(v, str) and (m := _LEADING_NUMBER.match(v)):
+        v = float(m.group(1))
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return ""
     return repr(float(v))
 
@@ -61,27 +67,30 @@ def _inline(text: str) -> str:
     return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
 
 
-def to_html(document: str, out_dir: Path) -> str:
-    """compare.markdown(..., table=html_table) -> a page: headings, paragraphs, the tables as they are, each
-    plot ``![title](file)`` inlined from ``out_dir`` as a data URI."""
+def to_html(document: str, out_dir: Path, tables: dict[str, str], plots: dict[str, str]) -> str:
+    """compare.markdown(...) rendered with placeholder tables -> a page. Every line of text is escaped (run
+    names, params and tags come from whoever can write to the MLflow experiment): headings, paragraphs, and
+    a line that is exactly one of ``tables``' unguessable placeholders becomes that table's HTML; a plot line
+    ``![title](file)`` is inlined from ``out_dir`` only when it is one of ``plots`` (the files written here)."""
+    known = {f"![{title}]({name})": (title, name) for title, name in plots.items()}
     body, title = [], "MoSS comparison"
-    for block in document.split("\n\n"):
-        for line in block.strip("\n").split("\n") if not block.lstrip().startswith("<table") else [block.strip()]:
-            if not line.strip():
-                continue
-            if line.startswith("<table"):
-                body.append(line)
-            elif line.startswith("# "):
-                title = line[2:]
-                body.append(f"<h1>{html.escape(title)}</h1>")
-            elif line.startswith("## "):
-                body.append(f"<h2>{html.escape(line[3:])}</h2>")
-            elif m := re.fullmatch(r"!\[(.*)\]\((.+)\)", line):
-                data = base64.b64encode((out_dir / m.group(2)).read_bytes()).decode()
-                body.append(f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{html.escape(m.group(1))}</figcaption></figure>")
-            else:
-                body.append(f"<p>{_inline(line)}</p>")
+    for line in document.split("\n"):
+        if not line.strip():
+            continue
+        if line in tables:
+            body.append(tables[line])
+        elif line in known:
+            alt, name = known[line]
+            data = base64.b64encode((out_dir / name).read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+        elif line.startswith("# "):
+            title = line[2:]
+            body.append(f"<h1>{html.escape(title)}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        else:
+            body.append(f"<p>{_inline(line)}</p>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body>{''.join(body)}<script>{SCRIPT}</script></body></html>\n")
 
@@ -89,6 +98,13 @@ def to_html(document: str, out_dir: Path) -> str:
 def write_html(c, plots: dict[str, str], out_dir: Path, ui: str | None) -> Path:
     from .compare import markdown
 
+    nonce, tables = secrets.token_hex(16), {}
+
+    def table(headers, rows) -> str:  # the report's tables, kept out of the text until the page is built
+        key = f"@@table-{nonce}-{len(tables)}@@"
+        tables[key] = html_table(headers, rows)
+        return key
+
     path = out_dir / "report.html"
-    path.write_text(to_html(markdown(c, plots, table=html_table, ui=ui), out_dir))
+    path.write_text(to_html(markdown(c, plots, table=table, ui=ui), out_dir, tables, plots))
     return path

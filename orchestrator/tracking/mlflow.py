@@ -180,7 +180,8 @@ def log_params_once(mlc, run_id: str, params: dict[str, str]) -> None:
 
 def log_manifest(tracker, run_id: str, manifest: dict, shards: str | None = None) -> None:
     """The manifest as an artifact, and the shards as the run's MLflow dataset input (context training):
-    digest = the manifest's hash of the backbone and data config, profile = records and tokens per split."""
+    digest = a hash of the manifest's backbone + data config hash, input files, outputs and creation time (shards
+    rebuilt from changed files are another dataset), profile = records and tokens per split."""
     tracker.log_text(run_id, json.dumps(redact(manifest), indent=2), "data/manifest.json")
     if shards is None:
         return
@@ -189,7 +190,11 @@ def log_manifest(tracker, run_id: str, manifest: dict, shards: str | None = None
                for s in ("train", "val") if s in manifest.get("tokens", {})}
     schema = {"columns": ["input_ids", "labels", "image_layout", "pixels"], "backbone": manifest["backbone"]["name"],
               "format_version": manifest.get("format_version")}
-    tracker.log_dataset(run_id, name=f"shards/{manifest['backbone']['name']}", digest=manifest["config_hash"],
+    import hashlib
+
+    identity = {k: manifest.get(k) for k in ("config_hash", "inputs", "outputs", "tokens", "created")}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    tracker.log_dataset(run_id, name=f"shards/{manifest['backbone']['name']}", digest=digest,
                         source_type=scheme if scheme and len(scheme) > 1 else "local",
                         source=json.dumps({"uri": redact_text(shards)}), schema=json.dumps(schema),
                         profile=json.dumps(profile), context="training")

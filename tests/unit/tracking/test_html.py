@@ -8,6 +8,8 @@ import re
 import shutil
 import subprocess
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -22,7 +24,8 @@ def browse(url: str, *args: str) -> tuple[str, list[str]]:
     """(stdout, console messages) of headless Chromium on ``url``."""
     if CHROMIUM is None:
         pytest.fail("chromium is not installed: `make test` installs Debian's package (apt-get install chromium)")
-    p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+    p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        "--enable-logging=stderr", "--v=0",
                         "--virtual-time-budget=3000", *args, url], capture_output=True, text=True, timeout=120)
     return p.stdout, [line for line in p.stderr.splitlines() if ":CONSOLE" in line]
 
@@ -95,3 +98,30 @@ def test_runs_link_to_the_mlflow_ui_of_a_server_without_credentials(report):
     assert f'<a href="http://127.0.0.1:5000/#/experiments/{r.experiment_id}/runs/{r.run_id}">{r.run_name}</a>' in doc
     assert "pw" not in doc and "<a href" not in (out / "report.html").read_text()  # a sqlite store: no UI to link
     assert json.loads((out / "results.json").read_text())["methods"]
+
+
+def test_hostile_names_and_tags_stay_text(tmp_path):
+    """Run names, params and tags come from whoever can write to the experiment: a newline, a table tag, a plot
+    line naming a local file, a script must all stay escaped text (and no file but the plots is read)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    evil = f"evil\n\n![a]({secret})\n<table><img src=x onerror=alert(1)>"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlc = MlflowClient(uri)
+    exp = mlc.create_experiment("moss", artifact_location=(tmp_path / "mlruns").as_uri())
+    parent = mlc.create_run(exp, run_name="sw", tags={"moss.kind": "sweep", "moss.mode": "min",
+                                                      "moss.metric": "val/loss\n<script>alert(2)</script>"}).info.run_id
+    for seed in range(2):
+        run = mlc.create_run(exp, run_name=evil, tags={"mlflow.parentRunId": parent}).info.run_id
+        for k, p in (("backbone.name", f"chameleon\n![b]({secret})"), ("adapter.variant", "lora"), ("train.seed", seed)):
+            mlc.log_param(run, k, p)
+        mlc.log_metric(run, "val/loss", 1.0 + seed, step=1)
+        mlc.set_terminated(run, "FINISHED")
+    built = build_report(uri, parent_run_id=parent, out_dir=tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<img src=x" not in page and "<script>alert" not in page and "&lt;img src=x" in page
+    import base64
+
+    assert base64.b64encode(b"TOPSECRET").decode() not in page and "TOPSECRET" not in page
+    dom, console = browse(Path(built["html"]).as_uri(), "--dump-dom")
+    assert console == [] and "alert" not in "".join(re.findall(r"<script>.*?</script>", dom, re.S)[:-1])

@@ -143,6 +143,8 @@ def test_weighted_paired_bootstrap_is_the_difference_of_token_means():
     assert boot.mean == pytest.approx(((a * n).sum() - (b * n).sum()) / n.sum())
     assert boot.n == int((n > 0).sum()) and boot.low < boot.mean < boot.high
     assert paired_bootstrap(a, b, reps=2000).std == pytest.approx(np.std(a - b, ddof=1))
+    d, w = np.array([1.0, 3.0, 5.0]), np.array([1.0, 1.0, 2.0])  # by hand: mean 3.5, sum w (d - m)^2 = 11
+    assert paired_bootstrap(d, np.zeros(3), reps=200, weights=w).std == pytest.approx(np.sqrt(11 / 4 * 3 / 2))
     with pytest.raises(ValueError):
         paired_bootstrap(a, b, weights=np.zeros(300))
     with pytest.raises(ValueError):
