@@ -155,7 +155,7 @@ def build_manifest(cfg, spec, files: list[str], n_input: int, stats: dict, n_rej
         "stages": stage_table(n_input, stats["by_stage"]),
         "dropped": stats["dropped"],
         "domains": stats["by_domain"],
-        "formats": stats["formats"],  # records per shape read (kept / rejected after it parsed)
+        "formats": stats["formats"],  # records per detected shape, kept / rejected (schema rejects of a known shape too)
         "tokens": stats["tokens"],
     }
 
