@@ -274,7 +274,6 @@ def trials_table(c: Comparison, table=md_table, ui: str | None = None) -> str:
 def markdown(c: Comparison, plots: dict[str, str], table=md_table, ui: str | None = None) -> str:
     """The report (``table``: how a table is written, md_table or html.html_table; ``ui``: the MLflow UI to
     link runs to)."""
-    md_table = table
     counts: dict[str, int] = {}
     for r in c.rows:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -283,12 +282,12 @@ def markdown(c: Comparison, plots: dict[str, str], table=md_table, ui: str | Non
              f"{len(c.rows)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}), ranked by "
              f"**{c.metric}** ({better} is better). A run stopped early by the scheduler shows its last value, "
              "at the step it reached.", ""]
-    parts += methods_section(c.methods(), md_table)
+    parts += methods_section(c.methods(), table)
     parts += ["## All runs", "", trials_table(c, table, ui), ""]
     groups = c.groups()
-    parts += markdown_sections(groups, paired_to_lora(groups), c.metric, c.mode, md_table)
+    parts += markdown_sections(groups, paired_to_lora(groups), c.metric, c.mode, table)
     parts += ["## Best per variant", "",
-             md_table(["backbone", "variant", "rank", "kernel", "trainable params", c.metric, "run"],
+             table(["backbone", "variant", "rank", "kernel", "trainable params", c.metric, "run"],
                       [[r.backbone, r.label, r.rank, r.kernel_size, r.trainable_parameters, r.value, run_cell(r, ui)]
                        for r in c.best_per_variant()]), ""]
     gaps = c.lora_gaps()
@@ -297,7 +296,7 @@ def markdown(c: Comparison, plots: dict[str, str], table=md_table, ui: str | Non
               f"matched to; {'negative' if c.mode == 'min' else 'positive'} "
               "= better than LoRA), both read at the last step the two runs share, with trainable parameters "
               "as a multiple of that LoRA's.", ""]
-    parts.append(md_table(["backbone", "variant", "rank", "kernel", "at step", c.metric, "LoRA", "gap", "gap %",
+    parts.append(table(["backbone", "variant", "rank", "kernel", "at step", c.metric, "LoRA", "gap", "gap %",
                            "params × LoRA"],
                           [[g["backbone"], g["label"], g["rank"], g["kernel_size"], g["step"], g["value"],
                             g["lora_value"], g["gap"], g["gap_pct"], g["params_ratio"]] for g in gaps])
