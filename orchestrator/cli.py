@@ -17,6 +17,9 @@ def _adapter_args(p: argparse.ArgumentParser) -> None:
                                          "(runs:/<id>/adapter); neither: the base model")
     which.add_argument("--run", help="MLflow run id of a training run: its final adapter and (without CONFIG) "
                                      "its logged config")
+    which.add_argument("--model", help="an adapter logged as an MLflow model: models:/NAME/VERSION, "
+                                       "models:/NAME@ALIAS (registered) or models:/<model id>; without CONFIG, "
+                                       "the config it was trained with")
     p.add_argument("--out", help="output folder")
 
 
@@ -79,6 +82,9 @@ def _tracking_parsers(sub) -> None:
     compare.add_argument("--metric", help="default: the sweep's metric, else val/loss")
     compare.add_argument("--mode", choices=["min", "max"], help="default: the sweep's mode, else min")
     compare.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    compare.add_argument("--register", metavar="NAME",
+                         help="register the best finished run's adapter model as a new version of the MLflow "
+                              "registered model NAME (tags: sweep, metric, value, config hash)")
     compare.add_argument("--out", default="report/compare", help="folder for report.md, results.json and plots "
                                                                   "(--paired: paired.md, paired.json)")
     compare.add_argument("--reps", type=int, default=10_000, help="--paired: bootstrap resamples (default 10000)")

@@ -31,7 +31,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     prompt = parse_prompt(args.prompt, args.image)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, source = resolve(args.config, args.set, args.adapter, args.run, Path(tmp))
+        cfg, source = resolve(args.config, args.set, args.model or args.adapter, args.run, Path(tmp))
         out = _out_dir(args, source, "generated")
         model, spec = load_model(cfg, source)
     g = cfg.generate
@@ -100,7 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.into_run and not args.run:
         raise ConfigError("--into-run writes into a training run: give it with --run")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, source = resolve(args.config, args.set, args.adapter, args.run, Path(tmp))
+        cfg, source = resolve(args.config, args.set, args.model or args.adapter, args.run, Path(tmp))
         if args.interleavedbench:  # set directly: a path is not YAML
             cfg.interleavedbench.path = args.interleavedbench
         out = _out_dir(args, source, cfg.evaluate.output)

@@ -10,9 +10,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..tracking.compare import build_report
     from ..tracking.mlflow import tracking_uri
+    from ..tracking.models import MODEL_NAME_BAD
 
     if args.paired:
         return _compare_paired(args)
+    if args.register is not None and (bad := MODEL_NAME_BAD.search(args.register)):
+        raise ConfigError(f"--register {args.register!r}: {bad.group(0)!r} cannot be in a registered model name "
+                          "(it must stay addressable as models:/NAME/VERSION)")
     uri = tracking_uri(args.tracking_uri)
     try:
         report = build_report(uri, parent_run_id=args.parent_run, experiment=args.experiment, metric=args.metric,
@@ -25,7 +29,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"report: {report['markdown']} and {report['html']}; plots: {', '.join(report['plots'])}")
     if c.parent_run_id:
         print(f"logged to MLflow run {c.parent_run_id} (artifacts: report/)")
+    if args.register:
+        _register(uri, c, args.register)
     return 0
+
+
+def _register(uri: str, c, name: str) -> None:
+    """The best finished run of comparison ``c`` -> a new version of registered model ``name``."""
+    from ..config import ConfigError
+    from ..tracking import models
+    from ..tracking.mlflow import client
+
+    best = next((r for r in c.rows if r.status == "finished" and r.value is not None), None)
+    if best is None:
+        raise ConfigError(f"--register: no finished run with {c.metric} in {c.source}")
+    mlc = client(uri)
+    run = mlc.get_run(best.run_id)
+    tags = {models.REG_SWEEP: c.source, models.REG_METRIC: c.metric, models.REG_VALUE: repr(best.value),
+            models.REG_CONFIG: run.data.params.get("config_hash", "unknown"), "moss.run_name": best.run_name}
+    try:
+        mv = models.register(mlc, run, name, tags)
+    except LookupError as e:
+        raise ConfigError(f"--register: {e}") from None
+    print(f"registered {best.run_name} ({c.metric} {best.value:.4g}) as models:/{name}/{mv.version}")
 
 
 def _compare_paired(args: argparse.Namespace) -> int:

@@ -52,6 +52,8 @@ def resolve(config_path: str | None, overrides: list[str], adapter: str | None, 
     if adapter and run_id:
         raise ConfigError("give --adapter or --run, not both")
     given = load_config(config_path, overrides)
+    if adapter is not None and adapter.startswith("models:/"):
+        return from_model(given, config_path is not None, overrides, adapter, workdir)
     if adapter is not None and adapter.startswith("runs:/"):
         run_id, _, artifact = adapter[len("runs:/"):].partition("/")
     else:
@@ -86,6 +88,33 @@ def resolve(config_path: str | None, overrides: list[str], adapter: str | None, 
         raise ConfigError(f"cannot read MLflow run {run_id} at {uri}: {e}"[:500]) from None
     name = run.data.tags.get(TAG.RUN_NAME, run.info.run_name)
     return cfg, AdapterSource(path, run_id, name, origin=f"runs:/{run_id}/{artifact}")
+
+
+def from_model(given: RunConfig, has_config: bool, overrides: list[str], uri_text: str,
+               workdir: Path) -> tuple[RunConfig, AdapterSource]:
+    """An adapter logged as an MLflow model (tracking/models.py): its folder and, without a config file, the
+    config it was trained with (``--set`` on top)."""
+    from mlflow.exceptions import MlflowException
+
+    from ..tracking.mlflow import client, tracking_uri
+    from ..tracking.models import download_model, parse_model_uri
+    from ..tracking.redact import redact_text
+
+    parts = parse_model_uri(uri_text)
+    if parts is None:
+        raise ConfigError(f"{uri_text!r}: expected models:/NAME/VERSION, models:/NAME@ALIAS or models:/<model id>")
+    uri = tracking_uri(given.tracking.tracking_uri)
+    try:
+        adapter, config, run_id, label = download_model(client(uri), uri, uri_text, parts, workdir)
+    except (MlflowException, LookupError, OSError) as e:
+        raise ConfigError(f"cannot load {uri_text} from {redact_text(uri)}: {e}"[:500]) from None
+    cfg = given
+    if not has_config:
+        tree = yaml.safe_load(config.read_text())
+        for assignment in overrides:
+            apply_override(tree, assignment)
+        cfg = validate_tree(tree, f"{uri_text} config.yaml")
+    return cfg, AdapterSource(str(adapter), run_id, label, origin=uri_text)
 
 
 def device() -> torch.device:

@@ -14,6 +14,7 @@ import time
 from .mlflow import ensure_experiment, find_run, log_params_once
 
 RunRef = str | dict
+WITH_FILES = ("artifacts", "model")  # ops that carry a local folder (``dir``)
 
 
 def now_ms() -> int:
@@ -41,6 +42,12 @@ def text(run: RunRef, body: str, path: str) -> dict:
 def artifacts(run: RunRef, directory: str, path: str) -> dict:
     """A local folder's files under ``path``; ``dir`` is replaced by the journal's copy once journaled."""
     return {"kind": "artifacts", "run": run, "dir": directory, "path": path}
+
+
+def model(run: RunRef, directory: str, name: str, params: dict[str, str], tags: dict[str, str]) -> dict:
+    """The run's LoggedModel ``name`` made from the model folder ``directory`` (models.log_logged_model);
+    ``dir`` is replaced by the journal's copy once journaled, like an ``artifacts`` op's."""
+    return {"kind": "model", "run": run, "dir": directory, "name": name, "params": dict(params), "tags": dict(tags)}
 
 
 def dataset(run: RunRef, name: str, digest: str, source_type: str, source: str, schema: str, profile: str,
@@ -85,6 +92,10 @@ def apply(mlc, uri: str, op: dict, runs: dict) -> None:
         mlc.log_text(run_id, op["text"], op["path"])
     elif kind == "artifacts":
         mlc.log_artifacts(run_id, op["dir"], op["path"])
+    elif kind == "model":
+        from .models import log_logged_model
+
+        log_logged_model(mlc, run_id, op)
     elif kind == "dataset":
         from mlflow.entities import Dataset, DatasetInput, InputTag
 

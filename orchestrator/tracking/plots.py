@@ -82,7 +82,8 @@ def metric_vs_params(c, path: Path) -> None:
     ax.set_ylabel(c.metric)
     ax.set_title(f"{c.metric} vs trainable parameters")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no run with a value and parameter count: nothing to label
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -118,6 +118,16 @@ def redacting_client(uri: str):
             with _scrubbed(local_dir) as path:
                 return super().log_artifacts(run_id, path, artifact_path)
 
+        def create_logged_model(self, experiment_id, name=None, source_run_id=None, tags=None, params=None,
+                                model_type=None):
+            tags = {k: _value(k, v) for k, v in (tags or {}).items()}
+            params = {k: _value(k, v) for k, v in (params or {}).items()}
+            return super().create_logged_model(experiment_id, name, source_run_id, tags, params, model_type)
+
+        def log_model_artifacts(self, model_id, local_dir, artifact_path=None):
+            with _scrubbed(local_dir) as path:
+                return super().log_model_artifacts(model_id, path, artifact_path)
+
     return RedactingClient(tracking_uri=uri)
 
 

@@ -42,7 +42,7 @@ def replay(run_dir: str, tracking_uri: str | None = None) -> Replayed:
         mlc = clients.setdefault(uri, client(uri))
         op = entry["op"]
         try:
-            if op["kind"] == "artifacts":
+            if op["kind"] in ops.WITH_FILES:
                 with journal.files(name) as files:
                     ops.apply(mlc, uri, {**op, "dir": files}, runs)
             else:

@@ -19,6 +19,7 @@ import threading
 import time
 
 from . import ops
+from . import tags as TAG
 from .journal import Journal
 from .mlflow import client
 from .outage import bound_http, brief, request_bound_s, say, unreachable
@@ -75,6 +76,12 @@ class Tracker:
         staged = tempfile.mkdtemp(prefix="moss-artifacts-")
         shutil.copytree(directory, staged, dirs_exist_ok=True)
         self._submit(ops.artifacts(run, staged, path))
+
+    def log_model(self, run, directory, name: str, params: dict[str, str], tags: dict[str, str]) -> None:
+        """The run's LoggedModel from the model folder ``directory`` (a copy is sent, as for log_dir)."""
+        staged = tempfile.mkdtemp(prefix="moss-model-")
+        shutil.copytree(directory, staged, dirs_exist_ok=True)
+        self._submit(ops.model(run, staged, name, params, tags))
 
     def terminate(self, run, status: str, only_if_running: bool = False) -> None:
         self._submit(ops.terminate(run, status, only_if_running))
@@ -213,7 +220,7 @@ class Tracker:
         return True
 
     def _apply_entry(self, mlc, runs: dict, name: str, op: dict) -> None:
-        if op["kind"] == "artifacts" and op.get("dir") is None:  # another writer's: the journal's copy
+        if op["kind"] in ops.WITH_FILES and op.get("dir") is None:  # another writer's: the journal's copy
             with self.journal.files(name) as files:
                 ops.apply(mlc, self.uri, {**op, "dir": files}, runs)
         else:
@@ -237,7 +244,7 @@ class Tracker:
     def _journal(self, op: dict) -> None:
         name = self.journal.name(op["t"])
         entry = {"uri": self._kept_uri, "op": {k: v for k, v in op.items() if k != "dir"}}
-        if op["kind"] == "artifacts":
+        if op["kind"] in ops.WITH_FILES:
             entry["op"]["dir"] = None  # the journal's copy: <name>.files/
         try:
             self.journal.write(name, entry, files=op.get("dir"))
@@ -271,7 +278,7 @@ class Tracker:
 
     @staticmethod
     def _discard(op: dict) -> None:
-        if op.get("kind") == "artifacts" and op.get("dir"):
+        if op.get("kind") in ops.WITH_FILES and op.get("dir"):
             shutil.rmtree(op["dir"], ignore_errors=True)
 
 
@@ -298,6 +305,17 @@ class MetricsLogger:
 
     def log_dir(self, directory, artifact_path: str) -> None:
         self.tracker.log_dir(self.run_id, directory, artifact_path)
+
+    def log_adapter(self, directory, cfg, logged_config: dict, artifact_path: str) -> None:
+        """The final adapter: its folder as ``artifact_path``, and an MLflow LoggedModel (models.py) recording
+        ``logged_config`` (the run's config as the driver redacted it)."""
+        from .models import MODEL_NAME, base_reference, save_model_dir
+
+        self.tracker.log_dir(self.run_id, directory, artifact_path)
+        with tempfile.TemporaryDirectory() as d:
+            self.tracker.log_model(self.run_id, save_model_dir(directory, logged_config, d), MODEL_NAME,
+                                   base_reference(cfg),
+                                   {TAG.BACKBONE: cfg.backbone.name, TAG.VARIANT: cfg.adapter.variant})
 
     def settle(self) -> bool:
         """Everything logged so far sent or journaled (Tracker.settle, bounded by one request)."""

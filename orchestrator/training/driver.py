@@ -21,7 +21,7 @@ from ..runtime import OrphanReaper
 from ..data.pipeline import output_dir
 from ..tracking import mlflow as tracking
 from ..tracking import tags as TAG
-from ..tracking.redact import redact_text
+from ..tracking.redact import redact, redact_text
 from .data import train_columns
 from .metrics import SUMMARY
 
@@ -224,7 +224,9 @@ def build_trainer(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()):
     s, t = cfg.scaling, cfg.train
     return TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "run": plan.loop_args()},
+        # "logged_config": redacted here, where the secrets in the environment are known (the adapter's model)
+        train_loop_config={"config": cfg.model_dump(mode="json"), "run": plan.loop_args(),
+                           "logged_config": redact(cfg.model_dump(mode="json"))},
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                                resources_per_worker=s.ray_resources(),
                                                placement_strategy=s.placement_strategy),

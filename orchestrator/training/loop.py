@@ -95,7 +95,7 @@ def save_checkpoint(module, optimizer, scheduler, state: TrainState, directory: 
 
 
 def report(metrics: dict, state: TrainState, total: int, module, optimizer, scheduler, with_checkpoint: bool,
-           rank: int, logger: MetricsLogger | None, final: bool) -> None:
+           rank: int, logger: MetricsLogger | None, final: bool, cfg: RunConfig, logged_config: dict) -> None:
     """ray.train.report (all workers, same number of calls); with a checkpoint written by rank 0."""
     state.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if logger is not None:  # a report lets Tune stop the trial (ASHA), killing this process: nothing may be
@@ -107,17 +107,19 @@ def report(metrics: dict, state: TrainState, total: int, module, optimizer, sche
             if rank == 0:
                 ckpt = ray.train.Checkpoint.from_directory(d)
         if final and logger is not None:
-            logger.log_dir(Path(d, ADAPTER_DIR), FINAL_ADAPTER)
+            logger.log_adapter(Path(d, ADAPTER_DIR), cfg, logged_config, FINAL_ADAPTER)
         ray.train.report({**state.metrics, "step": state.step, "epoch": state.epoch, "total_steps": total},
                          checkpoint=ckpt)
 
 
-def ensure_final_adapter(module, logger: MetricsLogger | None, rank: int) -> None:
+def ensure_final_adapter(module, logger: MetricsLogger | None, rank: int, cfg: RunConfig,
+                         logged_config: dict) -> None:
     """A relaunch of a finished run: log the adapter if an interrupted attempt had not yet."""
     adapter = parallel.adapter_state(module)
     if logger is not None and not logger.has_artifact(f"{FINAL_ADAPTER}/moss_config.json"):
         with tempfile.TemporaryDirectory() as d:
-            logger.log_dir(save_adapter(parallel.inner(module).model, Path(d), state_dict=adapter), FINAL_ADAPTER)
+            logger.log_adapter(save_adapter(parallel.inner(module).model, Path(d), state_dict=adapter), cfg,
+                               logged_config, FINAL_ADAPTER)
 
 
 def optimizer_step(module, batches, optimizer, scheduler, trainable, tc, device, autocast, state: TrainState,
@@ -162,7 +164,8 @@ def progress_line(step: int, total: int, metrics: dict) -> str:
 
 
 def train_loop(loop_config: dict) -> dict:
-    """Ray Train entry point. loop_config: {"config": resolved RunConfig dump, "run": RunPlan fields}."""
+    """Ray Train entry point. loop_config: {"config": resolved RunConfig dump, "run": RunPlan fields,
+    "logged_config": the dump redacted by the driver (what the adapter's MLflow model records)}."""
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     cfg = RunConfig.model_validate(loop_config["config"])
     run = loop_config["run"]
@@ -232,9 +235,10 @@ def train_loop(loop_config: dict) -> dict:
                 sys.stdout.flush()
         checkpoint = state.step % tc.ckpt_every == 0 or final
         if checkpoint or any(k.startswith(f"{VAL}/") for k in metrics):
-            report(metrics, state, total, module, optimizer, scheduler, checkpoint, rank, logger, final)
+            report(metrics, state, total, module, optimizer, scheduler, checkpoint, rank, logger, final, cfg,
+                   loop_config["logged_config"])
     if state.step == start_step:  # relaunch of a finished run: no step, no report
-        ensure_final_adapter(module, logger, rank)
+        ensure_final_adapter(module, logger, rank, cfg, loop_config["logged_config"])
     if logger is not None:  # sends what is queued (tracking.flush_timeout_s at most); the rest stays journaled
         logger.close()
     return {**state.metrics, "step": state.step}

@@ -95,13 +95,28 @@ def test_two_workers_train_and_track(workdir, finished):
     assert len(data.dataset.digest) == 16 and data.dataset.name == "shards/chameleon"
     assert json.loads(data.dataset.profile)["train"]["records"] == manifest["outputs"]["train"]
     assert [(t.key, t.value) for t in data.tags] == [("mlflow.data.context", "training")]
+    # the final adapter as an MLflow LoggedModel: base by reference, the run's metrics linked on its dataset
+    (model,) = [m for m in mlc.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+    assert str(model.status).endswith("READY") and model.model_type == "moss-adapter"
+    assert model.params["base.checkpoint"] == "tiny" and model.params["config_hash"] == cfg.config_hash()
+    linked = {m.key: m for m in model.metrics}
+    assert linked["val/loss"].value == run.data.metrics["val/loss"] and linked["val/loss"].step == 10
+    assert linked["val/loss"].dataset_digest == data.dataset.digest
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
 
 
 def test_no_secret_reaches_mlflow(workdir, finished):
     mlc, run = mlflow_run(workdir, "two-workers")
     texts = list(run.data.params.values()) + list(run.data.tags.values())
     dest = Path(mlc.download_artifacts(run.info.run_id, "", str(workdir / "artifacts-scan")))
-    texts += [p.read_text(errors="replace") for p in dest.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".md")]
+    (model,) = [m for m in mlc.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+    texts += list(model.params.values()) + list(model.tags.values())
+    import mlflow.artifacts
+
+    model_files = Path(mlflow.artifacts.download_artifacts(model.artifact_location, dst_path=str(workdir / "model-scan")))
+    files = [*dest.rglob("*"), *model_files.rglob("*")]
+    assert any(p.name == "config.yaml" for p in model_files.rglob("*"))
+    texts += [p.read_text(errors="replace") for p in files if p.is_file() and p.suffix in (".yaml", ".json", ".md")]
     assert run.data.tags["hf_token"] == "***" and "***" in run.data.tags["note"]
     assert not [t for t in texts if SECRET in t or "abc123xyz" in t]
 

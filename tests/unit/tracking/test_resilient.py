@@ -2,7 +2,6 @@
 (every request refused): order, never raising, nothing sent twice, replay idempotence."""
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -16,16 +15,6 @@ from orchestrator.tracking.journal import Journal
 from orchestrator.tracking.outage import Unreachable, wait_for
 from orchestrator.tracking.replay import replay
 from orchestrator.tracking.resilient import Tracker
-
-
-@pytest.fixture
-def dead_uri(monkeypatch) -> str:
-    """An http URI nobody listens on; MLflow does not retry (each request fails at once)."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
