@@ -68,7 +68,8 @@ LATER_DEFAULTS: dict[str, Any] = {
     "train.stall_timeout_s": 600.0, "tracking.retry_every_s": 15.0, "tracking.startup_wait_s": 300.0,
     "tracking.flush_timeout_s": 60.0, "adapter.alpha_per_rank": None, "adapter.image_rank": None,
     "adapter.match_params": None, "train.loss_normalization": "auto",
-    "adapter.conv_activation": "none", "data.format": "auto",
+    "adapter.conv_activation": "none", "data.format": "auto", "tracking.system_metrics": "auto",
+    "tracking.system_metrics_every_s": 10.0,
 }
 
 

@@ -132,6 +132,10 @@ class TrackingSection(Section):
     #: at the end of a run, how long to keep trying to send the journal before leaving it for
     #: `moss tracking replay RUN_DIR`
     flush_timeout_s: float = Field(60.0, ge=0)
+    #: CPU, memory, disk, network and GPU metrics per node (system/<node>/...), sampled by one worker per
+    #: node: true, false, or auto (when training on GPUs)
+    system_metrics: bool | Literal["auto"] = "auto"
+    system_metrics_every_s: float = Field(10.0, gt=0)  # sampling interval of system_metrics
 
 
 class StorageSection(Section):

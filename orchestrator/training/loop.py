@@ -23,7 +23,8 @@ from ..backbones.loss import target_counts
 from ..config import RunConfig
 from ..moss import apply_moss, load_adapter, save_adapter, trainable_parameters, unwrap
 from ..tracking.journal import Journal
-from ..tracking.resilient import MetricsLogger
+from ..tracking.resilient import MetricsLogger, Tracker
+from ..tracking.system import SystemMetrics, wanted
 from . import parallel
 from .checkpoint import (ADAPTER_DIR, FINAL_ADAPTER, TrainState, load_train_state, save_train_state,
                          write_checksums)
@@ -200,6 +201,7 @@ def train_loop(loop_config: dict) -> dict:
                            "adapter.image_rank_in_use": str(in_use.image_r)})
         if restored is not None:
             logger.log({"resumed_from_step": state.step}, state.step)
+    sampler = system_metrics(cfg, run, ctx, device, logger)
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -239,6 +241,26 @@ def train_loop(loop_config: dict) -> dict:
                    loop_config["logged_config"])
     if state.step == start_step:  # relaunch of a finished run: no step, no report
         ensure_final_adapter(module, logger, rank, cfg, loop_config["logged_config"])
+    if sampler is not None:
+        sampler.stop()
+        if logger is None or sampler.tracker is not logger.tracker:
+            sampler.tracker.close()
     if logger is not None:  # sends what is queued (tracking.flush_timeout_s at most); the rest stays journaled
         logger.close()
     return {**state.metrics, "step": state.step}
+
+
+def system_metrics(cfg: RunConfig, run: dict, ctx, device, logger: MetricsLogger | None) -> SystemMetrics | None:
+    """The node's system metrics sampler (tracking/system.py), on its local rank 0 worker: through rank 0's
+    tracker, or on another node a tracker of its own journaling to <run dir>/system-metrics/node<N>."""
+    if ctx.get_local_rank() != 0 or not wanted(cfg.tracking.system_metrics, device.type):
+        return None
+    node = f"node{ctx.get_node_rank()}"
+    tracker = logger.tracker if logger is not None else None
+    if tracker is None:
+        storage = ctx.get_storage()
+        tracker = Tracker(run["tracking_uri"], Journal.on(storage.storage_filesystem,
+                                                          f"{storage.experiment_fs_path}/system-metrics/{node}"),
+                          cfg.tracking.retry_every_s, cfg.tracking.flush_timeout_s)
+    return SystemMetrics(tracker, run["mlflow_run_id"], node, cfg.tracking.system_metrics_every_s,
+                         gpu=device.type == "cuda").start()

@@ -65,6 +65,7 @@ def finished(workdir):
     os.environ["MOSS_TEST_API_TOKEN"] = SECRET
     try:
         cfg = run_config(workdir, "two-workers", "train.max_steps=10", "train.eval_every=5", "train.ckpt_every=5",
+                         "tracking.system_metrics=true", "tracking.system_metrics_every_s=2",
                          f"tracking.tags={{note: 'token is {SECRET}', hf_token: abc123xyz}}")
         return cfg, run_training(cfg, plan_run(cfg))
     finally:
@@ -103,6 +104,10 @@ def test_two_workers_train_and_track(workdir, finished):
     assert linked["val/loss"].value == run.data.metrics["val/loss"] and linked["val/loss"].step == 10
     assert linked["val/loss"].dataset_digest == data.dataset.digest
     assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    # system metrics: one sampler for the one node (two workers on it), from the start to the end
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    assert "system/node0/cpu_utilization_percentage" in system and all(k.startswith("system/node0/") for k in system)
+    assert len(history(mlc, run.info.run_id, "system/node0/system_memory_usage_megabytes")) >= 2
 
 
 def test_no_secret_reaches_mlflow(workdir, finished):
