@@ -33,6 +33,23 @@ def _config_command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
     return p
 
 
+def _verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="show Ray's, Tune's and the libraries' output here "
+                                                          "(default: in a log file, its path printed first)")
+    p.set_defaults(quiet_log=True)
+
+
+def quiet_log(args: argparse.Namespace):
+    """Where a long command's library output goes (console.quiet): the demo's folder, else a temp folder."""
+    from pathlib import Path
+
+    from .console import default_log
+
+    if not getattr(args, "quiet_log", False):
+        return None
+    return Path(args.out) / "logs" / "moss-demo.log" if args.command == "demo" else default_log(args.command)
+
+
 def _run_parsers(sub) -> None:
     """demo, plan, validate, preprocess, train, sweep."""
     demo = sub.add_parser("demo", help="sample set -> Ray Data shards -> the demo sweep (Tune + Train + MLflow, 3 seeds) -> report")
@@ -41,6 +58,7 @@ def _run_parsers(sub) -> None:
     demo.add_argument("--per-domain", type=int, default=60, help="sample records per domain")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a dotted key of the space's base config (repeatable)")
+    _verbose(demo)
     demo.set_defaults(func=cmd_demo)
     plan = sub.add_parser("plan", help="per trial: node type, GPU memory estimate vs the GPU, tokens per image vs "
                                        "the sequence budget, checkpoint format; exit 2 when any cannot run. No Ray")
@@ -56,7 +74,9 @@ def _run_parsers(sub) -> None:
                     "check a config (its data source, its plan, and what `moss train` would do) without starting Ray")
     pre = _config_command(sub, "preprocess", cmd_preprocess, "LeafInstruct records -> tokenized shards with Ray Data")
     pre.add_argument("--local", action="store_true", help="run the same stages in one process, without Ray")
-    _config_command(sub, "train", cmd_train, "fine-tune an adapter on the shards with Ray Train, tracked in MLflow")
+    _verbose(pre)
+    _verbose(_config_command(sub, "train", cmd_train,
+                             "fine-tune an adapter on the shards with Ray Train, tracked in MLflow"))
     sweep = sub.add_parser("sweep", help="a Ray Tune sweep over a search space; MLflow parent + child runs; report")
     sweep.add_argument("space", help="search space YAML (search_spaces/*.yaml)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -67,6 +87,7 @@ def _run_parsers(sub) -> None:
     sweep.add_argument("--resume-or-start", action="store_true",
                        help="with --name: continue that sweep if it exists, else start it (for a job's retries)")
     sweep.add_argument("--report-dir", help="where the report goes (default: report/<sweep name>)")
+    _verbose(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
 
@@ -160,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .config import ConfigError
 
+    from .console import quiet
+
     try:
-        return args.func(args)
+        with quiet(quiet_log(args), getattr(args, "verbose", False)):
+            return args.func(args)
     except ConfigError as e:
         print(f"moss {args.command}: {e}", file=sys.stderr)
         return 2

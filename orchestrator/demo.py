@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .console import quiet_now, say
 from .data.manifest import format_summary as format_manifest
 from .data.pipeline import output_dir, preprocess
 from .data.sample import write_sample
@@ -37,21 +38,26 @@ def run_demo(out_dir: str = "demo_out", space: str | Path = DEMO, per_domain: in
     overrides = [*demo_overrides(root), *extra]
     base = load_space(space, overrides).base_config()  # a bad space stops here, before any work
     counts = write_sample(root / "sample", per_domain=per_domain)
-    print(f"demo: 1/4 sample set: {sum(counts.values())} LeafInstruct-format records in {root / 'sample'}", flush=True)
+    say(f"demo: 1/4 sample set: {sum(counts.values())} LeafInstruct-format records in {root / 'sample'}")
     init_ray()
     manifest = preprocess(base)
-    print("demo: 2/4 Ray Data preprocessing\n" + format_manifest(manifest, output_dir(base)), flush=True)
+    summary = format_manifest(manifest, output_dir(base))
+    if quiet_now():  # the stage and domain tables go to the log; the console keeps the totals
+        print(summary)
+        summary = "\n".join(line for line in summary.splitlines()
+                            if line.startswith(("preprocess:", "train:", "val:", "shards:")))
+    say("demo: 2/4 Ray Data preprocessing\n" + summary)
     plan = plan_sweep(str(space), overrides)
-    print(f"demo: 3/4 {describe_plan(plan)}", flush=True)
+    say(f"demo: 3/4 {describe_plan(plan)}")
     summary = run_sweep(plan, report_dir=str(root / "report"))
-    print(format_summary(summary))
+    say(format_summary(summary))
     best = summary["report"]["best"]
     if best is not None:
-        print(f"best:        {best.run_name} ({best.label}, rank {best.rank}"
+        say(f"best:        {best.run_name} ({best.label}, rank {best.rank}"
               + (f", kernel {best.kernel_size}" if best.kernel_size else "")
               + f"): {summary['report']['comparison'].metric} {best.value:.4f}")
         evaluate_best(best, root, overrides, summary["report"]["comparison"].rows)
-    print(f"demo: done in {time.perf_counter() - t0:.0f} s")
+    say(f"demo: done in {time.perf_counter() - t0:.0f} s")
     return summary
 
 
@@ -67,10 +73,10 @@ def evaluate_best(best, root: Path, overrides: list[str], rows: list | None = No
         evaluate_run(partner, root, overrides, "4/4", quiet=True)
         paired = compare_paired(str(root / "eval" / best.run_name), str(root / "eval" / partner.run_name), reps=2000)
         shown = {**paired, "rows": [r for r in paired["rows"] if r["scope"] == ALL]}
-        print(f"paired:      A = {best.run_name} ({best.label}), B = {partner.run_name} ({partner.label}), "
+        say(f"paired:      A = {best.run_name} ({best.label}), B = {partner.run_name} ({partner.label}), "
               "same seed, same records (* : the interval excludes 0)")
-        print(terminal_table(shown))
-        print(f"             per domain: {write_report(paired, root / 'report' / 'paired')}")
+        say(terminal_table(shown))
+        say(f"             per domain: {write_report(paired, root / 'report' / 'paired')}")
     return results
 
 
@@ -96,14 +102,14 @@ def evaluate_run(row, root: Path, overrides: list[str], stage: str, quiet: bool 
     shutil.rmtree(out, ignore_errors=True)  # a rerun of the demo: no stale files among this run's artifacts
     with tempfile.TemporaryDirectory() as tmp:
         cfg, source = resolve(None, [uri, "editing.max_records=4"], None, row.run_id, Path(tmp))
-        print(f"demo: {stage} evaluating {row.run_name}: held-out loss on the val shards, editing metrics", flush=True)
+        say(f"demo: {stage} evaluating {row.run_name}: held-out loss on the val shards, editing metrics")
         results = evaluate(cfg, source, out)
     run_id = log_to_mlflow(cfg, source, results, out)
     if quiet:
         return results
     for key, value in sorted(results["metrics"].items()):
         if not key.startswith("heldout/by_domain/"):  # per domain: in results.json and MLflow
-            print(f"  {key:28s} {value:.4f}")
-    print(f"evaluation:  {out / 'results.json'}; MLflow run {run_id} (tag moss.source_run_id={row.run_id})")
-    print(f"generate:    moss generate --run {row.run_id} --set {uri} --prompt 'Draw a red square:' --image-first")
+            say(f"  {key:28s} {value:.4f}")
+    say(f"evaluation:  {out / 'results.json'}; MLflow run {run_id} (tag moss.source_run_id={row.run_id})")
+    say(f"generate:    moss generate --run {row.run_id} --set {uri} --prompt 'Draw a red square:' --image-first")
     return results

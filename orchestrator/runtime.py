@@ -19,7 +19,13 @@ def init_ray(num_cpus: int | None = None) -> None:
     _STARTED_LOCALLY = True
     # the dashboard serves the State API, which Ray Train uses to clean up placement groups; it listens
     # on 127.0.0.1 only (whoever reaches it can run code)
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
+    from .console import quiet_now, ray_logs, say
+
+    # quiet console: the workers' output stays in Ray's session logs (printed below), not forwarded here
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=not quiet_now())
+    if quiet_now():
+        say(f"ray: a local cluster of {num_cpus or os.cpu_count()} CPUs; its logs: {ray_logs()}")
 
 
 def unplaceable(requests: list[dict[str, float]]) -> list[str]:

@@ -5,6 +5,16 @@ from __future__ import annotations
 import argparse
 
 
+def _model_arg(args) -> str | None:
+    """--model or --adapter (resolve tells them apart by the models:/ scheme)."""
+    from ..config import ConfigError
+
+    if args.model is not None and not args.model.startswith("models:/"):
+        raise ConfigError(f"--model {args.model!r}: expected models:/NAME/VERSION, models:/NAME@ALIAS or "
+                          "models:/<model id> (a folder or runs:/ URI goes to --adapter)")
+    return args.model or args.adapter
+
+
 def _out_dir(args, source, default_root: str):
     """--out (which must be empty: its files are logged as this run's), else <root>/<label>-<time>."""
     import datetime as dt
@@ -31,7 +41,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     prompt = parse_prompt(args.prompt, args.image)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, source = resolve(args.config, args.set, args.model or args.adapter, args.run, Path(tmp))
+        cfg, source = resolve(args.config, args.set, _model_arg(args), args.run, Path(tmp))
         out = _out_dir(args, source, "generated")
         model, spec = load_model(cfg, source)
     g = cfg.generate
@@ -100,7 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.into_run and not args.run:
         raise ConfigError("--into-run writes into a training run: give it with --run")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, source = resolve(args.config, args.set, args.model or args.adapter, args.run, Path(tmp))
+        cfg, source = resolve(args.config, args.set, _model_arg(args), args.run, Path(tmp))
         if args.interleavedbench:  # set directly: a path is not YAML
             cfg.interleavedbench.path = args.interleavedbench
         out = _out_dir(args, source, cfg.evaluate.output)

@@ -98,17 +98,19 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from ..data.pipeline import output_dir, preprocess
 
     from ..plan.report import enforce
+    from ..console import say
 
     cfg = load_config(args.config, args.set)
     # the checkpoint and the image budget (a sequence too short for any answer image), before any work
     enforce(preflight(args.config, args.set, memory=False), cfg.plan.enforce, "preprocess")
     manifest = preprocess(cfg, engine="local" if args.local else "ray")
-    print(format_summary(manifest, output_dir(cfg)))
+    say(format_summary(manifest, output_dir(cfg)))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..console import say
     from ..runtime import init_ray, refuse_unplaceable
     from ..lease import Lease
     from ..training.driver import format_summary, plan_run, run_training
@@ -119,24 +121,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     enforce(preflight(args.config, args.set), cfg.plan.enforce, "train")  # checkpoint, images, GPU memory
     plan = plan_run(cfg)  # shards, run name, MLflow: everything that can fail before Ray starts
     with Lease(plan.run_dir, f"run {plan.name!r}"):  # a second launch of this name exits 2 here
-        print(f"train: run {plan.name!r}, {plan.total_steps} steps on {cfg.scaling.num_workers} worker(s); "
-              f"checkpoints in {plan.run_dir}", flush=True)
+        say(f"train: run {plan.name!r}, {plan.total_steps} steps on {cfg.scaling.num_workers} worker(s); "
+            f"checkpoints in {plan.run_dir}")
         init_ray()
         refuse_unplaceable([cfg.scaling.ray_resources()], "train")
         summary = run_training(cfg, plan)
-    print(format_summary(summary))
+    say(format_summary(summary))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..console import say
     from ..runtime import init_ray
     from ..lease import Lease
     from ..sweeps.tuner import describe_plan, format_summary, plan_sweep, run_sweep
 
     plan = plan_sweep(args.space, args.set, name=args.name, resume=args.resume, or_start=args.resume_or_start)
     with Lease(plan.sweep_dir, f"sweep {plan.name!r}"):  # a second --resume of this sweep exits 2 here
-        print(f"sweep: {describe_plan(plan)}; Tune state in {plan.sweep_dir}", flush=True)
+        say(f"sweep: {describe_plan(plan)}; Tune state in {plan.sweep_dir}")
         init_ray()
         summary = run_sweep(plan, report_dir=args.report_dir)
-    print(format_summary(summary))
+    say(format_summary(summary))
     return 0 if summary["errors"] == 0 and not summary["interrupted"] else 1

@@ -13,6 +13,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..tracking.models import MODEL_NAME_BAD
 
     if args.paired:
+        if args.register:
+            raise ConfigError("--register takes the best run of a sweep: not with --paired")
         return _compare_paired(args)
     if args.register is not None and (bad := MODEL_NAME_BAD.search(args.register)):
         raise ConfigError(f"--register {args.register!r}: {bad.group(0)!r} cannot be in a registered model name "

@@ -196,6 +196,7 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
     import ray
     from ray import tune
 
+    from .progress import TrialProgress
     from .status import ChildRunStatus
     from .trial import run_trial
 
@@ -211,6 +212,7 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=constants), m.resources.driver)
     if plan.parent_run_id is not None and tune.Tuner.can_restore(plan.sweep_dir):
         return tune.Tuner.restore(plan.sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    max_t = space.max_t(plan.base) if m.scheduler.type == "asha" else None
     search_alg, max_concurrent = space.search_alg(derive_concurrency(space, plan.base, ray.cluster_resources()))
     return tune.Tuner(
         trainable,
@@ -221,7 +223,8 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
         run_config=tune.RunConfig(
             name=plan.name, storage_path=plan.storage, failure_config=tune.FailureConfig(max_failures=m.max_failures),
             callbacks=[ChildRunStatus(plan.name, parent_run_id, plan.tracking_uri, plan.base.tracking.experiment,
-                                      space.max_t(plan.base) if m.scheduler.type == "asha" else None)],
+                                      max_t),
+                       TrialProgress(plan.name, m.metric, space.num_trials(), max_t)],
             verbose=1),
     )
 

@@ -20,7 +20,9 @@ import yaml
 
 from . import tags as TAG
 
-MODEL_NAME = "adapter"  # the LoggedModel's name within its run
+#: the LoggedModel's name within its run; not "adapter": MLflow 3 resolves runs:/<run>/<name> to the run's model
+#: of that name (and looks it up in the process's default store), so the artifact path adapter/ must differ
+MODEL_NAME = "moss-adapter"
 MODEL_TYPE = "moss-adapter"
 PINNED = ("torch", "transformers", "peft", "moss-orchestrator")
 #: registered model version tags (`moss compare --register`)
@@ -98,9 +100,14 @@ def find_logged_model(mlc, experiment_id: str, run_id: str, name: str = MODEL_NA
     return (ready or found or [None])[0]
 
 
-def log_logged_model(mlc, run_id: str, op: dict) -> str:
+def log_logged_model(mlc, uri: str, run_id: str, op: dict) -> str:
     """ops.model's write: the LoggedModel of ``run_id`` (found, or created), its files, the run's latest metrics
-    linked to it, the run's output, READY. -> its model id."""
+    (not the system ones) linked to it, the run's output at the op's step, READY. -> its model id.
+
+    Sent twice, it changes nothing on a SQL store (sqlite, or a server on one), which keeps one row per
+    identical metric; a file store would keep a second row, so there the metrics are not linked."""
+    from urllib.parse import urlparse
+
     from mlflow.entities import LoggedModelOutput, Metric
 
     run = mlc.get_run(run_id)
@@ -114,18 +121,21 @@ def log_logged_model(mlc, run_id: str, op: dict) -> str:
     dataset = next(iter(run.inputs.dataset_inputs), None) if run.inputs else None
     latest = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id,
                      dataset_name=dataset.dataset.name if dataset else None,
-                     dataset_digest=dataset.dataset.digest if dataset else None) for m in run.data._metric_objs]
-    for i in range(0, len(latest), 1000):
-        mlc.log_batch(run_id, metrics=latest[i : i + 1000])
+                     dataset_digest=dataset.dataset.digest if dataset else None) for m in run.data._metric_objs
+              if not m.key.startswith("system/")]
+    if urlparse(uri).scheme not in ("", "file"):
+        for i in range(0, len(latest), 1000):
+            mlc.log_batch(run_id, metrics=latest[i : i + 1000])
     if not any(o.model_id == model.model_id for o in (run.outputs.model_outputs if run.outputs else [])):
-        mlc.log_outputs(run_id, [LoggedModelOutput(model.model_id, max([m.step for m in latest], default=0))])
+        mlc.log_outputs(run_id, [LoggedModelOutput(model.model_id, op.get("step", 0))])
     if not str(model.status).endswith("READY"):
         mlc.finalize_logged_model(model.model_id, "READY")
     return model.model_id
 
 
 def register(mlc, run, name: str, tags: dict[str, str]):
-    """Register ``run``'s adapter model as a new version of ``name`` (created when new) -> the ModelVersion."""
+    """Register ``run``'s adapter model as a new version of ``name`` (created when new), unless a version
+    of ``name`` holds it already -> the ModelVersion."""
     from mlflow.exceptions import MlflowException
 
     model = find_logged_model(mlc, run.info.experiment_id, run.info.run_id)
@@ -133,6 +143,9 @@ def register(mlc, run, name: str, tags: dict[str, str]):
         raise LookupError(f"run {run.info.run_id} ({run.data.tags.get(TAG.RUN_NAME, run.info.run_name)}) has no "
                           "finished adapter model: it did not finish, or was trained before adapters were logged "
                           "as models")
+    done = mlc.search_model_versions(f"name = '{name}' AND tags.`{REG_MODEL}` = '{model.model_id}'")
+    if done:  # registered already (compare --register run again): that version
+        return done[0]
     try:
         mlc.create_registered_model(name, description="MoSS adapters (moss compare --register)")
     except MlflowException as e:

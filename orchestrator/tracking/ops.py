@@ -44,10 +44,12 @@ def artifacts(run: RunRef, directory: str, path: str) -> dict:
     return {"kind": "artifacts", "run": run, "dir": directory, "path": path}
 
 
-def model(run: RunRef, directory: str, name: str, params: dict[str, str], tags: dict[str, str]) -> dict:
-    """The run's LoggedModel ``name`` made from the model folder ``directory`` (models.log_logged_model);
-    ``dir`` is replaced by the journal's copy once journaled, like an ``artifacts`` op's."""
-    return {"kind": "model", "run": run, "dir": directory, "name": name, "params": dict(params), "tags": dict(tags)}
+def model(run: RunRef, directory: str, name: str, params: dict[str, str], tags: dict[str, str], step: int) -> dict:
+    """The run's LoggedModel ``name`` made from the model folder ``directory`` at training step ``step``
+    (models.log_logged_model); ``dir`` is replaced by the journal's copy once journaled, like an
+    ``artifacts`` op's."""
+    return {"kind": "model", "run": run, "dir": directory, "name": name, "params": dict(params), "tags": dict(tags),
+            "step": int(step)}
 
 
 def dataset(run: RunRef, name: str, digest: str, source_type: str, source: str, schema: str, profile: str,
@@ -95,7 +97,7 @@ def apply(mlc, uri: str, op: dict, runs: dict) -> None:
     elif kind == "model":
         from .models import log_logged_model
 
-        log_logged_model(mlc, run_id, op)
+        log_logged_model(mlc, uri, run_id, op)
     elif kind == "dataset":
         from mlflow.entities import Dataset, DatasetInput, InputTag
 

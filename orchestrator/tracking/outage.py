@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 
 from ..config import ConfigError
@@ -38,9 +37,11 @@ def request_bound_s() -> float:
 
 
 def say(line: str) -> None:
-    """One line on stderr (not print(): Ray Train patches it to write each line twice)."""
-    sys.stderr.write(f"moss tracking: {line}\n")
-    sys.stderr.flush()
+    """One line on stderr, the terminal's while the console is quiet (not print(): Ray Train patches it to
+    write each line twice)."""
+    from ..console import warn
+
+    warn(f"moss tracking: {line}")
 
 
 def unreachable(err: BaseException) -> bool:

@@ -27,7 +27,8 @@ def curves(c, path: Path) -> None:
     ax.set_ylabel(c.metric)
     ax.set_title(f"{c.metric} per run")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

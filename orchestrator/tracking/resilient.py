@@ -77,11 +77,12 @@ class Tracker:
         shutil.copytree(directory, staged, dirs_exist_ok=True)
         self._submit(ops.artifacts(run, staged, path))
 
-    def log_model(self, run, directory, name: str, params: dict[str, str], tags: dict[str, str]) -> None:
-        """The run's LoggedModel from the model folder ``directory`` (a copy is sent, as for log_dir)."""
+    def log_model(self, run, directory, name: str, params: dict[str, str], tags: dict[str, str], step: int) -> None:
+        """The run's LoggedModel from the model folder ``directory`` at training step ``step`` (a copy is
+        sent, as for log_dir)."""
         staged = tempfile.mkdtemp(prefix="moss-model-")
         shutil.copytree(directory, staged, dirs_exist_ok=True)
-        self._submit(ops.model(run, staged, name, params, tags))
+        self._submit(ops.model(run, staged, name, params, tags, step))
 
     def terminate(self, run, status: str, only_if_running: bool = False) -> None:
         self._submit(ops.terminate(run, status, only_if_running))
@@ -306,16 +307,26 @@ class MetricsLogger:
     def log_dir(self, directory, artifact_path: str) -> None:
         self.tracker.log_dir(self.run_id, directory, artifact_path)
 
-    def log_adapter(self, directory, cfg, logged_config: dict, artifact_path: str) -> None:
-        """The final adapter: its folder as ``artifact_path``, and an MLflow LoggedModel (models.py) recording
-        ``logged_config`` (the run's config as the driver redacted it)."""
+    def log_adapter(self, directory, cfg, logged_config: dict, artifact_path: str, step: int,
+                    folder: bool = True) -> None:
+        """The final adapter: its folder as ``artifact_path`` (unless not ``folder``), and an MLflow
+        LoggedModel (models.py) at ``step`` recording ``logged_config`` (the config as the driver redacted it)."""
         from .models import MODEL_NAME, base_reference, save_model_dir
 
-        self.tracker.log_dir(self.run_id, directory, artifact_path)
+        if folder:
+            self.tracker.log_dir(self.run_id, directory, artifact_path)
         with tempfile.TemporaryDirectory() as d:
             self.tracker.log_model(self.run_id, save_model_dir(directory, logged_config, d), MODEL_NAME,
                                    base_reference(cfg),
-                                   {TAG.BACKBONE: cfg.backbone.name, TAG.VARIANT: cfg.adapter.variant})
+                                   {TAG.BACKBONE: cfg.backbone.name, TAG.VARIANT: cfg.adapter.variant}, step)
+
+    def has_model(self) -> bool:
+        """Whether the run's adapter model is READY; a read: waits for an unreachable server."""
+        from .models import find_logged_model
+
+        mlc = client(self.tracker.uri, self._wait_s)
+        model = find_logged_model(mlc, mlc.get_run(self.run_id).info.experiment_id, self.run_id)
+        return model is not None and str(model.status).endswith("READY")
 
     def settle(self) -> bool:
         """Everything logged so far sent or journaled (Tracker.settle, bounded by one request)."""

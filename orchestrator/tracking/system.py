@@ -35,6 +35,18 @@ def monitors(gpu: bool) -> list:
     return out
 
 
+def next_step(uri: str, run_id: str, prefix: str) -> int:
+    """One past the last step logged under ``prefix`` (a relaunch goes on from there); 0 when there is none
+    or MLflow does not answer (then steps may repeat an earlier launch's)."""
+    from .mlflow import client
+
+    try:
+        metrics = client(uri).get_run(run_id).data._metric_objs
+    except Exception:  # noqa: BLE001 - unreachable
+        return 0
+    return max((m.step + 1 for m in metrics if m.key.startswith(prefix)), default=0)
+
+
 class SystemMetrics:
     """Samples every ``every_s`` seconds in a daemon thread; each sample is one step of ``system/<node>/*``
     sent with ``tracker`` to ``run_id``. ``stop`` logs a last sample."""
@@ -47,6 +59,7 @@ class SystemMetrics:
         self._thread = threading.Thread(target=self._run, name="moss-system-metrics", daemon=True)
 
     def start(self) -> "SystemMetrics":
+        self._step = next_step(self.tracker.uri, self.run_id, f"{PREFIX}/{self.node}/")  # after a relaunch's
         self.sample()  # a first sample at once: what the node looked like at the start
         self._thread.start()
         return self
@@ -73,4 +86,5 @@ class SystemMetrics:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self.sample()
+        if not self._thread.is_alive():  # else it still samples: no second sampler on the same monitors
+            self.sample()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from ..backbones.registry import spec_class
 from ..config import ConfigError, RunConfig
+from ..console import TrainProgress
 from ..data.manifest import check_dropped
 from ..files import absolute, exists, read_json, write_json
 from ..runtime import OrphanReaper
@@ -267,7 +268,7 @@ def run_training(cfg: RunConfig, plan: RunPlan, callbacks: list | tuple = ()) ->
         tracking.log_run_inputs(cfg, tracker, run_id, resumed)
         if not resumed:
             tracking.log_manifest(tracker, run_id, plan.manifest, plan.shards)
-        with OrphanReaper():  # a killed earlier attempt's placement group must not starve this one
+        with OrphanReaper(), TrainProgress(plan.tracking_uri, run_id, plan.total_steps):  # (progress: when quiet)
             result = build_trainer(cfg, plan, callbacks).fit()
     except BaseException as err:
         tracker.adopt()

@@ -99,8 +99,6 @@ def report(metrics: dict, state: TrainState, total: int, module, optimizer, sche
            rank: int, logger: MetricsLogger | None, final: bool, cfg: RunConfig, logged_config: dict) -> None:
     """ray.train.report (all workers, same number of calls); with a checkpoint written by rank 0."""
     state.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    if logger is not None:  # a report lets Tune stop the trial (ASHA), killing this process: nothing may be
-        logger.settle()     # left only in memory then, so the steps are sent or journaled first
     with tempfile.TemporaryDirectory() as d:
         ckpt = None
         if with_checkpoint:
@@ -108,19 +106,25 @@ def report(metrics: dict, state: TrainState, total: int, module, optimizer, sche
             if rank == 0:
                 ckpt = ray.train.Checkpoint.from_directory(d)
         if final and logger is not None:
-            logger.log_adapter(Path(d, ADAPTER_DIR), cfg, logged_config, FINAL_ADAPTER)
+            logger.log_adapter(Path(d, ADAPTER_DIR), cfg, logged_config, FINAL_ADAPTER, state.step)
+        if logger is not None:  # a report lets Tune stop the trial (ASHA), killing this process: nothing may be
+            logger.settle()     # left only in memory then: the steps and the final adapter are sent or journaled
         ray.train.report({**state.metrics, "step": state.step, "epoch": state.epoch, "total_steps": total},
                          checkpoint=ckpt)
 
 
 def ensure_final_adapter(module, logger: MetricsLogger | None, rank: int, cfg: RunConfig,
-                         logged_config: dict) -> None:
-    """A relaunch of a finished run: log the adapter if an interrupted attempt had not yet."""
+                         logged_config: dict, step: int) -> None:
+    """A relaunch of a finished run: log the adapter (folder and model) if an interrupted attempt had not yet,
+    or only its model (a run trained before adapters were models, or whose model write was refused)."""
     adapter = parallel.adapter_state(module)
-    if logger is not None and not logger.has_artifact(f"{FINAL_ADAPTER}/moss_config.json"):
+    if logger is None:
+        return
+    folder = not logger.has_artifact(f"{FINAL_ADAPTER}/moss_config.json")
+    if folder or not logger.has_model():
         with tempfile.TemporaryDirectory() as d:
             logger.log_adapter(save_adapter(parallel.inner(module).model, Path(d), state_dict=adapter), cfg,
-                               logged_config, FINAL_ADAPTER)
+                               logged_config, FINAL_ADAPTER, step, folder=folder)
 
 
 def optimizer_step(module, batches, optimizer, scheduler, trainable, tc, device, autocast, state: TrainState,
@@ -217,30 +221,35 @@ def train_loop(loop_config: dict) -> dict:
     trainable = [p for p in module.parameters() if p.requires_grad]
     start_step = state.step
     module.train()
-    while state.step < total:
-        t0 = time.perf_counter()
-        reset_peak_memory(device)
-        sums, last_batch, grad_norm, lr = optimizer_step(module, batches, optimizer, scheduler, trainable, tc, device,
-                                                         autocast, state, total)
-        sums = parallel.all_reduce(sums, device)
-        seconds = time.perf_counter() - t0
-        metrics = {**loss_metrics(sums, TRAIN, weights),
-                   **step_metrics(lr, grad_norm, sums[TOKENS] / seconds, seconds, peak_memory_mb(device))}
-        final = state.step == total
-        if val_rows is not None and (state.step % tc.eval_every == 0 or final):
-            metrics.update(evaluate(module, spec, val_rows, cfg, device, autocast, last_batch))
-        if logger is not None:
-            logger.log(metrics, state.step)
-            if final or state.step % max(1, total // 20) == 0 or f"{VAL}/loss" in metrics:
-                # not print(): Ray Train patches it to write both to stdout and its logger (each line twice)
-                sys.stdout.write(progress_line(state.step, total, metrics) + "\n")
-                sys.stdout.flush()
-        checkpoint = state.step % tc.ckpt_every == 0 or final
-        if checkpoint or any(k.startswith(f"{VAL}/") for k in metrics):
-            report(metrics, state, total, module, optimizer, scheduler, checkpoint, rank, logger, final, cfg,
-                   loop_config["logged_config"])
-    if state.step == start_step:  # relaunch of a finished run: no step, no report
-        ensure_final_adapter(module, logger, rank, cfg, loop_config["logged_config"])
+    try:
+        while state.step < total:
+            t0 = time.perf_counter()
+            reset_peak_memory(device)
+            sums, last_batch, grad_norm, lr = optimizer_step(module, batches, optimizer, scheduler, trainable, tc,
+                                                             device, autocast, state, total)
+            sums = parallel.all_reduce(sums, device)
+            seconds = time.perf_counter() - t0
+            metrics = {**loss_metrics(sums, TRAIN, weights),
+                       **step_metrics(lr, grad_norm, sums[TOKENS] / seconds, seconds, peak_memory_mb(device))}
+            final = state.step == total
+            if val_rows is not None and (state.step % tc.eval_every == 0 or final):
+                metrics.update(evaluate(module, spec, val_rows, cfg, device, autocast, last_batch))
+            if logger is not None:
+                logger.log(metrics, state.step)
+                if final or state.step % max(1, total // 20) == 0 or f"{VAL}/loss" in metrics:
+                    # not print(): Ray Train patches it to write both to stdout and its logger (each line twice)
+                    sys.stdout.write(progress_line(state.step, total, metrics) + "\n")
+                    sys.stdout.flush()
+            checkpoint = state.step % tc.ckpt_every == 0 or final
+            if checkpoint or any(k.startswith(f"{VAL}/") for k in metrics):
+                report(metrics, state, total, module, optimizer, scheduler, checkpoint, rank, logger, final, cfg,
+                       loop_config["logged_config"])
+        if state.step == start_step:  # relaunch of a finished run: no step, no report
+            ensure_final_adapter(module, logger, rank, cfg, loop_config["logged_config"], state.step)
+    except BaseException:  # the sampler stops with the run (its thread would outlive a caught error)
+        if sampler is not None:
+            sampler.stop()
+        raise
     if sampler is not None:
         sampler.stop()
         if logger is None or sampler.tracker is not logger.tracker:
@@ -252,15 +261,15 @@ def train_loop(loop_config: dict) -> dict:
 
 def system_metrics(cfg: RunConfig, run: dict, ctx, device, logger: MetricsLogger | None) -> SystemMetrics | None:
     """The node's system metrics sampler (tracking/system.py), on its local rank 0 worker: through rank 0's
-    tracker, or on another node a tracker of its own journaling to <run dir>/system-metrics/node<N>."""
+    tracker, or on another node a tracker of its own journaling into the run's journal."""
     if ctx.get_local_rank() != 0 or not wanted(cfg.tracking.system_metrics, device.type):
         return None
     node = f"node{ctx.get_node_rank()}"
     tracker = logger.tracker if logger is not None else None
     if tracker is None:
         storage = ctx.get_storage()
-        tracker = Tracker(run["tracking_uri"], Journal.on(storage.storage_filesystem,
-                                                          f"{storage.experiment_fs_path}/system-metrics/{node}"),
+        # the run's journal (entries are named per writer): the driver and `moss tracking replay` send it
+        tracker = Tracker(run["tracking_uri"], Journal.on(storage.storage_filesystem, storage.experiment_fs_path),
                           cfg.tracking.retry_every_s, cfg.tracking.flush_timeout_s)
     return SystemMetrics(tracker, run["mlflow_run_id"], node, cfg.tracking.system_metrics_every_s,
                          gpu=device.type == "cuda").start()

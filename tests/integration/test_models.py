@@ -56,10 +56,11 @@ def site(tmp_path_factory):
             cfg = load_config(None, [f"adapter.variant={ADAPTERS[form].variant}", f"tracking.tracking_uri={server.url}",
                                      *GENERATE])
             mlc.log_param(run_id, "config_hash", cfg.config_hash())
+            mlc.log_text(run_id, cfg.to_yaml(), "config.yaml")  # what --run reads, as a training run logs it
             logger = MetricsLogger(server.url, run_id, cfg.tracking, Journal(str(root / "journal" / name)))
             logger.log({"val/image_loss": value}, 4)
             if logs_model:
-                logger.log_adapter(adapters[name], cfg, cfg.model_dump(mode="json"), "adapter")
+                logger.log_adapter(adapters[name], cfg, cfg.model_dump(mode="json"), "adapter", step=4)
             assert logger.close() == 0  # everything sent
             mlc.set_terminated(run_id, "FINISHED" if status == "finished" else "KILLED")
         yield root, server.url, parent.info.run_id, adapters
@@ -76,7 +77,7 @@ def test_each_run_logs_its_adapter_as_a_logged_model(site):
     mlc = MlflowClient(url)
     run = mlc.search_runs([mlc.get_experiment_by_name("moss").experiment_id], "tags.`moss.run_name` = 'sw-moss'")[0]
     (model,) = [m for m in mlc.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
-    assert str(model.status).endswith("READY") and model.model_type == "moss-adapter" and model.name == "adapter"
+    assert str(model.status).endswith("READY") and model.model_type == "moss-adapter" and model.name == "moss-adapter"
     assert model.params["base.checkpoint"] == "tiny" and model.params["base.backbone"] == "chameleon"
     assert [(m.key, m.value, m.step) for m in model.metrics] == [("val/image_loss", 1.5, 4)]
     assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
@@ -100,6 +101,10 @@ def test_register_then_generate_by_version_alias_and_id(site, tmp_path, capsys):
     env = ["--set", f"tracking.tracking_uri={url}"]
     assert main(["generate", "--adapter", str(adapters["sw-moss"]), *gen_args("--out", str(tmp_path / "local"))]) == 0
     expected = answer(tmp_path / "local")["text"]
+    # the run's adapter/ folder is still what --run reads (MLflow 3 resolves runs:/<run>/<name> to a model of
+    # that name: the model must not be called "adapter")
+    assert main(["generate", "--run", mv.run_id, *env, "--prompt", PROMPT, "--out", str(tmp_path / "run")]) == 0
+    assert answer(tmp_path / "run")["text"] == expected
     assert main(["generate", *gen_args("--out", str(tmp_path / "base"))]) == 0
     assert answer(tmp_path / "base")["text"] != expected  # so an answer equal to `expected` did use the adapter
     model_id = mv.tags["moss.model_id"]

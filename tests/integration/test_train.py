@@ -121,7 +121,8 @@ def test_no_secret_reaches_mlflow(workdir, finished):
     model_files = Path(mlflow.artifacts.download_artifacts(model.artifact_location, dst_path=str(workdir / "model-scan")))
     files = [*dest.rglob("*"), *model_files.rglob("*")]
     assert any(p.name == "config.yaml" for p in model_files.rglob("*"))
-    texts += [p.read_text(errors="replace") for p in files if p.is_file() and p.suffix in (".yaml", ".json", ".md")]
+    texts += [p.read_text(errors="replace") for p in files
+              if p.is_file() and (p.suffix in (".yaml", ".json", ".md", ".txt") or p.name == "MLmodel")]
     assert run.data.tags["hf_token"] == "***" and "***" in run.data.tags["note"]
     assert not [t for t in texts if SECRET in t or "abc123xyz" in t]
 

@@ -43,8 +43,9 @@ def test_a_model_written_in_an_outage_is_replayed_and_a_second_send_changes_noth
     path, cfg = model_dir
     run_id = mlc.create_run(exp).info.run_id
     mlc.log_metric(run_id, "val/loss", 1.25, step=8)
+    mlc.log_metric(run_id, "system/node0/cpu_utilization_percentage", 50.0, step=40)  # not the model's
     tracker = Tracker(dead_uri, Journal(str(tmp_path / "run")), retry_every_s=60, flush_timeout_s=0)
-    tracker.log_model(run_id, path, MODEL_NAME, base_reference(cfg), {"moss.variant": "moss"})
+    tracker.log_model(run_id, path, MODEL_NAME, base_reference(cfg), {"moss.variant": "moss"}, step=8)
     assert tracker.close(0) == 1  # journaled, with a copy of the model folder
     journal = Journal(str(tmp_path / "run"))
     (name,) = journal.names()
@@ -60,11 +61,23 @@ def test_a_model_written_in_an_outage_is_replayed_and_a_second_send_changes_noth
     assert files == {"artifacts/adapter", "artifacts/config.yaml"}
 
     # an answer lost after the write went through: the op is sent again
-    ops.apply(mlc, uri, ops.model(run_id, str(path), MODEL_NAME, base_reference(cfg), {}), {})
+    ops.apply(mlc, uri, ops.model(run_id, str(path), MODEL_NAME, base_reference(cfg), {}, step=8), {})
     (again,) = models_of(mlc, exp, run_id)
     assert again.model_id == model.model_id and len(again.metrics) == 1
-    assert [o.model_id for o in mlc.get_run(run_id).outputs.model_outputs] == [model.model_id]
+    assert [(o.model_id, o.step) for o in mlc.get_run(run_id).outputs.model_outputs] == [(model.model_id, 8)]
     assert len(mlc.get_metric_history(run_id, "val/loss")) == 1  # the linked metric is not a second row
+
+
+def test_a_model_left_pending_is_completed(store, model_dir):
+    """The first send died after creating the model (no files, PENDING): the next one finishes that model."""
+    uri, mlc, exp = store
+    path, cfg = model_dir
+    run_id = mlc.create_run(exp).info.run_id
+    pending = mlc.create_logged_model(exp, MODEL_NAME, source_run_id=run_id, model_type="moss-adapter")
+    ops.apply(mlc, uri, ops.model(run_id, str(path), MODEL_NAME, base_reference(cfg), {}, step=3), {})
+    (model,) = models_of(mlc, exp, run_id)
+    assert model.model_id == pending.model_id and str(model.status).endswith("READY")
+    assert {f.path for f in mlc.list_logged_model_artifacts(model.model_id)} >= {"MLmodel", "artifacts"}
 
 
 def test_register_needs_a_finished_model(store, model_dir):
@@ -74,12 +87,15 @@ def test_register_needs_a_finished_model(store, model_dir):
     with pytest.raises(LookupError, match="has no finished adapter model"):
         register(mlc, mlc.get_run(bare), "moss-best", {})
     run_id = mlc.create_run(exp).info.run_id
-    ops.apply(mlc, uri, ops.model(run_id, str(path), MODEL_NAME, base_reference(cfg), {}), {})
+    ops.apply(mlc, uri, ops.model(run_id, str(path), MODEL_NAME, base_reference(cfg), {}, step=1), {})
     first = register(mlc, mlc.get_run(run_id), "moss-best", {"moss.metric": "val/loss"})
-    second = register(mlc, mlc.get_run(run_id), "moss-best", {})  # the registered model exists: a new version
-    assert (str(first.version), str(second.version)) == ("1", "2")
+    again = register(mlc, mlc.get_run(run_id), "moss-best", {})  # registered already: that version
     (model,) = models_of(mlc, exp, run_id)
+    assert str(first.version) == str(again.version) == "1"
     assert mlc.get_model_version("moss-best", "1").tags == {"moss.metric": "val/loss", "moss.model_id": model.model_id}
+    other = mlc.create_run(exp).info.run_id
+    ops.apply(mlc, uri, ops.model(other, str(path), MODEL_NAME, base_reference(cfg), {}, step=1), {})
+    assert str(register(mlc, mlc.get_run(other), "moss-best", {}).version) == "2"  # another model: a new version
 
 
 @pytest.mark.parametrize("uri, parts", [

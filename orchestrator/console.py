@@ -1,0 +1,174 @@
+"""What a long command (demo, preprocess, train, sweep) shows on the terminal: its own progress and summary.
+
+Everything else written to stdout / stderr in the process while it runs (Ray's and Tune's console output,
+Ray Data's progress, the raylet's worker-pool warnings, MLflow's and transformers' logs and warnings) goes to
+a log file, whose path is the first line shown. ``--verbose`` keeps the old behaviour: all of it on the
+terminal. The command's own lines go through ``say`` (to the terminal either way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+_TERMINAL: TextIO | None = None  # the real stdout while quiet
+_TERMINAL_ERR: TextIO | None = None  # and stderr
+
+
+def quiet_now() -> bool:
+    return _TERMINAL is not None
+
+
+def terminal() -> TextIO:
+    return _TERMINAL or sys.stdout
+
+
+def say(text: str = "") -> None:
+    out = terminal()
+    out.write(text + "\n")
+    out.flush()
+
+
+def warn(text: str) -> None:
+    """A line on the terminal's stderr, quiet or not (what the user must see: an outage, a retry)."""
+    err = _TERMINAL_ERR or sys.stderr
+    err.write(text + "\n")
+    err.flush()
+
+
+def interactive() -> bool:
+    try:
+        return terminal().isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def default_log(command: str) -> Path:
+    return Path(tempfile.gettempdir()) / "moss-logs" / f"{command}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.log"
+
+
+@contextlib.contextmanager
+def quiet(log_path: str | Path | None, verbose: bool = False):
+    """Send the process's stdout and stderr to ``log_path`` (appending) for the block; ``say`` still reaches
+    the terminal. ``verbose`` or ``log_path`` None: nothing changes."""
+    global _TERMINAL, _TERMINAL_ERR
+    if verbose or log_path is None or _TERMINAL is not None:
+        yield None
+        return
+    path = Path(log_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    saved = sys.stdout, sys.stderr
+    for stream in saved:
+        stream.flush()
+    # file descriptor 2 too: Ray's C++ core worker writes its log lines there, past sys.stderr. The terminal's
+    # stderr is then a copy of the old fd 2 when sys.stderr wrote to it (else, under pytest, sys.stderr itself)
+    fd2 = os.dup(2)
+    _TERMINAL = saved[0]
+    _TERMINAL_ERR = (os.fdopen(os.dup(fd2), "w", buffering=1, encoding="utf-8", errors="replace")
+                     if _writes_to_fd(saved[1], 2) else saved[1])
+    say(f"logs: {path} (Ray, Tune, MLflow and library output; --verbose shows it here)")
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+    try:
+        yield path
+    finally:
+        sys.stdout, sys.stderr = saved
+        log.flush()
+        os.dup2(fd2, 2)
+        os.close(fd2)
+        if _TERMINAL_ERR is not saved[1]:
+            _TERMINAL_ERR.close()
+        _TERMINAL = _TERMINAL_ERR = None
+        log.close()
+
+
+def _writes_to_fd(stream, fd: int) -> bool:
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def ray_logs() -> str | None:
+    """The local Ray session's log folder, when this process started or joined one."""
+    try:
+        from ray._private.worker import _global_node
+
+        return _global_node.get_logs_dir_path() if _global_node is not None else None
+    except Exception:  # noqa: BLE001 - a Ray without this internal: no path to show
+        return None
+
+
+class Live:
+    """A block of lines redrawn in place on a terminal (ANSI); elsewhere nothing is redrawn (callers print
+    one line per event instead)."""
+
+    def __init__(self):
+        self._shown = 0
+
+    def draw(self, lines: list[str]) -> None:
+        out = terminal()
+        if self._shown:
+            out.write(f"\x1b[{self._shown}F\x1b[J")  # up to the block's first line, clear to the end
+        out.write("\n".join(lines) + "\n")
+        out.flush()
+        self._shown = len(lines)
+
+
+class TrainProgress:
+    """Steps and losses of a training run, read from its MLflow run every ``every_s`` seconds (the workers'
+    own step lines are in Ray's logs): one line redrawn on a terminal, else a line per tenth of the run and
+    per validation."""
+
+    def __init__(self, uri: str, run_id: str, total: int, every_s: float = 5.0):
+        self.uri, self.run_id, self.total, self.every_s = uri, run_id, total, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="moss-train-progress", daemon=True)
+        self._live, self._printed_tenth, self._val_step = Live(), -1, None
+
+    def __enter__(self) -> "TrainProgress":
+        if quiet_now():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        from .tracking.mlflow import client
+
+        mlc = client(self.uri)
+        t0 = time.monotonic()
+        while not self._stop.wait(self.every_s):
+            try:
+                metrics = {m.key: m for m in mlc.get_run(self.run_id).data._metric_objs}
+            except Exception:  # noqa: BLE001 - MLflow away: the Tracker says so; try again later
+                continue
+            self.show(metrics, time.monotonic() - t0)
+
+    def show(self, metrics: dict, seconds: float) -> None:
+        loss = metrics.get("train/loss")
+        if loss is None:
+            return
+        step = loss.step
+        val = metrics.get("val/loss")
+        line = (f"train: step {step}/{self.total}  loss {loss.value:.4f}"
+                + (f"  val/loss {val.value:.4f} (step {val.step})" if val is not None else "") + f"  {seconds:.0f} s")
+        if interactive():
+            self._live.draw([line])
+            return
+        tenth = step * 10 // max(1, self.total)
+        new_val = val is not None and val.step != self._val_step
+        if tenth > self._printed_tenth or new_val:
+            self._printed_tenth, self._val_step = tenth, val.step if val is not None else None
+            say(line)
