@@ -6,16 +6,19 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install browser docs demo test test-fast bench bench-data bench-train bench-sweep bench-generation bench-locality clean
 
+# pip's output goes to $(VENV)/install.log (its tail is shown when an install fails)
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	@echo "make: installing into $(VENV) (pip's output: $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@( $(BIN)/python -m pip install -q --upgrade pip && \
+	   if command -v nvidia-smi >/dev/null 2>&1; then \
 		echo "CUDA found: torch comes from the package index"; \
-	else \
+	   else \
 		$(BIN)/python -m pip install -q "torch==2.13.0"; \
-	fi
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	   fi && \
+	   $(BIN)/python -m pip install -q -e ".[dev]" ) > $(VENV)/install.log 2>&1 \
+		|| (tail -n 30 $(VENV)/install.log; echo "make: install failed (full log: $(VENV)/install.log)"; exit 1)
+	@touch $(STAMP)
 
 install: $(STAMP)
 
@@ -29,7 +32,7 @@ docs: $(STAMP)
 	$(BIN)/python -m orchestrator.config_doc docs/configuration.md
 
 demo: $(STAMP)
-	$(BIN)/moss demo
+	@$(BIN)/moss demo
 
 # the fast tests in 2 processes (pytest-xdist), then the slow ones (real Ray / MLflow / gloo) one at a time
 test: test-fast

@@ -61,3 +61,13 @@ def test_preprocess_prints_its_summary_and_logs_the_rest(tmp_path, capsys, monke
     assert any(line.startswith("preprocess: 10 records") for line in lines)
     (log,) = (tmp_path / "tmp" / "moss-logs").iterdir()
     assert log.name.startswith("preprocess-") and log.suffix == ".log"
+
+
+def test_live_block_redraws_in_place(capsys):
+    live = console.Live()
+    live.draw(["trial  status", "t0     started"])
+    live.draw(["trial  status", "t0     finished", "t1     started"])
+    out = capsys.readouterr().out
+    first, second = out.split("\x1b[2F\x1b[J")  # back up the two lines drawn, clear them, draw three
+    assert first == "trial  status\nt0     started\n"
+    assert second == "trial  status\nt0     finished\nt1     started\n"
