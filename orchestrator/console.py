@@ -2,7 +2,7 @@
 
 Everything else written to stdout / stderr in the process while it runs (Ray's and Tune's console output,
 Ray Data's progress, the raylet's worker-pool warnings, MLflow's and transformers' logs and warnings) goes to
-a log file, whose path is the first line shown. ``--verbose`` keeps the old behaviour: all of it on the
+a log file, whose path is the first line shown (a command refused at once, a bad config, shows only why). ``--verbose`` keeps the old behaviour: all of it on the
 terminal. The command's own lines go through ``say`` (to the terminal either way).
 """
 
@@ -20,6 +20,7 @@ from typing import TextIO
 
 _TERMINAL: TextIO | None = None  # the real stdout while quiet
 _TERMINAL_ERR: TextIO | None = None  # and stderr
+_HEADER: list[str] = []  # the log's path, shown before the command's first line (none when it fails at once)
 
 
 def quiet_now() -> bool:
@@ -32,6 +33,8 @@ def terminal() -> TextIO:
 
 def say(text: str = "") -> None:
     out = terminal()
+    while _HEADER:
+        out.write(_HEADER.pop() + "\n")
     out.write(text + "\n")
     out.flush()
 
@@ -74,7 +77,7 @@ def quiet(log_path: str | Path | None, verbose: bool = False):
     _TERMINAL = saved[0]
     _TERMINAL_ERR = (os.fdopen(os.dup(fd2), "w", buffering=1, encoding="utf-8", errors="replace")
                      if _writes_to_fd(saved[1], 2) else saved[1])
-    say(f"logs: {path} (Ray, Tune, MLflow and library output; --verbose shows it here)")
+    _HEADER[:] = [f"logs: {path} (Ray, Tune, MLflow and library output; --verbose shows it here)"]
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
     try:
@@ -87,6 +90,7 @@ def quiet(log_path: str | Path | None, verbose: bool = False):
         if _TERMINAL_ERR is not saved[1]:
             _TERMINAL_ERR.close()
         _TERMINAL = _TERMINAL_ERR = None
+        _HEADER.clear()
         log.close()
 
 

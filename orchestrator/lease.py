@@ -21,6 +21,7 @@ import uuid
 import psutil
 
 from .config import ConfigError
+from .console import warn
 from .files import DamagedFile, arrow_fs, create_json, delete, read_json, write_json
 from .tracking.redact import redact_text
 
@@ -103,7 +104,7 @@ class Lease:
             raise ConfigError(f"{self.what} was launched twice at the same moment: the other launch (host "
                               f"{back.get('host')}, pid {back.get('pid')}) holds {self.path}")
         if self.took_over:
-            print(f"warning: {self.took_over}", file=sys.stderr, flush=True)
+            warn(f"warning: {self.took_over}")
         self._thread = threading.Thread(target=self._beat, name="moss-lease", daemon=True)
         self._thread.start()
         return self
@@ -114,13 +115,13 @@ class Lease:
             try:
                 held = read_json(self.path)
                 if held is not None and held.get("owner") != self.owner:
-                    print(f"warning: the lease of {self.what} was taken over by pid {held.get('pid')} on "
-                          f"{held.get('host')}: two writers now", file=sys.stderr, flush=True)
+                    warn(f"warning: the lease of {self.what} was taken over by pid {held.get('pid')} on "
+                          f"{held.get('host')}: two writers now")
                     return
                 record["heartbeat"] = time.time()
                 write_json(self.path, record)
             except Exception as e:  # storage hiccup: the next beat retries; STALE_S leaves room for several
-                print(f"warning: cannot refresh {self.path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                warn(f"warning: cannot refresh {self.path}: {type(e).__name__}: {e}")
 
     def release(self) -> None:
         self._stop.set()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 
 from ..config import ConfigError, RunConfig
+from ..console import warn
 from .memory import GiB
 from .planner import Plan, Planner
 
@@ -56,13 +56,13 @@ def enforce(plan: Plan, enforced: bool, what: str) -> None:
     """Refuse (ConfigError: exit 2, before Ray) when the plan found problems, unless plan.enforce is false."""
     if plan.ok:
         for w in plan.warnings:
-            print(f"{what}: warning: {w}", file=sys.stderr)
+            warn(f"{what}: warning: {w}")
         return
     text = format_plan(plan)
     if enforced:
         raise ConfigError(f"the plan found {len(plan.problems)} problem(s) (`moss plan` shows it; "
                           f"--set plan.enforce=false runs anyway):\n{text}")
-    print(f"{what}: WARNING: plan.enforce=false: going on despite:\n{text}", file=sys.stderr)
+    warn(f"{what}: WARNING: plan.enforce=false: going on despite:\n{text}")
 
 
 def _short(text: str, n: int) -> str:

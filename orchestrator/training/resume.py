@@ -9,7 +9,6 @@ silently training again from step 0.
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 
 from .checkpoint import DamagedCheckpoint, verify_checkpoint
@@ -33,8 +32,9 @@ def _candidates(ckpt) -> list:
 
 
 def _warn(text: str) -> None:
-    sys.stderr.write(f"warning: {text}\n")
-    sys.stderr.flush()
+    from ..console import warn
+
+    warn(f"warning: {text}")
 
 
 @contextlib.contextmanager

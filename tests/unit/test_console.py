@@ -71,3 +71,9 @@ def test_live_block_redraws_in_place(capsys):
     first, second = out.split("\x1b[2F\x1b[J")  # back up the two lines drawn, clear them, draw three
     assert first == "trial  status\nt0     started\n"
     assert second == "trial  status\nt0     finished\nt1     started\n"
+
+
+def test_a_bad_config_shows_only_the_error(tmp_path, capsys):
+    assert main(["train", "--set", "train.micro_batch=0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("moss train: invalid config")
