@@ -127,18 +127,16 @@ class Live:
         self._shown = len(lines)
 
 
-class TrainProgress:
-    """Steps and losses of a training run, read from its MLflow run every ``every_s`` seconds (the workers'
-    own step lines are in Ray's logs): one line redrawn on a terminal, else a line per tenth of the run and
-    per validation."""
+class Poller:
+    """Calls ``show(seconds since start)`` every ``every_s`` seconds from a daemon thread while the console is
+    quiet (a progress display); ``show`` must not raise."""
 
-    def __init__(self, uri: str, run_id: str, total: int, every_s: float = 5.0):
-        self.uri, self.run_id, self.total, self.every_s = uri, run_id, total, every_s
+    def __init__(self, show, every_s: float = 5.0):
+        self._show, self.every_s = show, every_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="moss-train-progress", daemon=True)
-        self._live, self._printed_tenth, self._val_step = Live(), -1, None
+        self._thread = threading.Thread(target=self._run, name="moss-progress", daemon=True)
 
-    def __enter__(self) -> "TrainProgress":
+    def __enter__(self):
         if quiet_now():
             self._thread.start()
         return self
@@ -149,16 +147,46 @@ class TrainProgress:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        from .tracking.mlflow import client
-
-        mlc = client(self.uri)
         t0 = time.monotonic()
         while not self._stop.wait(self.every_s):
             try:
-                metrics = {m.key: m for m in mlc.get_run(self.run_id).data._metric_objs}
-            except Exception:  # noqa: BLE001 - MLflow away: the Tracker says so; try again later
-                continue
-            self.show(metrics, time.monotonic() - t0)
+                self._show(time.monotonic() - t0)
+            except Exception:  # noqa: BLE001 - a display never stops the work it watches
+                pass
+
+
+class RecordsProgress(Poller):
+    """Records written so far (``count()``) out of ``total``: one line redrawn on a terminal, else a line
+    per tenth."""
+
+    def __init__(self, label: str, count, total: int, every_s: float = 5.0):
+        super().__init__(self.show, every_s)
+        self.label, self.count, self.total = label, count, total
+        self._live, self._tenth = Live(), 0
+
+    def show(self, seconds: float) -> None:
+        n = self.count()
+        line = f"{self.label}: {n:,} / {self.total:,} records written  {seconds:.0f} s"
+        if interactive():
+            self._live.draw([line])
+        elif n * 10 // max(1, self.total) > self._tenth:
+            self._tenth = n * 10 // max(1, self.total)
+            say(line)
+
+
+class TrainProgress(Poller):
+    """Steps and losses of a training run, read from its MLflow run (the workers' own step lines are in Ray's
+    logs): one line redrawn on a terminal, else a line per tenth of the run and per validation."""
+
+    def __init__(self, uri: str, run_id: str, total: int, every_s: float = 5.0):
+        super().__init__(self.poll, every_s)
+        self.uri, self.run_id, self.total = uri, run_id, total
+        self._live, self._printed_tenth, self._val_step = Live(), -1, None
+
+    def poll(self, seconds: float) -> None:
+        from .tracking.mlflow import client
+
+        self.show({m.key: m for m in client(self.uri).get_run(self.run_id).data._metric_objs}, seconds)
 
     def show(self, metrics: dict, seconds: float) -> None:
         loss = metrics.get("train/loss")

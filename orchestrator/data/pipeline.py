@@ -15,6 +15,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..backbones import backbone_from_config
@@ -58,6 +59,20 @@ def preprocess(cfg: RunConfig, engine: str = "ray") -> dict:
 
 
 # ---- Ray Data ------------------------------------------------------------------------------------
+
+
+def rows_written(out: str) -> int:
+    """Rows in the parquet files under ``out`` so far (footers only; a file still being written is skipped)."""
+    fs, root = arrow_fs(out)
+    n = 0
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if info.is_file and info.path.endswith(".parquet"):
+            try:
+                with fs.open_input_file(info.path) as f:
+                    n += pq.ParquetFile(f).metadata.num_rows
+            except Exception:  # noqa: BLE001 - not whole yet
+                continue
+    return n
 
 
 def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, timings: dict, reads: dict) -> int:
@@ -106,7 +121,11 @@ def _run_ray(cfg: RunConfig, files: list[str], chunks: list[Chunk], out: str, ti
                                "options": cfg.backbone.options()},
         compute=ray.data.ActorPoolStrategy(size=n_tok),
     )
-    ds.write_parquet(out, partition_cols=["split"], max_rows_per_file=d.rows_per_file, ray_remote_args={"num_cpus": task_cpu})
+    from ..console import RecordsProgress
+
+    with RecordsProgress("preprocess", lambda: rows_written(out), keys.num_rows):  # shown when the console is quiet
+        ds.write_parquet(out, partition_cols=["split"], max_rows_per_file=d.rows_per_file,
+                         ray_remote_args={"num_cpus": task_cpu})
     timings["main_pass_s"] = round(time.perf_counter() - t, 2)
     return keys.num_rows
 

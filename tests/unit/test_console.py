@@ -77,3 +77,29 @@ def test_a_bad_config_shows_only_the_error(tmp_path, capsys):
     assert main(["train", "--set", "train.micro_batch=0"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("moss train: invalid config")
+
+
+def test_progress_lines_per_tenth_when_not_a_terminal(tmp_path, capsys):
+    from mlflow.entities import Metric
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from orchestrator.data.pipeline import rows_written
+
+    (tmp_path / "out" / "split=train").mkdir(parents=True)
+    pq.write_table(pa.table({"a": list(range(30))}), tmp_path / "out" / "split=train" / "0.parquet")
+    pq.write_table(pa.table({"a": list(range(12))}), tmp_path / "out" / "split=train" / "1.parquet")
+    (tmp_path / "out" / "split=train" / "2.parquet").write_bytes(b"PAR1 half written")
+    assert rows_written(str(tmp_path / "out")) == 42
+    with console.quiet(tmp_path / "log"):
+        records = console.RecordsProgress("preprocess", lambda: rows_written(str(tmp_path / "out")), 100)
+        records.show(5.0)  # 42 of 100: the 4th tenth
+        records.show(10.0)  # nothing new
+        train = console.TrainProgress("unused", "unused", total=100)
+        train.show({"train/loss": Metric("train/loss", 2.5, 0, 7)}, 3.0)
+        train.show({"train/loss": Metric("train/loss", 2.4, 0, 8)}, 4.0)  # same tenth: nothing
+        train.show({"train/loss": Metric("train/loss", 2.3, 0, 9), "val/loss": Metric("val/loss", 2.6, 0, 9)}, 5.0)
+    out = capsys.readouterr().out.splitlines()[1:]  # after the log's path
+    assert out == ["preprocess: 42 / 100 records written  5 s", "train: step 7/100  loss 2.5000  3 s",
+                   "train: step 9/100  loss 2.3000  val/loss 2.6000 (step 9)  5 s"]
