@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -40,13 +41,14 @@ def _verbose(p: argparse.ArgumentParser) -> None:
 
 
 def quiet_log(args: argparse.Namespace):
-    """Where a long command's library output goes (console.quiet): the demo's folder, else a temp folder."""
+    """Where a long command's library output goes (console.quiet): the demo's folder, else a temp folder;
+    None: not quiet."""
     from pathlib import Path
 
     from .console import default_log
 
-    if not getattr(args, "quiet_log", False):
-        return None
+    if not getattr(args, "quiet_log", False) or os.environ.get("RAY_ADDRESS"):
+        return None  # inside a Ray job (RAY_ADDRESS): the job's own logs keep everything
     return Path(args.out) / "logs" / "moss-demo.log" if args.command == "demo" else default_log(args.command)
 
 
@@ -180,15 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = build_parser().parse_args(argv)
     from .config import ConfigError
+    from .console import quiet, warn
+    from .runtime import shutdown_local_ray
 
-    from .console import quiet
-
-    try:
-        with quiet(quiet_log(args), getattr(args, "verbose", False)):
+    with quiet(quiet_log(args), getattr(args, "verbose", False)):
+        try:
             return args.func(args)
-    except ConfigError as e:
-        print(f"moss {args.command}: {e}", file=sys.stderr)
-        return 2
+        except ConfigError as e:
+            warn(f"moss {args.command}: {e}")
+            return 2
+        finally:
+            shutdown_local_ray()  # while quiet: its shutdown lines go to the log too
 
 
 if __name__ == "__main__":

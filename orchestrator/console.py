@@ -2,8 +2,9 @@
 
 Everything else written to stdout / stderr in the process while it runs (Ray's and Tune's console output,
 Ray Data's progress, the raylet's worker-pool warnings, MLflow's and transformers' logs and warnings) goes to
-a log file, whose path is the first line shown (a command refused at once, a bad config, shows only why). ``--verbose`` keeps the old behaviour: all of it on the
-terminal. The command's own lines go through ``say`` (to the terminal either way).
+a log file, whose path is the first line shown (a command refused at once, a bad config, shows only why).
+``--verbose`` keeps the old behaviour: all of it on the terminal. The command's own lines go through ``say``
+(to the terminal either way). Jobs (``ray job submit``, KubeRay) are never quiet: their logs are the job's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TextIO
 _TERMINAL: TextIO | None = None  # the real stdout while quiet
 _TERMINAL_ERR: TextIO | None = None  # and stderr
 _HEADER: list[str] = []  # the log's path, shown before the command's first line (none when it fails at once)
+_LIVE: list = [None]  # the Live block drawn last, while nothing was printed below it
 
 
 def quiet_now() -> bool:
@@ -35,6 +37,7 @@ def say(text: str = "") -> None:
     out = terminal()
     while _HEADER:
         out.write(_HEADER.pop() + "\n")
+    _LIVE[0] = None  # a live block above this line is not redrawn over it
     out.write(text + "\n")
     out.flush()
 
@@ -42,6 +45,7 @@ def say(text: str = "") -> None:
 def warn(text: str) -> None:
     """A line on the terminal's stderr, quiet or not (what the user must see: an outage, a retry)."""
     err = _TERMINAL_ERR or sys.stderr
+    _LIVE[0] = None
     err.write(text + "\n")
     err.flush()
 
@@ -54,44 +58,101 @@ def interactive() -> bool:
 
 
 def default_log(command: str) -> Path:
-    return Path(tempfile.gettempdir()) / "moss-logs" / f"{command}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.log"
+    """<tmp>/moss-logs-<uid>/<command>-<time>.log: one folder per user (a shared one would be another's)."""
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return (Path(tempfile.gettempdir()) / f"moss-logs-{uid}"
+            / f"{command}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.log")
+
+
+class _Redirected:
+    """sys.stdout / sys.stderr while quiet: writes go to the log while it is open, to the saved stream after
+    (a handler or faulthandler made while quiet keeps this object, never a closed file). ``fileno``: the
+    descriptor (stderr: 2, which is the log's while quiet); stdout has none to offer."""
+
+    encoding, errors = "utf-8", "replace"
+
+    def __init__(self, log: TextIO, after: TextIO, fd: int | None):
+        self._log, self._after, self._fd = log, after, fd
+
+    def _target(self) -> TextIO:
+        return self._log if not self._log.closed else self._after
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise OSError("no file descriptor while the console is quiet")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return False
 
 
 @contextlib.contextmanager
 def quiet(log_path: str | Path | None, verbose: bool = False):
-    """Send the process's stdout and stderr to ``log_path`` (appending) for the block; ``say`` still reaches
-    the terminal. ``verbose`` or ``log_path`` None: nothing changes."""
+    """Send the process's stdout and stderr (file descriptor 2 included) to ``log_path`` (appending) for the
+    block; ``say`` and ``warn`` still reach the terminal. ``verbose``, ``log_path`` None, or a log that
+    cannot be opened (said on stderr): nothing changes."""
     global _TERMINAL, _TERMINAL_ERR
     if verbose or log_path is None or _TERMINAL is not None:
         yield None
         return
     path = Path(log_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
-    saved = sys.stdout, sys.stderr
-    for stream in saved:
-        stream.flush()
-    # file descriptor 2 too: Ray's C++ core worker writes its log lines there, past sys.stderr. The terminal's
-    # stderr is then a copy of the old fd 2 when sys.stderr wrote to it (else, under pytest, sys.stderr itself)
-    fd2 = os.dup(2)
-    _TERMINAL = saved[0]
-    _TERMINAL_ERR = (os.fdopen(os.dup(fd2), "w", buffering=1, encoding="utf-8", errors="replace")
-                     if _writes_to_fd(saved[1], 2) else saved[1])
-    _HEADER[:] = [f"logs: {path} (Ray, Tune, MLflow and library output; --verbose shows it here)"]
-    os.dup2(log.fileno(), 2)
-    sys.stdout = sys.stderr = log
     try:
-        yield path
-    finally:
-        sys.stdout, sys.stderr = saved
-        log.flush()
-        os.dup2(fd2, 2)
-        os.close(fd2)
-        if _TERMINAL_ERR is not saved[1]:
-            _TERMINAL_ERR.close()
-        _TERMINAL = _TERMINAL_ERR = None
-        _HEADER.clear()
-        log.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    except OSError as e:
+        warn(f"moss: cannot write the log {path} ({e}); the output stays here")
+        yield None
+        return
+    saved = sys.stdout, sys.stderr
+    with contextlib.ExitStack() as undo:
+        undo.callback(log.close)
+        for stream in saved:
+            stream.flush()
+        # fd 2 too: Ray's C++ core worker writes its log lines there, past sys.stderr. The terminal's stderr is
+        # then a copy of the old fd 2 when sys.stderr wrote to it (else, under pytest, sys.stderr itself)
+        fd2 = os.dup(2)
+        undo.callback(os.close, fd2)
+        term_err = saved[1]
+        if _writes_to_fd(saved[1], 2):
+            term_err = os.fdopen(os.dup(fd2), "w", buffering=1, encoding="utf-8", errors="replace")
+            undo.callback(term_err.close)
+        os.dup2(log.fileno(), 2)
+        undo.callback(os.dup2, fd2, 2)  # (callbacks run last-first: fd 2 comes back before anything closes)
+        sys.stdout, sys.stderr = _Redirected(log, saved[0], None), _Redirected(log, saved[1], 2)
+        _TERMINAL, _TERMINAL_ERR = saved[0], term_err
+        _HEADER[:] = [f"logs: {path} (Ray, Tune, MLflow and library output; --verbose shows it here)"]
+
+        def restore() -> None:
+            global _TERMINAL, _TERMINAL_ERR
+            sys.stdout, sys.stderr = saved
+            _TERMINAL = _TERMINAL_ERR = None
+            _HEADER.clear()
+            _LIVE[0] = None
+
+        undo.callback(restore)
+        try:
+            yield path
+        except BaseException:
+            if _HEADER:  # failed before its first line: where to look
+                warn(_HEADER.pop())
+            raise
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                log.flush()
 
 
 def _writes_to_fd(stream, fd: int) -> bool:
@@ -112,19 +173,28 @@ def ray_logs() -> str | None:
 
 
 class Live:
-    """A block of lines redrawn in place on a terminal (ANSI); elsewhere nothing is redrawn (callers print
-    one line per event instead)."""
+    """A block of lines redrawn in place on a terminal (ANSI), cut to the terminal's width and height; a line
+    printed below it (say, warn) ends it: the next draw starts a new block. Elsewhere nothing is redrawn
+    (callers print one line per event instead)."""
 
     def __init__(self):
         self._shown = 0
 
     def draw(self, lines: list[str]) -> None:
+        import shutil
+
+        size = shutil.get_terminal_size()
+        if len(lines) > size.lines - 1:
+            lines = lines[:1] + lines[len(lines) - (size.lines - 2):] if size.lines > 2 else lines[:1]
+        lines = [line[: size.columns - 1] for line in lines]
         out = terminal()
-        if self._shown:
+        while _HEADER:
+            out.write(_HEADER.pop() + "\n")
+        if _LIVE[0] is self and self._shown:
             out.write(f"\x1b[{self._shown}F\x1b[J")  # up to the block's first line, clear to the end
         out.write("\n".join(lines) + "\n")
         out.flush()
-        self._shown = len(lines)
+        self._shown, _LIVE[0] = len(lines), self
 
 
 class Poller:
@@ -144,7 +214,7 @@ class Poller:
     def __exit__(self, *exc) -> None:
         if self._thread.is_alive():
             self._stop.set()
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=5)  # a daemon: one stuck on an MLflow read is left behind
 
     def _run(self) -> None:
         t0 = time.monotonic()

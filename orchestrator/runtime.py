@@ -28,6 +28,16 @@ def init_ray(num_cpus: int | None = None) -> None:
         say(f"ray: a local cluster of {num_cpus or os.cpu_count()} CPUs; its logs: {ray_logs()}")
 
 
+def shutdown_local_ray() -> None:
+    """Stop the local Ray cluster this process started (a command's end), not one reached by RAY_ADDRESS."""
+    global _STARTED_LOCALLY
+    if _STARTED_LOCALLY:
+        import ray
+
+        ray.shutdown()
+        _STARTED_LOCALLY = False
+
+
 def unplaceable(requests: list[dict[str, float]]) -> list[str]:
     """Custom resources asked for that the local Ray cluster this process started does not have (it has no
     autoscaler to add them: such workers would wait forever). [] on a cluster reached by RAY_ADDRESS."""

@@ -59,8 +59,6 @@ class SystemMetrics:
         self._thread = threading.Thread(target=self._run, name="moss-system-metrics", daemon=True)
 
     def start(self) -> "SystemMetrics":
-        self._step = next_step(self.tracker.uri, self.run_id, f"{PREFIX}/{self.node}/")  # after a relaunch's
-        self.sample()  # a first sample at once: what the node looked like at the start
         self._thread.start()
         return self
 
@@ -80,6 +78,9 @@ class SystemMetrics:
             self._step += 1
 
     def _run(self) -> None:
+        # here, not in start(): reading MLflow may wait (an outage), and training never waits on it
+        self._step = next_step(self.tracker.uri, self.run_id, f"{PREFIX}/{self.node}/")  # after a relaunch's
+        self.sample()  # a first sample at once: what the node looked like at the start
         while not self._stop.wait(self.every_s):
             self.sample()
 

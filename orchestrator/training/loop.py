@@ -8,6 +8,7 @@ hands back the latest checkpoint, which restores the adapter, optimizer, schedul
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import time
@@ -248,7 +249,8 @@ def train_loop(loop_config: dict) -> dict:
             ensure_final_adapter(module, logger, rank, cfg, loop_config["logged_config"], state.step)
     except BaseException:  # the sampler stops with the run (its thread would outlive a caught error)
         if sampler is not None:
-            sampler.stop()
+            with contextlib.suppress(Exception):  # never in place of the error itself
+                sampler.stop()
         raise
     if sampler is not None:
         sampler.stop()

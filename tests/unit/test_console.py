@@ -57,9 +57,10 @@ def test_preprocess_prints_its_summary_and_logs_the_rest(tmp_path, capsys, monke
     assert main(["preprocess", "--local", "--set", f"data.source={tmp_path / 'sample'}",
                  "--set", f"data.output={tmp_path / 'shards'}"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"logs: {tmp_path / 'tmp' / 'moss-logs'}/preprocess-")
+    logs = tmp_path / "tmp" / f"moss-logs-{os.getuid()}"
+    assert lines[0].startswith(f"logs: {logs}/preprocess-")
     assert any(line.startswith("preprocess: 10 records") for line in lines)
-    (log,) = (tmp_path / "tmp" / "moss-logs").iterdir()
+    (log,) = logs.iterdir()
     assert log.name.startswith("preprocess-") and log.suffix == ".log"
 
 
@@ -71,6 +72,9 @@ def test_live_block_redraws_in_place(capsys):
     first, second = out.split("\x1b[2F\x1b[J")  # back up the two lines drawn, clear them, draw three
     assert first == "trial  status\nt0     started\n"
     assert second == "trial  status\nt0     finished\nt1     started\n"
+    console.say("moss tracking: a line printed below the block")
+    live.draw(["trial  status"])  # not drawn over that line: a new block below it
+    assert capsys.readouterr().out == "moss tracking: a line printed below the block\ntrial  status\n"
 
 
 def test_a_bad_config_shows_only_the_error(tmp_path, capsys):
