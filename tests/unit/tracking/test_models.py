@@ -4,7 +4,6 @@ the Tracker, replayed, sent twice without a second model; registered; refused wh
 from __future__ import annotations
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from orchestrator.config import load_config
 from orchestrator.moss import apply_moss, save_adapter
@@ -23,14 +22,6 @@ def model_dir(tmp_path_factory):
     adapter = save_adapter(apply_moss(spec.build(seed=0), ADAPTERS["moss-lowrank"], spec), root / "adapter")
     cfg = load_config(None, ["adapter.variant=moss", "backbone.revision=abc123"])
     return save_model_dir(adapter, cfg.model_dump(mode="json"), root / "model"), cfg
-
-
-@pytest.fixture
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlc = MlflowClient(uri)
-    exp = mlc.create_experiment("moss", artifact_location=(tmp_path / "mlruns").as_uri())
-    return uri, mlc, exp
 
 
 def models_of(mlc, exp, run_id):

@@ -17,16 +17,6 @@ from orchestrator.tracking.replay import replay
 from orchestrator.tracking.resilient import Tracker
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One sqlite store for the module (creating its schema takes seconds); each test makes its own runs."""
-    root = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlc = MlflowClient(uri)
-    exp = mlc.create_experiment("moss", artifact_location=(root / "mlruns").as_uri())
-    return uri, mlc, exp
-
-
 def offline_writes(uri: str, run_dir: Path, run_id: str, src: Path) -> Tracker:
     """Twenty steps, params, a tag set twice, a text, a folder, the end: all while ``uri`` is unreachable."""
     tracker = Tracker(uri, Journal(str(run_dir)), retry_every_s=60, flush_timeout_s=0)

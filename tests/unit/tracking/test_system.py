@@ -4,7 +4,6 @@ real sqlite store, one step per sample."""
 import time
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from orchestrator.tracking.journal import Journal
 from orchestrator.tracking.resilient import Tracker
@@ -17,10 +16,9 @@ def test_when_system_metrics_are_sampled(setting, device, on):
     assert wanted(setting, device) is on
 
 
-def test_samples_go_through_the_tracker_one_step_each(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlc = MlflowClient(uri)
-    run_id = mlc.create_run(mlc.create_experiment("moss", artifact_location=(tmp_path / "a").as_uri())).info.run_id
+def test_samples_go_through_the_tracker_one_step_each(store, tmp_path):
+    uri, mlc, exp = store
+    run_id = mlc.create_run(exp).info.run_id
     tracker = Tracker(uri, Journal(str(tmp_path / "run")), retry_every_s=60, flush_timeout_s=30)
     sampler = SystemMetrics(tracker, run_id, "node3", every_s=0.2, gpu=False).start()
     time.sleep(1.0)
