@@ -91,13 +91,17 @@ def save_model_dir(adapter_dir: str | Path, config_tree: dict, dst: str | Path) 
     return path
 
 
+def ready(model) -> bool:
+    """A LoggedModel whose files are all there (finalized READY); None is not."""
+    return model is not None and str(model.status).endswith("READY")
+
+
 def find_logged_model(mlc, experiment_id: str, run_id: str, name: str = MODEL_NAME):
     """The run's LoggedModel called ``name`` (the newest, should a lost answer have made two), else None."""
     found = list(mlc.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}' AND "
                                           f"name = '{name}'", order_by=[{"field_name": "creation_timestamp",
                                                                          "ascending": False}]))
-    ready = [m for m in found if str(m.status).endswith("READY")]
-    return (ready or found or [None])[0]
+    return ([m for m in found if ready(m)] or found or [None])[0]
 
 
 def log_logged_model(mlc, uri: str, run_id: str, op: dict) -> str:
@@ -116,7 +120,8 @@ def log_logged_model(mlc, uri: str, run_id: str, op: dict) -> str:
     if model is None:
         model = mlc.create_logged_model(exp, op["name"], source_run_id=run_id, tags=op["tags"], params=op["params"],
                                         model_type=MODEL_TYPE)
-    if not str(model.status).endswith("READY"):
+    finished = ready(model)
+    if not finished:
         mlc.log_model_artifacts(model.model_id, op["dir"])
     dataset = next(iter(run.inputs.dataset_inputs), None) if run.inputs else None
     latest = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id,
@@ -128,7 +133,7 @@ def log_logged_model(mlc, uri: str, run_id: str, op: dict) -> str:
             mlc.log_batch(run_id, metrics=latest[i : i + 1000])
     if not any(o.model_id == model.model_id for o in (run.outputs.model_outputs if run.outputs else [])):
         mlc.log_outputs(run_id, [LoggedModelOutput(model.model_id, op.get("step", 0))])
-    if not str(model.status).endswith("READY"):
+    if not finished:
         mlc.finalize_logged_model(model.model_id, "READY")
     return model.model_id
 
@@ -139,7 +144,7 @@ def register(mlc, run, name: str, tags: dict[str, str]):
     from mlflow.exceptions import MlflowException
 
     model = find_logged_model(mlc, run.info.experiment_id, run.info.run_id)
-    if model is None or not str(model.status).endswith("READY"):
+    if not ready(model):
         raise LookupError(f"run {run.info.run_id} ({run.data.tags.get(TAG.RUN_NAME, run.info.run_name)}) has no "
                           "finished adapter model: it did not finish, or was trained before adapters were logged "
                           "as models")

@@ -322,11 +322,10 @@ class MetricsLogger:
 
     def has_model(self) -> bool:
         """Whether the run's adapter model is READY; a read: waits for an unreachable server."""
-        from .models import find_logged_model
+        from .models import find_logged_model, ready
 
         mlc = client(self.tracker.uri, self._wait_s)
-        model = find_logged_model(mlc, mlc.get_run(self.run_id).info.experiment_id, self.run_id)
-        return model is not None and str(model.status).endswith("READY")
+        return ready(find_logged_model(mlc, mlc.get_run(self.run_id).info.experiment_id, self.run_id))
 
     def settle(self) -> bool:
         """Everything logged so far sent or journaled (Tracker.settle, bounded by one request)."""
