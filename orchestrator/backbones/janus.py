@@ -125,9 +125,11 @@ class JanusSpec(VQSpec):
         return targets >= self.text_vocab
 
     # ---- generation: codes come from generation_head, embeddings from the generation aligner ----------
-    def forward_hidden(self, model, input_ids, cache=None):
+    def forward_hidden(self, model, input_ids, cache=None, visual=None, **positions):
+        if visual is not None:
+            raise ValueError("janus images are token ids: no visual embeddings to feed")
         lm = unwrap(model).model.language_model
-        out = lm(inputs_embeds=self.embed(model, input_ids), cache=cache, use_cache=True)
+        out = lm(inputs_embeds=self.embed(model, input_ids), cache=cache, use_cache=True, **positions)
         return out.last_hidden_state, out.cache
 
     @cached_property

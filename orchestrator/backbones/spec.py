@@ -345,13 +345,15 @@ class BackboneSpec(ABC):
         """How many positions of ``input_ids`` take a visual embedding (continuous-image backbones)."""
         return 0
 
-    def forward_hidden(self, model: nn.Module, input_ids: torch.Tensor, cache=None, visual=None):
+    def forward_hidden(self, model: nn.Module, input_ids: torch.Tensor, cache=None, visual=None, **positions):
         """(B, T) new ids after ``cache`` -> ((B, T, D) hidden states, the grown KV cache).
 
-        ``visual``: embeddings of the ids that take one (continuous-image backbones only)."""
+        ``visual``: embeddings of the ids that take one (continuous-image backbones only). ``positions``:
+        ``attention_mask`` (B, cached + T) and ``position_ids`` (B, T) of a batch of sequences at their own
+        positions (orchestrator/evaluation/decoding.py)."""
         if visual is not None:
             raise ValueError(f"{self.name} images are token ids: no visual embeddings to feed")
-        out = unwrap(model).model(input_ids=input_ids, cache=cache, use_cache=True)
+        out = unwrap(model).model(input_ids=input_ids, cache=cache, use_cache=True, **positions)
         return out.last_hidden_state, out.cache
 
     def text_logits(self, model: nn.Module, h: torch.Tensor) -> torch.Tensor:

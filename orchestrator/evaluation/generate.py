@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import GenerateSection
 from ..data.schema import PLACEHOLDER
-from .decoding import IncrementalDecoder
+from .decoding import BatchDecoder
 
 
 class SamplingConfig(GenerateSection):
@@ -145,12 +145,33 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+@dataclass
+class _Request:
+    """What an answer's coroutine asks the scheduler for: ``prefill`` its prompt (ids, segments, visual), a head
+    over its hidden state ``h`` (text | image | regress), to declare an image ``segment``, or to ``feed`` a
+    token (with its visual embedding on continuous-image backbones)."""
+
+    kind: str
+    h: torch.Tensor | None = None
+    token: int = 0
+    visual: torch.Tensor | None = None
+    ids: torch.Tensor | None = None
+    segment: object = None
+
+
 class Generator:
-    """Generates interleaved answers for one model + backbone; reusable across prompts."""
+    """Generates interleaved answers for one model + backbone; reusable across prompts.
+
+    ``generate`` answers one prompt; ``generate_many`` answers many, up to ``batch_size`` decoded together
+    (BatchDecoder): a finished answer's row is refilled with the next prompt. Each answer is a coroutine
+    (``_answer``) that asks for heads and feeds; the scheduler runs one batched forward per step and one
+    batched head per kind, so an answer is the same whatever else is in its batch (its own seeded sampler,
+    its own caches: tests/unit/evaluation/test_batch_decoding.py).
+    """
 
     def __init__(self, model: nn.Module, spec, max_length: int | None = None):
-        self.model, self.spec = model, spec
-        self.decoder = IncrementalDecoder(model, spec)
+        self.model, self.spec = model.eval(), spec
+        self.decoder = BatchDecoder(model, spec)
         cfg = spec.model_config
         text_cfg = getattr(cfg, "text_config", cfg)
         self.max_length = max_length or getattr(text_cfg, "max_position_embeddings", 4096)
@@ -186,28 +207,108 @@ class Generator:
             raise ValueError(f"the prompt ({prompt_len} tokens){what} exceeds the model's {self.max_length} positions")
         return image_len
 
-    @torch.no_grad()
     def generate(self, segments: list, cfg: SamplingConfig = SamplingConfig(), record_logits: bool = False,
                  decode: bool = True) -> Answer:
-        """``decode=False``: no pixel decoding (generated images keep only their codes / embeddings)."""
+        """One answer. ``decode=False``: no pixel decoding (generated images keep only their codes / embeddings)."""
+        (_, result), = self.generate_many([(segments, cfg)], 1, record_logits=record_logits, decode=decode)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @torch.no_grad()
+    def generate_many(self, prompts, batch_size: int = 1, record_logits: bool = False, decode: bool = True):
+        """Answer ``prompts`` ((segments, SamplingConfig) pairs; an exception instead of the segments: a prompt
+        that could not be read) up to ``batch_size`` at a time; yields (index, Answer), or (index, the exception)
+        for a prompt that failed (too long, an unreadable image...), in the order they finish. ``prompts`` is read
+        lazily, as rows free up."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         spec, dec = self.spec, self.decoder
         if decode and spec.continuous_images and spec.has_pixel_decoder:
-            self.negative_embeddings()  # before this answer's decoding starts: it runs a generation of its own
+            self.negative_embeddings()  # before any answer's decoding starts: it runs a generation of its own
+        dec.reset()
+        pending = iter(enumerate(prompts))
+        active: list[list] = []  # per decoder row: [index, coroutine, its request (None: done), answer]
+        heads = {"text": spec.text_logits, "image": spec.image_logits, "regress": getattr(spec, "regress", None)}
+        try:
+            while True:
+                while len(active) < batch_size:  # refill: the next prompts join as new rows
+                    nxt = next(pending, None)
+                    if nxt is None:
+                        break
+                    index, (segments, cfg) = nxt
+                    if isinstance(segments, Exception):  # a prompt that could not be read: its result
+                        yield index, segments
+                        continue
+                    co = self._answer(segments, cfg, record_logits, decode)
+                    try:
+                        req = next(co)  # the encoded prompt
+                        h = dec.join(req.ids, req.segment, visual=req.visual)[-1]
+                    except (ValueError, RuntimeError, OSError) as e:  # too long, an unreadable image...
+                        co.close()
+                        yield index, e
+                        continue
+                    active.append([index, co, None, None])
+                    self._advance(active, len(active) - 1, h)
+                if not active:
+                    return
+                while True:  # heads, batched per kind, until every row asks to feed (or is done)
+                    asking = [b for b, a in enumerate(active) if a[2] is not None and a[2].kind in heads]
+                    if not asking:
+                        break
+                    kind = active[asking[0]][2].kind
+                    rows = [b for b in asking if active[b][2].kind == kind]
+                    out = heads[kind](self.model, torch.stack([active[b][2].h for b in rows]))
+                    for b, o in zip(rows, out):
+                        self._advance(active, b, o)
+                active = yield from self._finished(active)
+                if active:
+                    hs = dec.step([a[2].token for a in active], [a[2].visual for a in active])
+                    for b in range(len(active)):
+                        self._advance(active, b, hs[b])
+                    active = yield from self._finished(active)
+        finally:
+            for a in active:
+                a[1].close()
+            dec.reset()
+
+    def _finished(self, active: list):
+        """Yield the rows whose answer is done (index, answer or exception), drop them; -> the others."""
+        done = [b for b, a in enumerate(active) if a[2] is None]
+        for b in done:
+            yield active[b][0], active[b][3]
+        if done:
+            self.decoder.drop(done)
+        return [a for a in active if a[2] is not None]
+
+    def _advance(self, active: list, b: int, value) -> None:
+        """Send ``value`` to row b's coroutine: its next request at [2], or None and the answer (or the
+        exception) at [3]. Image segments it declares go to the decoder on the way."""
+        entry = active[b]
+        try:
+            req = entry[1].send(value)
+            while req.kind == "segment":
+                self.decoder.add_segment(b, req.segment)
+                req = entry[1].send(None)
+            entry[2] = req
+        except StopIteration as stop:
+            entry[2:] = [None, stop.value]
+        except (ValueError, RuntimeError, OSError) as e:  # e.g. a pixel decoder failing on one answer
+            entry[2:] = [None, e]
+
+    def _answer(self, segments: list, cfg: SamplingConfig, record_logits: bool, decode: bool):
+        """One answer as a coroutine: yields _Requests, gets back what they ask for; returns the Answer."""
+        spec = self.spec
         enc = self.encode_prompt(segments)
         frame = spec.image_frame(*spec.generation_grid(cfg.image_size))
         image_len = self._check_length(len(enc["input_ids"]), frame, cfg)
         gen = torch.Generator().manual_seed(cfg.seed)
         t0 = time.perf_counter()
-        dec.reset()
-        h = dec.prefill(enc["input_ids"], enc["image_layout"], visual=enc.get("visual"))[-1]
+        h = yield _Request("prefill", ids=enc["input_ids"], segment=list(enc["image_layout"]), visual=enc.get("visual"))
         answer = Answer(ids=enc["input_ids"].tolist(), prompt_length=len(enc["input_ids"]))
         answer.step_logits = [] if record_logits else None
         text_ids: list[int] = []
         n_text = 0
-
-        def feed(token: int, visual: torch.Tensor | None = None) -> torch.Tensor:
-            answer.ids.append(token)
-            return dec.step(token, visual)
 
         def flush_text() -> None:
             if text_ids:
@@ -215,14 +316,15 @@ class Generator:
                 text_ids.clear()
 
         while True:
-            if dec.length + 1 >= self.max_length:
+            length = len(answer.ids)
+            if length + 1 >= self.max_length:
                 answer.stop = "max_length"
                 break
             t_token = time.perf_counter()
-            logits = spec.text_logits(self.model, h).float()
+            logits = (yield _Request("text", h)).float()
             raw = logits.clone() if record_logits else None
             logits[self.banned.to(logits.device)] = float("-inf")
-            can_open = len(answer.images) < cfg.max_images and dec.length + image_len < self.max_length
+            can_open = len(answer.images) < cfg.max_images and length + image_len < self.max_length
             if not can_open:
                 logits[frame.open_id] = float("-inf")
             if cfg.open_image and can_open and not answer.parts and not text_ids:
@@ -233,10 +335,10 @@ class Generator:
                     break
                 token = sample(logits, cfg.temperature, cfg.top_p, gen)
             if record_logits:
-                answer.step_logits.append((dec.length, raw))
+                answer.step_logits.append((length, raw))
             if token == frame.open_id:
                 flush_text()
-                h = self._image(frame, feed, cfg, gen, answer, record_logits, decode)
+                h = yield from self._image(frame, cfg, answer, record_logits, decode, gen)
                 continue
             if token == self.eos:
                 answer.ids.append(token)
@@ -244,20 +346,25 @@ class Generator:
                 break
             text_ids.append(token)
             n_text += 1
-            h = feed(token)
+            answer.ids.append(token)
+            h = yield _Request("feed", token=token)
             answer.text_token_seconds.append(time.perf_counter() - t_token)
         flush_text()
         answer.seconds = time.perf_counter() - t0
         return answer
 
-    def _image(self, frame, feed, cfg: SamplingConfig, gen, answer: Answer, record_logits: bool,
-               decode: bool = True) -> torch.Tensor:
+    def _image(self, frame, cfg: SamplingConfig, answer: Answer, record_logits: bool, decode: bool, gen):
         """Open an image at the next position, sample its H x W cells, close it; -> the last hidden state."""
-        spec, dec = self.spec, self.decoder
-        dec.add_segment(frame.segment(dec.length))
-        h = feed(frame.open_id)
+        spec = self.spec
+
+        def feed(token: int, visual: torch.Tensor | None = None):
+            answer.ids.append(token)
+            return (yield _Request("feed", token=token, visual=visual))
+
+        yield _Request("segment", segment=frame.segment(len(answer.ids)))
+        h = yield from feed(frame.open_id)
         for t in frame.header:
-            h = feed(t)
+            h = yield from feed(t)
         continuous = spec.continuous_images
         candidates = None if continuous else spec.image_candidates
         cells = []
@@ -265,21 +372,21 @@ class Generator:
             for _ in range(frame.width):
                 t0 = time.perf_counter()
                 if continuous:  # regressed, not sampled: the same embedding is fed back
-                    embedding = spec.regress(self.model, h)
+                    embedding = yield _Request("regress", h)
                     cells.append(embedding.float().cpu())
-                    h = feed(spec.cell_id, embedding)
+                    h = yield from feed(spec.cell_id, embedding)
                 else:
-                    logits = spec.image_logits(self.model, h).float()
+                    logits = (yield _Request("image", h)).float()
                     if record_logits:
-                        answer.step_logits.append((dec.length, logits))
+                        answer.step_logits.append((len(answer.ids), logits))
                     token = int(candidates[sample(logits, cfg.image_temperature, cfg.image_top_p, gen)])
                     cells.append(token)
-                    h = feed(token)
+                    h = yield from feed(token)
                 answer.image_token_seconds.append(time.perf_counter() - t0)
             for t in frame.row_end:
-                h = feed(t)
+                h = yield from feed(t)
         for t in frame.close:
-            h = feed(t)
+            h = yield from feed(t)
         if continuous:
             grid = torch.stack(cells).view(frame.height, frame.width, -1)
             image = None

@@ -13,7 +13,8 @@ _EXPORTS = {
     "ImageLayout": "layout", "ImageSegment": "layout", "RoutingPlan": "layout", "build_routing_plan": "layout",
     "AdapterLoadError": "peft", "apply_moss": "peft", "expected_trainable_parameters": "peft",
     "load_adapter": "peft", "save_adapter": "peft", "set_layout": "peft", "trainable_parameters": "peft",
-    "unwrap": "peft", "routed_step": "peft", "ConvCache": "cache", "Step": "cache", "TEXT_STEP": "cache",
+    "unwrap": "peft", "routed_step": "peft", "recording_groups": "peft", "ConvCache": "cache", "Route": "cache",
+    "TEXT": "cache",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,9 +15,10 @@ import torch
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
-from .cache import ConvCache, Step
+from .cache import ConvCache
 from .config import MossConfig
 from .layout import RoutingPlan
+from .step import StepGroups, StepPlan, group_step
 from .variants import Variant, get_variant
 
 
@@ -26,8 +27,9 @@ class MossContext:
 
     It is set before the decoder runs and kept until the next forward, so activation checkpointing
     (which recomputes layers during backward) sees the same plan. Incremental (KV-cache) decoding
-    sets ``step`` instead: the one new token's route, with ``conv_cache`` holding what the image
-    branch needs of the image being decoded (see cache.py).
+    sets ``step`` instead: the route of each sequence's one new token (step.py), with ``conv_cache``
+    holding what the image branch needs of the images being decoded (cache.py) and ``groups`` the
+    layers that share an input.
     """
 
     def __init__(self, config: MossConfig):
@@ -35,8 +37,14 @@ class MossContext:
         self.plan: RoutingPlan | None = None
         self.pending_layout = None  # an explicit layout for the next forward (set_layout)
         self.text_step = False  # a KV-cache step whose new ids were checked to be text
-        self.step: Step | None = None  # the route of a one-token incremental forward
-        self.conv_cache = ConvCache()
+        self.step: StepPlan | None = None  # the routes of a one-token-per-sequence incremental forward
+        self.conv_cache = ConvCache(config.kernel_size if get_variant(config.variant).uses_conv else 1)
+        self.groups = StepGroups()
+
+    def new_session(self) -> None:
+        """A new decoding session: empty conv cache, the adapter's current weights."""
+        self.conv_cache.clear()
+        self.groups.clear_state()
 
 
 class MossLinear(nn.Module, LoraLayer):
@@ -89,15 +97,6 @@ class MossLinear(nn.Module, LoraLayer):
             "weight matrix can express. Keep the adapter unmerged, or use unload() to get the base model back."
         )
 
-    def _step_rank_space(self, name: str, x: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z, W) for the one token of an incremental forward: one branch, the conv through the conv cache."""
-        flat = self.lora_dropout[name](x).reshape(-1, x.shape[-1])
-        if flat.shape[0] != 1:
-            raise RuntimeError(f"an incremental MoSS step takes one token of one sequence, got {tuple(x.shape[:-1])}")
-        if not step.is_image:
-            return self.lora_A[name](flat), self.lora_B[name].weight
-        return self.variant.step_rank_space(self, name, flat, step), self.lora_img_B[name].weight
-
     def _rank_space(self, name: str, x: torch.Tensor, plan: RoutingPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, W) with adapter output = z @ W.T: z (N, r | r + r_img) per token, W (d_out, r | r + r_img).
 
@@ -124,7 +123,12 @@ class MossLinear(nn.Module, LoraLayer):
         result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters:
             return result
-        plan, step = self.moss_context.plan, self.moss_context.step
+        ctx = self.moss_context
+        if ctx.step is not None:
+            return self._step_forward(x, result, ctx)
+        if ctx.groups.recording:
+            ctx.groups.record(self, x)
+        plan = ctx.plan
         for name in self.active_adapters:
             if name not in self.lora_A:
                 continue
@@ -132,7 +136,7 @@ class MossLinear(nn.Module, LoraLayer):
             # (fp32) adapter weights first would only keep one more copy of it alive for the backward pass
             autocast = torch.is_autocast_enabled(x.device.type)
             xa = x if autocast else self._cast_input_dtype(x, self.lora_A[name].weight.dtype)
-            z, w = self._step_rank_space(name, xa, step) if step is not None else self._rank_space(name, xa, plan)
+            z, w = self._rank_space(name, xa, plan)
             flat = result.reshape(-1, result.shape[-1])
             if z.dtype == flat.dtype:  # result + scaling * z @ W.T in one fused op
                 flat = torch.addmm(flat, z, w.t(), alpha=self.scaling[name])
@@ -141,5 +145,40 @@ class MossLinear(nn.Module, LoraLayer):
             result = flat.view(result.shape)
         return result
 
+    def _step_forward(self, x: torch.Tensor, result: torch.Tensor, ctx: MossContext) -> torch.Tensor:
+        """One token per sequence (ctx.step): the group's first layer computes every layer's activations."""
+        if self.training:
+            raise RuntimeError("cached MoSS decoding runs in eval mode (no dropout): call model.eval() first")
+        plan = ctx.step
+        group, index = ctx.groups.group_of(self)
+        flat = result.reshape(-1, result.shape[-1])
+        for name in self.active_adapters:
+            if name not in self.lora_A:
+                continue
+            if index == 0:
+                autocast = torch.is_autocast_enabled(x.device.type)
+                group.x = x
+                group_step(self.variant, group, name, x if autocast else self._cast_input_dtype(x, self.lora_A[name].weight.dtype), plan)
+            elif x is not group.x:
+                raise RuntimeError("layers that read one input in the recorded forward got different inputs in a step")
+            z_text, z_img = group.out[name][index]
+            s = self.scaling[name]
+            if z_img is None:
+                flat = _add(flat, z_text, self.lora_B[name].weight, s)
+            elif z_text is None:
+                flat = _add(flat, z_img, self.lora_img_B[name].weight, s)
+            else:  # a mixed step: text rows through B_text, image cells through B_image
+                flat = _add(flat, z_text * plan.text_weight(z_text.dtype), self.lora_B[name].weight, s)
+                delta = (z_img @ self.lora_img_B[name].weight.t()).to(flat.dtype)
+                flat = flat.index_add(0, plan.image_rows, delta, alpha=s)
+        return flat.view(result.shape)
+
     def __repr__(self) -> str:
         return f"moss.{self.moss.variant}." + super().__repr__()
+
+
+def _add(flat: torch.Tensor, z: torch.Tensor, w: torch.Tensor, scaling: float) -> torch.Tensor:
+    """flat + scaling * z @ w.T, in one fused op when the dtypes agree."""
+    if z.dtype == flat.dtype:
+        return torch.addmm(flat, z, w.t(), alpha=scaling)
+    return flat + (z @ w.t() * scaling).to(flat.dtype)

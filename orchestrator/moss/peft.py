@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..wrappers import unwrap
-from .cache import Step
+from .cache import Route
 from .config import MossConfig, match_parameters, trainable_params_per_layer
 from .layers import MossContext, MossLinear
 from .layout import ImageLayout, build_routing_plan
@@ -51,18 +51,36 @@ def set_layout(model: nn.Module, layout: ImageLayout) -> None:
 
 
 @contextlib.contextmanager
-def routed_step(model: nn.Module, step: Step):
-    """Route the one-token forwards inside this block by ``step`` (text, or cell (i, j) of the image
-    ``conv_cache`` has open) instead of deriving a layout from ids. No-op for plain LoRA."""
+def routed_step(model: nn.Module, routes: list[Route]):
+    """Route the one forward inside this block, one new token per sequence (batch row), by ``routes`` (the
+    text branch, or a cell of an image, through the conv cache) instead of deriving a layout from ids.
+    No-op for plain LoRA."""
+    from .step import StepPlan
+
     ctx = moss_context(model)
     if ctx is None:
         yield None
         return
-    ctx.step = step
+    ctx.step = StepPlan(list(routes), ctx.conv_cache, next(unwrap(model).parameters()).device)
     try:
         yield ctx
     finally:
         ctx.step = None
+
+
+@contextlib.contextmanager
+def recording_groups(model: nn.Module):
+    """Record, over the forward inside this block, which MoSS layers read one input (moss/step.py), unless
+    known already. No-op for plain LoRA."""
+    ctx = moss_context(model)
+    if ctx is None or ctx.groups.of:
+        yield
+        return
+    ctx.groups.recording = True
+    try:
+        yield
+    finally:
+        ctx.groups.stop()
 
 
 def _cache_is_warm(kwargs) -> bool:
@@ -117,7 +135,7 @@ class _LayoutHooks:
         text_step, ctx.text_step = ctx.text_step, False
         ids = _ids_of(args, kwargs)
         ref = ids if ids is not None else kwargs.get("inputs_embeds")
-        if ctx.step is not None:  # a routed incremental step (set_step): the layers use the conv cache
+        if ctx.step is not None:  # a routed incremental step (routed_step): the layers use the conv cache
             self.routed_step(layout, ref)
         elif layout is None and _cache_is_warm(kwargs):
             self.cached_text_step(ids, text_step)
@@ -126,9 +144,11 @@ class _LayoutHooks:
 
     def routed_step(self, layout, ref) -> None:
         if layout is not None:
-            raise RuntimeError("set_layout and set_step were both given for one forward")
-        if ref is not None and tuple(ref.shape[:2]) != (1, 1):
-            raise RuntimeError(f"a routed MoSS step takes one token of one sequence, got {tuple(ref.shape[:2])}")
+            raise RuntimeError("set_layout and routed_step were both given for one forward")
+        n = self.ctx.step.batch_size
+        if ref is not None and tuple(ref.shape[:2]) != (n, 1):
+            raise RuntimeError(f"a routed MoSS step takes one token of each of its {n} sequence(s), "
+                               f"got {tuple(ref.shape[:2])}")
         self.ctx.plan = None
 
     def cached_text_step(self, ids, text_step: bool) -> None:

@@ -4,7 +4,7 @@ A variant decides what MossLinear adds at image positions (text positions always
 ``lora_A`` / ``lora_B``). It builds its image branch into up to three slots of the layer, ``lora_img_A``,
 ``lora_img_conv`` and ``lora_img_B`` (B, r -> d_out, is created and zero-initialised by the layer); turns
 the layer's input into rank-space activations, for a whole batch (``image_rank_space``) and for the one
-token of cached decoding (``step_rank_space``); and gives its closed-form counts: trainable parameters,
+tokens of cached decoding (``step_weights`` / ``step_image``); and gives its closed-form counts: trainable parameters,
 multiply-adds per token, activation bytes (for ``moss plan``). Config validation, reports, benchmarks and
 tests read the registry, so a new variant is one subclass + ``register_variant`` (docs/extending.md).
 
@@ -59,9 +59,24 @@ class Variant:
         """(N, d_in) inputs -> (N, r) image-branch activations before lora_img_B; zero at text positions."""
         raise NotImplementedError
 
-    def step_rank_space(self, layer, name: str, flat, step):
-        """(1, d_in) input of one image cell -> (1, r), through the layer's conv cache if the branch needs one."""
-        raise NotImplementedError
+    def step_rank_space(self, layer, name: str, x):
+        """Cached decoding, the simple form: (n, d_in) inputs of image cells -> (n, r) image-branch activations of
+        one layer, for a branch that reads only the current token (no conv). Used by the default step_image."""
+        raise NotImplementedError(f"adapter variant {self.name!r} has no cached decoding step: define "
+                                  "step_rank_space, or step_weights and step_image")
+
+    def step_weights(self, layers: list, name: str) -> dict:
+        """Cached decoding: what ``step_image`` needs of ``layers`` (the layers that read one input, moss/step.py),
+        e.g. their weights concatenated so that one matmul serves all of them. Built once per decoding session."""
+        return {"layers": layers, "name": name}
+
+    def step_image(self, weights: dict, x, conv):
+        """(n_img, d_in) inputs of this step's image cells -> (n_img, sum of the layers' r) image-branch
+        activations, in layer order. ``conv(inp, taps)`` writes ``inp`` to the conv cache and returns the causal
+        conv at the cells (taps: moss/cache.conv_taps, side by side). Default: step_rank_space per layer."""
+        import torch
+
+        return torch.cat([self.step_rank_space(layer, weights["name"], x) for layer in weights["layers"]], dim=1)
 
 
 def init_linear(d_in: int, d_out: int):
@@ -108,8 +123,13 @@ class MoeLora(Variant):
         z = layer.lora_img_A[name](flat)
         return z * plan.image_weight(z.dtype)
 
-    def step_rank_space(self, layer, name, flat, step):
-        return layer.lora_img_A[name](flat)
+    def step_weights(self, layers, name):
+        import torch
+
+        return {"a": torch.cat([layer.lora_img_A[name].weight.detach() for layer in layers]).t()}
+
+    def step_image(self, weights, x, conv):
+        return x @ weights["a"].to(x.dtype)
 
 
 class Moss(Variant):
@@ -168,12 +188,36 @@ class Moss(Variant):
         c = causal_conv2d(z.index_select(0, plan.image_pos), conv, plan)  # (n_img, r)
         return z.index_add(0, plan.image_pos, self.activate(layer, c).to(z.dtype))
 
-    def step_rank_space(self, layer, name, flat, step):
-        cache, conv = layer.moss_context.conv_cache, layer.lora_img_conv[name].weight
-        if layer.moss.conv_space == "full":
-            return cache.conv((id(layer), name), flat[0], conv, *step.cell)[None]
-        z = layer.lora_img_A[name](flat)
-        return z + self.activate(layer, cache.conv((id(layer), name), z[0], conv, *step.cell))[None]
+    def step_weights(self, layers, name):
+        """full: the layers' taps side by side (they read one x); lowrank: their A stacked, and their taps as
+        one block-diagonal matrix over the stacked z (each layer's conv reads only its own z)."""
+        import torch
+
+        from .cache import conv_taps
+
+        cfg = layers[0].moss
+        taps = [conv_taps(layer.lora_img_conv[name].weight) for layer in layers]
+        if cfg.conv_space == "full":
+            return {"taps": torch.cat(taps, dim=1), "gelu": False, "a": None}
+        k2, sizes = cfg.kernel_size ** 2, [t.shape[1] for t in taps]
+        block = taps[0].new_zeros(k2, sum(sizes), sum(sizes))
+        o = 0
+        for t, r in zip(taps, sizes):
+            block[:, o : o + r, o : o + r] = t.view(k2, r, r)
+            o += r
+        return {"taps": block.view(k2 * sum(sizes), sum(sizes)), "gelu": cfg.conv_activation == "gelu",
+                "a": torch.cat([layer.lora_img_A[name].weight.detach() for layer in layers]).t()}
+
+    def step_image(self, weights, x, conv):
+        if weights["a"] is None:  # full: the conv reads x itself
+            return conv(x, weights["taps"])
+        z = x @ weights["a"].to(x.dtype)
+        c = conv(z, weights["taps"])
+        if weights["gelu"]:
+            from torch.nn.functional import gelu
+
+            c = gelu(c)
+        return z + c
 
     @staticmethod
     def activate(layer, c):

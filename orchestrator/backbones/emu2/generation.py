@@ -16,13 +16,13 @@ from ..frame import ImageFrame
 from .diffusion import DiffusionSettings, Emu2Diffusion
 
 
-def decoder_step(decoder: nn.Module, inputs_embeds: torch.Tensor, cache):
+def decoder_step(decoder: nn.Module, inputs_embeds: torch.Tensor, cache, **positions):
     """One cached decoder forward -> (hidden, cache), for transformers 5 (``cache=``) and for remote code
     written for transformers 4 (``past_key_values=``)."""
     if "cache" in inspect.signature(decoder.forward).parameters:
-        out = decoder(inputs_embeds=inputs_embeds, cache=cache, use_cache=True)
+        out = decoder(inputs_embeds=inputs_embeds, cache=cache, use_cache=True, **positions)
         return out.last_hidden_state, out.cache
-    out = decoder(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
+    out = decoder(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True, **positions)
     return out.last_hidden_state, out.past_key_values
 
 
@@ -35,7 +35,7 @@ class Emu2Generation:
     def count_visual(self, input_ids: torch.Tensor) -> int:
         return int((input_ids == self.token_id(self.image)).sum())
 
-    def forward_hidden(self, model, input_ids, cache=None, visual=None):
+    def forward_hidden(self, model, input_ids, cache=None, visual=None, **positions):
         """New ids after ``cache`` (``<image>`` ids take the rows of ``visual``, (n, d), in order)."""
         base = unwrap(model)
         lm = self.lm(model)
@@ -47,7 +47,7 @@ class Emu2Generation:
         if n:
             up = base.project_up(visual.to(base.project_up.weight.dtype).reshape(n, -1))
             emb = emb.index_put((is_img,), up.to(emb.dtype))
-        return decoder_step(lm.model, emb, cache)
+        return decoder_step(lm.model, emb, cache, **positions)
 
     def text_logits(self, model, h):
         return self.lm(model).lm_head(h)

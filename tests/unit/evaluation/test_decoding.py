@@ -7,7 +7,8 @@ import torch
 
 from orchestrator.evaluation.decoding import IncrementalDecoder
 from orchestrator.evaluation.generate import Generator, SamplingConfig, sample
-from orchestrator.moss import TEXT_STEP, ConvCache, ImageLayout, MossConfig, apply_moss
+from orchestrator.moss import TEXT, ConvCache, ImageLayout, MossConfig, Route, apply_moss
+from orchestrator.moss.cache import conv_taps
 from orchestrator.moss.conv import reference_causal_conv2d
 from orchestrator.moss.variants import get_variant
 from orchestrator.training.objective import adapter_hidden_states
@@ -77,7 +78,7 @@ class TextOnlyDecoder(IncrementalDecoder):
     """Routes every step to the text branch: what decoding without a conv cache would compute."""
 
     def route(self, position):
-        return TEXT_STEP
+        return TEXT
 
 
 CASES = dict(ADAPTERS, **{"moss-full-no-image-inputs": MossConfig(rank=4, alpha=8, image_inputs=False),
@@ -139,18 +140,43 @@ def test_a_prompt_longer_than_the_context_is_refused():
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_conv_cache_is_the_causal_conv(k):
+    """Two rows decode images of different widths at once, a third decodes text, rows leave and join."""
     torch.manual_seed(k)
-    h, w, c_in, c_out = 5, 7, 6, 3
-    grid, weight = torch.randn(1, c_in, h, w), torch.randn(c_out, c_in, k, k)
-    ref = reference_causal_conv2d(grid, weight)[0]
-    cache = ConvCache()
-    cache.open("image", w)
-    for i in range(h):
-        for j in range(w):
-            out = cache.conv("layer", grid[0, :, i, j], weight, i, j)
-            assert torch.allclose(out, ref[:, i, j], atol=1e-5), (i, j)
-    cache.open("next image", w)  # a new image starts from zero padding again
-    assert torch.allclose(cache.conv("layer", grid[0, :, 0, 0], weight, 0, 0), ref[:, 0, 0], atol=1e-5)
+    c_in, c_out = 6, 3
+    grids = [torch.randn(1, c_in, 5, 7), torch.randn(1, c_in, 4, 3)]
+    weight = torch.randn(c_out, c_in, k, k)
+    refs = [reference_causal_conv2d(g, weight)[0] for g in grids]
+    taps = conv_taps(weight)
+    cache = ConvCache(k)
+    for _ in range(3):
+        cache.add_row()
+
+    def step(routes, xs):
+        return cache.conv("layer", torch.stack(xs), taps, cache.plan(routes, "cpu"))
+
+    cells = [[(i, j) for i in range(g.shape[2]) for j in range(g.shape[3])] for g in grids]
+    for n, (a, b) in enumerate(zip(cells[0], cells[1] + [None] * len(cells[0]))):
+        routes = [Route("A", 7, a), TEXT, Route("B", 3, b) if b else TEXT]
+        xs = [grids[0][0, :, a[0], a[1]]] + ([grids[1][0, :, b[0], b[1]]] if b else [])
+        out = step(routes, xs)
+        assert torch.allclose(out[0], refs[0][:, a[0], a[1]], atol=1e-5), (a, n)
+        if b:
+            assert torch.allclose(out[1], refs[1][:, b[0], b[1]], atol=1e-5), b
+        if n == 5:  # the text row leaves, a new row joins, a step of text: regions move, their content stays
+            cache.keep([0, 2])
+            cache.add_row()
+            cache.plan([TEXT, TEXT, TEXT], "cpu")
+            cache.keep([0, 1])
+            break
+    for a, b in zip(cells[0][6:], cells[1][6:] + [None] * 40):
+        routes = [Route("A", 7, a), Route("B", 3, b) if b else TEXT]
+        xs = [grids[0][0, :, a[0], a[1]]] + ([grids[1][0, :, b[0], b[1]]] if b else [])
+        out = step(routes, xs)
+        assert torch.allclose(out[0], refs[0][:, a[0], a[1]], atol=1e-5), a
+        if b:
+            assert torch.allclose(out[1], refs[1][:, b[0], b[1]], atol=1e-5), b
+    out = step([Route("A2", 7, (0, 0)), TEXT], [grids[0][0, :, 0, 0]])  # a new image starts from zero padding
+    assert torch.allclose(out[0], refs[0][:, 0, 0], atol=1e-5)
 
 
 def test_a_step_takes_one_token_of_one_sequence():
@@ -161,7 +187,7 @@ def test_a_step_takes_one_token_of_one_sequence():
     dec.prefill(ids[:10], segs)
     from orchestrator.moss import routed_step
 
-    with routed_step(model, TEXT_STEP), pytest.raises(RuntimeError, match="one token of one sequence"):
+    with routed_step(model, [TEXT]), pytest.raises(RuntimeError, match="one token of each of its 1 sequence"):
         spec.forward_hidden(model, ids[None, 10:12], dec.cache)
     with pytest.raises(RuntimeError, match="reset"):
         dec.prefill(ids[:5])

@@ -37,8 +37,8 @@ class TanhLora(Variant):  # --- the whole variant: docs/extending.md shows this 
     def image_rank_space(self, layer, name, flat, plan):
         return torch.tanh(layer.lora_img_A[name](flat)) * plan.image_weight(flat.dtype)
 
-    def step_rank_space(self, layer, name, flat, step):
-        return torch.tanh(layer.lora_img_A[name](flat))
+    def step_rank_space(self, layer, name, x):
+        return torch.tanh(layer.lora_img_A[name](x))
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_a_registered_variant_trains_saves_and_loads(toy, tmp_path):
 
 
 def test_a_registered_variant_decodes_with_the_caches(toy):
-    """Cached one-token decoding (KV + the variant's step_rank_space) equals one full forward."""
+    """Cached decoding (KV + the variant's step_rank_space) equals one full forward, alone and in a batch."""
     from tests.unit.evaluation.test_decoding import TOL, cached_logits, full_logits, interleaved, model_for, off
 
     spec = spec_for("chameleon")
@@ -92,3 +92,8 @@ def test_a_registered_variant_decodes_with_the_caches(toy):
     ref_text, ref_img = full_logits(spec, model, ids, segs)
     text, img = cached_logits(spec, model, ids, segs, segs[1].offset + 3)  # prefill ends inside an answer image
     assert off(text, ref_text) <= TOL and off(img, ref_img) <= TOL
+    from tests.unit.evaluation.test_batch_decoding import EXAMPLES, alone, batched_hidden, example
+
+    examples = [example(spec, model, *ex) for ex in EXAMPLES]
+    for ex, h in zip(examples, batched_hidden(spec, model, examples)):
+        assert off(spec.text_logits(model, h), spec.text_logits(model, alone(spec, model, ex))) <= TOL
