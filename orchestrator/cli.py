@@ -131,6 +131,8 @@ def _inference_parsers(sub) -> None:
     gen.add_argument("--prompt", default="", help="prompt text; <image> marks where each --image goes")
     gen.add_argument("--image", action="append", default=[], help="prompt image file (repeatable)")
     gen.add_argument("--image-first", action="store_true", help="start the answer with an image (editing, text-to-image)")
+    gen.add_argument("--samples", type=int, default=1, help="answers to the prompt, seeds generate.seed + 0..N-1")
+    gen.add_argument("--batch-size", type=int, help="answers decoded together (default: evaluate.batch_size)")
     ev = _config_command(sub, "evaluate", cmd_evaluate,
                          "held-out loss/ppl, MagicBrush-style editing metrics, InterleavedBench answers -> JSON + MLflow")
     _adapter_args(ev)
@@ -138,6 +140,7 @@ def _inference_parsers(sub) -> None:
     ev.add_argument("--judge", action="store_true", help="score InterleavedBench answers with the OpenAI-compatible "
                                                         "judge in MOSS_JUDGE_BASE_URL / MOSS_JUDGE_MODEL / MOSS_JUDGE_API_KEY")
     ev.add_argument("--into-run", action="store_true", help="log into the training run (--run) instead of a new run")
+    ev.add_argument("--batch-size", type=int, help="answers decoded together (sets evaluate.batch_size)")
 
 
 def _tool_parsers(sub) -> None:

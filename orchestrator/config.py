@@ -69,7 +69,7 @@ LATER_DEFAULTS: dict[str, Any] = {
     "tracking.flush_timeout_s": 60.0, "adapter.alpha_per_rank": None, "adapter.image_rank": None,
     "adapter.match_params": None, "train.loss_normalization": "auto",
     "adapter.conv_activation": "none", "data.format": "auto", "tracking.system_metrics": "auto",
-    "tracking.system_metrics_every_s": 10.0,
+    "tracking.system_metrics_every_s": 10.0, "evaluate.batch_size": 8,
 }
 
 

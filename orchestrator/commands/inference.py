@@ -39,6 +39,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..evaluation.generate import Generator, SamplingConfig
     from ..evaluation.inference import load_model, resolve
 
+    if args.samples < 1 or (args.batch_size is not None and args.batch_size < 1):
+        raise ConfigError("--samples and --batch-size must be >= 1")
     prompt = parse_prompt(args.prompt, args.image)
     with tempfile.TemporaryDirectory() as tmp:
         cfg, source = resolve(args.config, args.set, _model_arg(args), args.run, Path(tmp))
@@ -50,32 +52,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
         spec.generation_grid(g.image_size)
     except ValueError as e:
         raise ConfigError(f"generate: {e}") from None
-    try:
-        answer = Generator(model, spec).generate(prompt, sampling)
-    except ValueError as e:  # a prompt longer than the model's context
-        raise ConfigError(f"generate: {e}") from None
+    jobs = [(prompt, sampling.with_(seed=g.seed + i)) for i in range(args.samples)]
+    results = dict(Generator(model, spec).generate_many(jobs, args.batch_size or cfg.evaluate.batch_size))
+    for i in range(args.samples):
+        if isinstance(results[i], ValueError):  # a prompt longer than the model's context
+            raise ConfigError(f"generate: {results[i]}") from None
+        if isinstance(results[i], Exception):
+            raise results[i]
     out.mkdir(parents=True, exist_ok=True)
+    samples = [_summary(results[i], spec, out, "" if args.samples == 1 else f"sample_{i}_") for i in range(args.samples)]
+    summary = {"prompt": args.prompt, "images_in": args.image, "adapter": source.origin, "run_id": source.run_id}
+    summary.update(samples[0] if args.samples == 1 else {"samples": samples})
+    (out / "answer.json").write_text(json.dumps(summary, indent=2))
+    for i, s in enumerate(samples):
+        print(f"generate{'' if args.samples == 1 else f' [{i}]'}: {s['text']!r} (stopped: {s['stop']}, {s['seconds']:.1f}s)")
+        for p in s["parts"]:
+            if p["type"] == "image":
+                print(f"  image {p['height']}x{p['width']}: {out / p.get('image', p.get('codes', p.get('embeddings')))}")
+    print(f"answer: {out / 'answer.json'}")
+    return 0
+
+
+def _summary(answer, spec, out, prefix: str) -> dict:
+    """One answer for answer.json: its parts (images written to ``out`` as <prefix>image_<k>), text, timing."""
     parts = []
     for p in answer.parts:
         if isinstance(p, str):
             parts.append({"type": "text", "text": p})
             continue
         k = sum(x["type"] == "image" for x in parts)
-        entry = {"type": "image", "height": p.size[0], "width": p.size[1], **p.save(out, f"image_{k}")}
+        entry = {"type": "image", "height": p.size[0], "width": p.size[1], **p.save(out, f"{prefix}image_{k}")}
         if p.image is None:
             entry["note"] = spec.pixel_note
         parts.append(entry)
     n_img = len(answer.image_token_seconds)
-    summary = {"prompt": args.prompt, "images_in": args.image, "adapter": source.origin, "run_id": source.run_id,
-               "parts": parts, "text": answer.text, "stop": answer.stop, "seconds": round(answer.seconds, 3),
-               "image_tokens_per_s": round(n_img / sum(answer.image_token_seconds), 1) if n_img else None}
-    (out / "answer.json").write_text(json.dumps(summary, indent=2))
-    print(f"generate: {answer.text!r} (stopped: {answer.stop}, {answer.seconds:.1f}s)")
-    for p in parts:
-        if p["type"] == "image":
-            print(f"  image {p['height']}x{p['width']}: {out / p.get('image', p.get('codes', p.get('embeddings')))}")
-    print(f"answer: {out / 'answer.json'}")
-    return 0
+    return {"parts": parts, "text": answer.text, "stop": answer.stop, "seconds": round(answer.seconds, 3),
+            "image_tokens_per_s": round(n_img / sum(answer.image_token_seconds), 1) if n_img else None}
 
 
 def parse_prompt(text: str, images: list[str]) -> list:
@@ -109,6 +121,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.into_run and not args.run:
         raise ConfigError("--into-run writes into a training run: give it with --run")
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise ConfigError("--batch-size must be >= 1")
+        args.set = [*(args.set or []), f"evaluate.batch_size={args.batch_size}"]
     with tempfile.TemporaryDirectory() as tmp:
         cfg, source = resolve(args.config, args.set, _model_arg(args), args.run, Path(tmp))
         if args.interleavedbench:  # set directly: a path is not YAML

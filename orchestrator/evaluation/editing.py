@@ -154,27 +154,34 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path, cost=None) -> d
     generator = Generator(model, spec)
     images_dir = out_dir / "editing"
     images_dir.mkdir(parents=True, exist_ok=True)
-    rows, failures = [], []
-    for rec in records:
-        try:  # the record's own images: unreadable ones are the data's fault, not the adapter's
-            prompt = ([rec.instruction] if rec.instruction else []) + [
-                load_image(s.image) if s.is_image else s.text for s in rec.input]
-            target = load_image(next(s.image for s, t in zip(*rec.segments()) if t and s.is_image))
-            with torch.no_grad():
-                tgrid = spec.target_grid(model, target)  # codes (h, w) or embeddings (h, w, d)
-        except ImageError as e:
-            skipped["unreadable_image"] += 1
-            failures.append({"id": rec.id, "stage": "input", "reason": f"{type(e).__name__}: {e}"[:300]})
-            continue
-        try:  # one over-long prompt or failed generation is a counted failure, not the end of the evaluation
+    rows, failures, targets = {}, {}, {}
+
+    def prompts():  # lazily, as rows of the batch free up
+        for n, rec in enumerate(records):
+            try:  # the record's own images: unreadable ones are the data's fault, not the adapter's
+                prompt = ([rec.instruction] if rec.instruction else []) + [
+                    load_image(s.image) if s.is_image else s.text for s in rec.input]
+                target = load_image(next(s.image for s, t in zip(*rec.segments()) if t and s.is_image))
+                with torch.no_grad():
+                    tgrid = spec.target_grid(model, target)  # codes (h, w) or embeddings (h, w, d)
+            except ImageError as e:
+                skipped["unreadable_image"] += 1
+                failures[n] = {"id": rec.id, "stage": "input", "reason": f"{type(e).__name__}: {e}"[:300]}
+                yield e, None
+                continue
+            targets[n] = target, tgrid
             grid = tuple(tgrid.shape[:2])
-            sampling = base.with_(image_size=grid if grid != tuple(spec.generation_grid()) else None)
-            answer = generator.generate(prompt, sampling)
-            if not answer.images:
-                raise ValueError(f"no image generated (stopped: {answer.stop})")
-        except (ImageError, ValueError) as e:
-            failures.append({"id": rec.id, "stage": "generation", "reason": f"{type(e).__name__}: {e}"[:300]})
-            rows.append({"id": rec.id, "failed": True, **{k: WORST.get(k) for k in keys}})
+            yield prompt, base.with_(image_size=grid if grid != tuple(spec.generation_grid()) else None)
+
+    for n, answer in generator.generate_many(prompts(), cfg.evaluate.batch_size):
+        if n not in targets:  # its input could not be read: skipped, not the adapter's failure
+            continue
+        rec, (target, tgrid) = records[n], targets.pop(n)
+        if not isinstance(answer, Exception) and not answer.images:
+            answer = ValueError(f"no image generated (stopped: {answer.stop})")
+        if isinstance(answer, Exception):  # one over-long prompt or failed generation is a counted failure
+            failures[n] = {"id": rec.id, "stage": "generation", "reason": f"{type(answer).__name__}: {answer}"[:300]}
+            rows[n] = {"id": rec.id, "failed": True, **{k: WORST.get(k) for k in keys}}
             continue
         if cost is not None:
             cost.add(answer)
@@ -186,7 +193,8 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path, cost=None) -> d
             row.update(pixel_distances(gen.image, target))
             for kind, emb in embedders.items():
                 row["clip_i" if kind == "clip" else "dino"] = emb.similarity(gen.image, target)
-        rows.append(row)
+        rows[n] = row
+    rows, failures = [rows[n] for n in sorted(rows)], [failures[n] for n in sorted(failures)]
     metrics = {}
     for key in METRICS:
         vals = [r[key] for r in rows if r.get(key) is not None]

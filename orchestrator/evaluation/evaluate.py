@@ -82,16 +82,26 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
     generator = Generator(model, spec)
     bench_dir = out_dir / "interleavedbench"
     bench_dir.mkdir(parents=True, exist_ok=True)
-    outputs, failures = [], []
-    for i, item in enumerate(items):
-        try:
-            answer = generator.generate(item.prompt(), sampling.with_(seed=g.seed + i))
-            outputs.append(answer_fields(answer, item, bench_dir))
-            if cost is not None:
-                cost.add(answer)
-        except (ImageError, ValueError, RuntimeError) as e:  # an unreadable image, a prompt too long...
-            failures.append({"id": item.id, "reason": f"{type(e).__name__}: {e}"[:300]})
-            outputs.append({"output": "", "output_image": [], "error": failures[-1]["reason"]})
+    outputs = [None] * len(items)
+
+    def prompts():  # lazily: an unreadable prompt image fails its record only
+        for i, item in enumerate(items):
+            try:
+                yield item.prompt(), sampling.with_(seed=g.seed + i)  # per-record seeds: any batch, same answers
+            except (ImageError, ValueError) as e:
+                yield e, None
+
+    failed = {}
+    for i, answer in generator.generate_many(prompts(), cfg.evaluate.batch_size):
+        item = items[i]
+        if isinstance(answer, Exception):  # an unreadable image, a prompt too long...
+            failed[i] = {"id": item.id, "reason": f"{type(answer).__name__}: {answer}"[:300]}
+            outputs[i] = {"output": "", "output_image": [], "error": failed[i]["reason"]}
+            continue
+        outputs[i] = answer_fields(answer, item, bench_dir)
+        if cost is not None:
+            cost.add(answer)
+    failures = [failed[i] for i in sorted(failed)]
     path = write_predictions(items, outputs, bench_dir)
     result = {"records": len(items), "rejected": rejects, "generation_failures": failures,
               "predictions": str(path.relative_to(out_dir))}

@@ -46,14 +46,17 @@ class MossAdapterModel(mlflow.pyfunc.PythonModel):
         cfg = validate_tree(yaml.safe_load(Path(context.artifacts["config"]).read_text()), "model config.yaml")
         model, spec = load_model(cfg, AdapterSource(context.artifacts["adapter"]))
         self._generator, self._sampling = Generator(model, spec), SamplingConfig.from_section(cfg.generate)
+        self._batch = cfg.evaluate.batch_size
 
     def predict(self, context, model_input: list[str], params=None) -> list[dict[str, str]]:
         """``model_input``: prompts -> [{"text", "stop", "images": "HxW,HxW" (the generated images' grids)}]."""
+        answers = dict(self._generator.generate_many([([p], self._sampling) for p in model_input], self._batch))
         out = []
-        for prompt in model_input:
-            answer = self._generator.generate([prompt], self._sampling)
-            out.append({"text": answer.text, "stop": answer.stop,
-                        "images": ",".join(f"{p.size[0]}x{p.size[1]}" for p in answer.parts if not isinstance(p, str))})
+        for i in range(len(model_input)):
+            if isinstance(answers[i], Exception):
+                raise answers[i]
+            out.append({"text": answers[i].text, "stop": answers[i].stop,
+                        "images": ",".join(f"{p.size[0]}x{p.size[1]}" for p in answers[i].images)})
         return out
 
 

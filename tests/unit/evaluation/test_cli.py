@@ -50,6 +50,26 @@ def test_generate_writes_the_answer(adapters, tmp_path, capsys):
     assert answer["stop"] in ("eos", "max_new_tokens") and "answer.json" in capsys.readouterr().out
 
 
+def test_generate_samples_decoded_together_are_the_samples_decoded_alone(adapters, tmp_path):
+    """--samples 3 --batch-size 3: seeds seed+0..2, each answer what batch 1 gives (per-record seeds)."""
+    common = ["generate", "--adapter", str(adapters / "emu3"), "--set", "backbone.name=emu3", "--prompt", "Draw:",
+              "--set", "generate.max_new_tokens=6", "--set", "generate.image_size=[2,3]", "--set",
+              "generate.temperature=3.0", "--set", "generate.max_images=1", "--image-first"]
+    assert main([*common, "--samples", "3", "--batch-size", "3", "--out", str(tmp_path / "b")]) == 0
+    samples = json.loads((tmp_path / "b" / "answer.json").read_text())["samples"]
+    assert len(samples) == 3 and len({s["text"] for s in samples}) > 1  # three seeds, different answers
+    assert any(p["type"] == "image" for s in samples for p in s["parts"])
+    for i, s in enumerate(samples):
+        assert main([*common, "--set", f"generate.seed={i}", "--batch-size", "1", "--out", str(tmp_path / f"a{i}")]) == 0
+        alone = json.loads((tmp_path / f"a{i}" / "answer.json").read_text())
+        assert (alone["text"], alone["stop"]) == (s["text"], s["stop"])
+        for p, q in zip(alone["parts"], s["parts"]):
+            if p["type"] == "image":
+                assert q["codes"].startswith(f"sample_{i}_") and (json.loads((tmp_path / "b" / q["codes"]).read_text())
+                                                                 == json.loads((tmp_path / f"a{i}" / p["codes"]).read_text()))
+    assert main([*common, "--samples", "0"]) == 2 and main([*common, "--batch-size", "0"]) == 2
+
+
 def test_chameleon_saves_codes_and_says_why(adapters, tmp_path):
     out = tmp_path / "c"
     assert main(["generate", "--adapter", str(adapters / "chameleon"), "--prompt", "Draw:", "--image-first",
