@@ -1,17 +1,21 @@
-"""Per-token latency of generating one image: MoSS with the conv cache vs recomputing vs plain LoRA.
+"""Per-token latency and throughput of generating images: MoSS with the conv cache vs plain LoRA, at batch 1/4/8.
 
-Emu3's random "small" config (hidden 512, 4 layers) generates one --grid x --grid image (Emu3 takes
-any size; EOL after each row) after a short text prompt, through orchestrator.evaluation.generate:
-the same sampling loop for every variant, so the per-token times differ only by the model step.
+Emu3's random "small" config (hidden 512, 4 layers) generates --grid x --grid images (Emu3 takes any size;
+EOL after each row) after a short text prompt, through orchestrator.evaluation.generate: the same sampling
+loop for every variant, so the per-token times differ only by the model step. At batch B, B answers (seeds
+0..B-1) are decoded together (Generator.generate_many, one forward per step for all rows).
 
-- cached (lora, moe_lora, moss-full, moss-lowrank): KV cache, and for MoSS the conv cache
-- recompute (moss-full): a full forward over the whole sequence for every new token (no cache).
+- cached (lora, moe_lora, moss-full, moss-lowrank...): KV cache, and for MoSS the conv cache.
+  ms/token: a row's latency per image token (its head, sampling and the batched step); tok/s: image tokens
+  per second over the batch (B / latency: the rows step together).
+- recompute (moss-full, batch 1): a full forward over the whole sequence for every new token (no cache).
   Timed at the midpoints of --recompute-points equal slices of the image and averaged: the cost of a
   step grows linearly with its position, so this is the mean over all the image's tokens.
 
-Targets: cached moss <= 1.15 x lora per token; >= 10 x faster than recompute for a 32 x 32 grid.
+Targets: cached moss-full <= 1.15 x lora per token at batch 1; batch 8 >= 5 x the tokens/s of batch 1 for
+every variant; cached >= 10 x faster than recompute for a 32 x 32 grid.
 
-    python benchmarks/generation.py [--grid 32] [--rank 16] [--device cuda] [--out benchmarks/results]
+    python benchmarks/generation.py [--grid 32] [--rank 16] [--batch 1 4 8] [--device cuda] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -50,14 +54,15 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def cached_seconds(gen: Generator, grid: int, device: str) -> tuple[float, float, int]:
-    """(mean, median) seconds per image token of one generated image, and its sequence length."""
+def cached_seconds(gen: Generator, grid: int, batch: int, device: str) -> tuple[float, float, int]:
+    """(mean, median) seconds per image token of a row, ``batch`` answers decoded together; the sequence length."""
+    cfgs = [SamplingConfig(max_new_tokens=0, image_size=(grid, grid), open_image=True, max_images=1, temperature=1.0,
+                           seed=i) for i in range(batch)]
     sync(device)
-    answer = gen.generate(PROMPT, SamplingConfig(max_new_tokens=0, image_size=(grid, grid), open_image=True,
-                                                 max_images=1, temperature=1.0, seed=0))
+    answers = [a for _, a in gen.generate_many([(PROMPT, c) for c in cfgs], batch_size=batch, decode=False)]
     sync(device)
-    t = answer.image_token_seconds
-    return sum(t) / len(t), statistics.median(t), len(answer.ids)
+    t = [s for a in answers for s in a.image_token_seconds]
+    return sum(t) / len(t), statistics.median(t), len(answers[0].ids)
 
 
 @torch.no_grad()
@@ -89,6 +94,7 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--grid", type=int, default=32)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--recompute-points", type=int, default=8)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -99,44 +105,59 @@ def main() -> None:
     spec = get_backbone("emu3", checkpoint=args.preset)
     models = {label: build(spec, kw, args.rank, args.device, dtype) for label, kw in VARIANTS.items()}
     gens = {label: Generator(m, spec) for label, m in models.items()}
-    for gen in gens.values():  # warm-up: a small image
-        gen.generate(PROMPT, SamplingConfig(max_new_tokens=0, image_size=(4, 4), open_image=True, max_images=1))
-    runs = {label: [] for label in models}
+    for gen in gens.values():  # warm-up: a small image, at the largest batch
+        cfg = SamplingConfig(max_new_tokens=0, image_size=(4, 4), open_image=True, max_images=1)
+        list(gen.generate_many([(PROMPT, cfg)] * max(args.batch), batch_size=max(args.batch), decode=False))
+    runs = {(label, b): [] for label in models for b in args.batch}
     seq_len = 0
-    for _ in range(args.reps):  # round-robin, so drift hits every variant alike
-        for label, gen in gens.items():
-            mean_s, median_s, seq_len = cached_seconds(gen, args.grid, args.device)
-            runs[label].append((mean_s, median_s))
+    for _ in range(args.reps):  # round-robin, so drift hits every variant and batch size alike
+        for b in args.batch:
+            for label, gen in gens.items():
+                mean_s, median_s, seq_len = cached_seconds(gen, args.grid, b, args.device)
+                runs[label, b].append((mean_s, median_s))
     rows = []
-    for label in models:
-        mean_s = statistics.median(r[0] for r in runs[label])
-        rows.append(dict(variant=label, mode="kv+conv cache" if "moss" in label else "kv cache", mean_ms=1000 * mean_s,
-                         median_ms=1000 * statistics.median(r[1] for r in runs[label]), tokens_per_s=1 / mean_s))
+    for b in args.batch:
+        for label in models:
+            mean_s = statistics.median(r[0] for r in runs[label, b])
+            rows.append(dict(variant=label, batch=b, mode="kv+conv cache" if "moss" in label else "kv cache",
+                             mean_ms=1000 * mean_s, median_ms=1000 * statistics.median(r[1] for r in runs[label, b]),
+                             tokens_per_s=b / mean_s))
     rec = recompute_seconds(spec, models["moss-full"], gens["moss-full"], args.grid, args.recompute_points, args.device)
-    rows.append(dict(variant="moss-full", mode="recompute (no cache)", mean_ms=1000 * rec, median_ms=None,
+    rows.append(dict(variant="moss-full", batch=1, mode="recompute (no cache)", mean_ms=1000 * rec, median_ms=None,
                      tokens_per_s=1 / rec))
-    lora = rows[0]["mean_ms"]
-    cached_full = next(r for r in rows if r["variant"] == "moss-full" and r["mode"] != "recompute (no cache)")
-    print(f"emu3/{args.preset}: one {args.grid}x{args.grid} image ({args.grid * (args.grid + 1)} tokens, sequence "
-          f"{seq_len}), rank {args.rank}, k 3, {args.device} {args.dtype}, {torch.get_num_threads()} threads")
-    print(f"{'variant':14s} {'mode':22s} {'ms/token':>9s} {'median':>7s} {'tok/s':>7s} {'x lora':>7s}")
+    cached = {(r["variant"], r["batch"]): r for r in rows if r["mode"] != "recompute (no cache)"}
+    b1 = min(args.batch)
+    print(f"emu3/{args.preset}: {args.grid}x{args.grid} images ({args.grid * (args.grid + 1)} tokens, sequence "
+          f"{seq_len}), rank {args.rank}, k 3, {args.device} {args.dtype}, {torch.get_num_threads()} threads, "
+          f"median of {args.reps} reps")
+    print(f"{'variant':18s} {'batch':>5s} {'mode':21s} {'ms/token':>9s} {'median':>7s} {'tok/s':>7s} {'x lora':>7s} "
+          f"{'x b' + str(b1) + ' tok/s':>11s}")
     for r in rows:
+        lora = cached["lora", r["batch"]]["mean_ms"]
         r["ratio_to_lora"] = r["mean_ms"] / lora
+        base = cached.get((r["variant"], b1))
+        r["throughput_vs_batch1"] = r["tokens_per_s"] / base["tokens_per_s"] if base else None
         med = f"{r['median_ms']:.2f}" if r["median_ms"] is not None else "-"
-        print(f"{r['variant']:14s} {r['mode']:22s} {r['mean_ms']:>9.2f} {med:>7s} {r['tokens_per_s']:>7.0f} "
-              f"{r['ratio_to_lora']:>7.2f}")
-    worst = max(r["ratio_to_lora"] for r in rows if "moss" in r["variant"] and r["mode"] != "recompute (no cache)")
-    speedup = rec * 1000 / cached_full["mean_ms"]
-    print(f"cached moss / lora: worst {worst:.2f}x (target <= 1.15); recompute / cached moss-full: {speedup:.1f}x "
-          f"(target >= 10)")
+        print(f"{r['variant']:18s} {r['batch']:>5d} {r['mode']:21s} {r['mean_ms']:>9.2f} {med:>7s} "
+              f"{r['tokens_per_s']:>7.0f} {r['ratio_to_lora']:>7.2f} {r['throughput_vs_batch1']:>11.2f}")
+    full = cached["moss-full", b1]["ratio_to_lora"]
+    worst = max(r["ratio_to_lora"] for (v, b), r in cached.items() if "moss" in v and b == b1)
+    bmax = max(args.batch)
+    scaling = {v: cached[v, bmax]["throughput_vs_batch1"] for v in models}
+    speedup = rec * 1000 / cached["moss-full", b1]["mean_ms"]
+    print(f"batch {b1}: cached moss-full / lora {full:.2f}x (target <= 1.15), worst moss form {worst:.2f}x; "
+          f"recompute / cached moss-full: {speedup:.1f}x (target >= 10)")
+    print(f"batch {bmax} / batch {b1} tokens/s: " + ", ".join(f"{v} {x:.1f}x" for v, x in scaling.items())
+          + " (target >= 5)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"generation_{args.device}.json"
-    meta = dict(args=vars(args), torch=torch.__version__, machine=platform.machine(),
+    meta = dict(args=vars(args), torch=torch.__version__, machine=platform.machine(), threads=torch.get_num_threads(),
                 gpu=torch.cuda.get_device_name() if args.device == "cuda" else None, sequence_tokens=seq_len,
                 peak_mib=torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None)
-    path.write_text(json.dumps({"meta": meta, "rows": rows, "worst_cached_moss_over_lora": worst,
-                                "recompute_over_cached": speedup}, indent=2))
+    path.write_text(json.dumps({"meta": meta, "rows": rows, "moss_full_over_lora_batch1": full,
+                                "worst_cached_moss_over_lora_batch1": worst, "recompute_over_cached": speedup,
+                                "throughput_scaling": scaling}, indent=2))
     print(f"wrote {path}")
 
 
