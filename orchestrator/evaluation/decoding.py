@@ -53,6 +53,11 @@ class BatchDecoder:
             self.ctx.new_session()
 
     @property
+    def batchable(self) -> bool:
+        """Whether another sequence may join (the first always may; more need a cache whose rows can be merged)."""
+        return self.cache is None or kv.batchable(self.cache)
+
+    @property
     def padded_length(self) -> int:
         return 0 if self.mask is None else self.mask.shape[1]
 
@@ -93,8 +98,13 @@ class BatchDecoder:
             raise ValueError(f"{n} image cells to feed but {0 if visual is None else len(visual)} visual embeddings")
         set_layout(self.model, ImageLayout(((*row.segments,),), len(ids)))
         kw = {} if visual is None else {"visual": visual.to(self.device)}
-        with recording_groups(self.model):
-            h, cache = self.spec.forward_hidden(self.model, torch.tensor([ids], device=self.device), None, **kw)
+        try:
+            with recording_groups(self.model):
+                h, cache = self.spec.forward_hidden(self.model, torch.tensor([ids], device=self.device), None, **kw)
+        except BaseException:
+            if self.ctx is not None:  # a forward that failed before its layers ran leaves no layout for the next
+                self.ctx.pending_layout = None
+            raise
         row.length = len(ids)
         self._merge(cache, len(ids))
         self.rows.append(row)

@@ -105,9 +105,11 @@ class Answer:
     ids: list[int] = field(default_factory=list)
     prompt_length: int = 0
     stop: str = ""  # eos | max_new_tokens | max_length
-    seconds: float = 0.0
-    image_token_seconds: list[float] = field(default_factory=list)  # per generated image cell
-    text_token_seconds: list[float] = field(default_factory=list)  # per generated text token (its head + step)
+    seconds: float = 0.0  # wall time from its prefill to its end (in a batch: sharing the steps with the others)
+    #: per generated image cell / text token: the batched heads, sampling and step that produced it (a row's
+    #: latency per token; the batch makes batch-size tokens in that time). Prefills and pixel decoding excluded.
+    image_token_seconds: list[float] = field(default_factory=list)
+    text_token_seconds: list[float] = field(default_factory=list)
     #: (position, logits) of each token chosen by the sampler or forced open, before banning (record_logits)
     step_logits: list[tuple[int, torch.Tensor]] | None = None
 
@@ -159,18 +161,33 @@ class _Request:
     segment: object = None
 
 
+@dataclass(eq=False)
+class _Row:
+    """One answer being generated: its prompt, its coroutine, what it asks for now (None: done) and its result."""
+
+    index: int
+    prompt: tuple
+    alone: bool = False  # decoded again by itself after a batched step failed
+    co: object = None
+    h: torch.Tensor | None = None
+    request: _Request | None = None
+    result: object = None
+
+
 class Generator:
     """Generates interleaved answers for one model + backbone; reusable across prompts.
 
     ``generate`` answers one prompt; ``generate_many`` answers many, up to ``batch_size`` decoded together
     (BatchDecoder): a finished answer's row is refilled with the next prompt. Each answer is a coroutine
     (``_answer``) that asks for heads and feeds; the scheduler runs one batched forward per step and one
-    batched head per kind, so an answer is the same whatever else is in its batch (its own seeded sampler,
-    its own caches: tests/unit/evaluation/test_batch_decoding.py).
+    batched head per kind, so an answer is the same whatever else is in its batch, to float tolerance (its own
+    seeded sampler, its own caches: tests/unit/evaluation/test_batch_decoding.py). One decoding at a time per
+    Generator (and per model: the caches live in the model's MoSS context).
     """
 
     def __init__(self, model: nn.Module, spec, max_length: int | None = None):
         self.model, self.spec = model.eval(), spec
+        self.token_seconds = 0.0  # the last batched step's time, heads and sampling included
         self.decoder = BatchDecoder(model, spec)
         cfg = spec.model_config
         text_cfg = getattr(cfg, "text_config", cfg)
@@ -220,7 +237,8 @@ class Generator:
         """Answer ``prompts`` ((segments, SamplingConfig) pairs; an exception instead of the segments: a prompt
         that could not be read) up to ``batch_size`` at a time; yields (index, Answer), or (index, the exception)
         for a prompt that failed (too long, an unreadable image...), in the order they finish. ``prompts`` is read
-        lazily, as rows free up."""
+        lazily, as rows free up. A batched step that fails (e.g. out of memory) sends its answers back to be
+        decoded again one at a time; only what fails alone is a failure."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         spec, dec = self.spec, self.decoder
@@ -228,73 +246,100 @@ class Generator:
             self.negative_embeddings()  # before any answer's decoding starts: it runs a generation of its own
         dec.reset()
         pending = iter(enumerate(prompts))
-        active: list[list] = []  # per decoder row: [index, coroutine, its request (None: done), answer]
+        alone: list = []  # (index, prompt) to decode again at batch 1 after a batched failure
+        active: list[_Row] = []  # one per decoder row, in row order
         heads = {"text": spec.text_logits, "image": spec.image_logits, "regress": getattr(spec, "regress", None)}
         try:
             while True:
-                while len(active) < batch_size:  # refill: the next prompts join as new rows
-                    nxt = next(pending, None)
-                    if nxt is None:
-                        break
-                    index, (segments, cfg) = nxt
-                    if isinstance(segments, Exception):  # a prompt that could not be read: its result
-                        yield index, segments
+                while len(active) < batch_size and dec.batchable and not any(r.alone for r in active):
+                    if alone:  # an answer sent back by a failed batched step decodes by itself
+                        if active:
+                            break
+                        row = _Row(*alone.pop(0), alone=True)
+                    else:
+                        nxt = next(pending, None)
+                        if nxt is None:
+                            break
+                        row = _Row(*nxt)
+                    failed = self._join(row, record_logits, decode)
+                    if failed is not None:
+                        yield row.index, failed
                         continue
-                    co = self._answer(segments, cfg, record_logits, decode)
-                    try:
-                        req = next(co)  # the encoded prompt
-                        h = dec.join(req.ids, req.segment, visual=req.visual)[-1]
-                    except (ValueError, RuntimeError, OSError) as e:  # too long, an unreadable image...
-                        co.close()
-                        yield index, e
-                        continue
-                    active.append([index, co, None, None])
-                    self._advance(active, len(active) - 1, h)
+                    active.append(row)
+                    self._advance(active, len(active) - 1, row.h)
                 if not active:
                     return
-                while True:  # heads, batched per kind, until every row asks to feed (or is done)
-                    asking = [b for b, a in enumerate(active) if a[2] is not None and a[2].kind in heads]
-                    if not asking:
-                        break
-                    kind = active[asking[0]][2].kind
-                    rows = [b for b in asking if active[b][2].kind == kind]
-                    out = heads[kind](self.model, torch.stack([active[b][2].h for b in rows]))
-                    for b, o in zip(rows, out):
-                        self._advance(active, b, o)
-                active = yield from self._finished(active)
-                if active:
-                    hs = dec.step([a[2].token for a in active], [a[2].visual for a in active])
-                    for b in range(len(active)):
-                        self._advance(active, b, hs[b])
+                try:
+                    t0 = time.perf_counter()
+                    while True:  # heads, batched per kind, until every row asks to feed (or is done)
+                        asking = [b for b, r in enumerate(active) if r.request is not None and r.request.kind in heads]
+                        if not asking:
+                            break
+                        kind = active[asking[0]].request.kind
+                        rows = [b for b in asking if active[b].request.kind == kind]
+                        out = heads[kind](self.model, torch.stack([active[b].request.h for b in rows]))
+                        for b, o in zip(rows, out):
+                            self._advance(active, b, o)
                     active = yield from self._finished(active)
+                    if not active:
+                        continue
+                    hs = dec.step([r.request.token for r in active], [r.request.visual for r in active])
+                    self.token_seconds = time.perf_counter() - t0  # the batch's heads, sampling and step
+                except (RuntimeError, ValueError) as e:  # the batched forward or a head failed (out of memory...)
+                    for r in active:
+                        r.co.close()
+                    if len(active) == 1:
+                        yield active[0].index, e
+                    else:
+                        alone.extend((r.index, r.prompt) for r in active)
+                    active = []
+                    dec.reset()
+                    continue
+                for b in range(len(active)):
+                    self._advance(active, b, hs[b])
+                active = yield from self._finished(active)
         finally:
-            for a in active:
-                a[1].close()
+            for r in active:
+                r.co.close()
             dec.reset()
+
+    def _join(self, row: _Row, record_logits: bool, decode: bool) -> Exception | None:
+        """Start ``row``'s answer and prefill its prompt as a new decoder row; -> the exception if it failed."""
+        segments, cfg = row.prompt
+        if isinstance(segments, Exception):  # a prompt that could not be read: its result
+            return segments
+        row.co = self._answer(segments, cfg, record_logits, decode)
+        try:
+            req = next(row.co)  # the encoded prompt
+            row.h = self.decoder.join(req.ids, req.segment, visual=req.visual)[-1]
+        except (ValueError, RuntimeError, OSError) as e:  # too long, an unreadable image...
+            row.co.close()
+            return e
+        return None
 
     def _finished(self, active: list):
         """Yield the rows whose answer is done (index, answer or exception), drop them; -> the others."""
-        done = [b for b, a in enumerate(active) if a[2] is None]
+        done = [b for b, r in enumerate(active) if r.request is None]
         for b in done:
-            yield active[b][0], active[b][3]
+            yield active[b].index, active[b].result
         if done:
             self.decoder.drop(done)
-        return [a for a in active if a[2] is not None]
+        return [r for r in active if r.request is not None]
 
     def _advance(self, active: list, b: int, value) -> None:
-        """Send ``value`` to row b's coroutine: its next request at [2], or None and the answer (or the
-        exception) at [3]. Image segments it declares go to the decoder on the way."""
-        entry = active[b]
+        """Send ``value`` to row b's coroutine: its next request, or none and its answer (or the exception).
+        Image segments it declares go to the decoder on the way."""
+        row = active[b]
         try:
-            req = entry[1].send(value)
+            req = row.co.send(value)
             while req.kind == "segment":
                 self.decoder.add_segment(b, req.segment)
-                req = entry[1].send(None)
-            entry[2] = req
+                req = row.co.send(None)
+            row.request = req
         except StopIteration as stop:
-            entry[2:] = [None, stop.value]
+            row.request, row.result = None, stop.value
         except (ValueError, RuntimeError, OSError) as e:  # e.g. a pixel decoder failing on one answer
-            entry[2:] = [None, e]
+            row.request, row.result = None, e
 
     def _answer(self, segments: list, cfg: SamplingConfig, record_logits: bool, decode: bool):
         """One answer as a coroutine: yields _Requests, gets back what they ask for; returns the Answer."""
@@ -320,7 +365,6 @@ class Generator:
             if length + 1 >= self.max_length:
                 answer.stop = "max_length"
                 break
-            t_token = time.perf_counter()
             logits = (yield _Request("text", h)).float()
             raw = logits.clone() if record_logits else None
             logits[self.banned.to(logits.device)] = float("-inf")
@@ -348,7 +392,7 @@ class Generator:
             n_text += 1
             answer.ids.append(token)
             h = yield _Request("feed", token=token)
-            answer.text_token_seconds.append(time.perf_counter() - t_token)
+            answer.text_token_seconds.append(self.token_seconds)
         flush_text()
         answer.seconds = time.perf_counter() - t0
         return answer
@@ -370,7 +414,6 @@ class Generator:
         cells = []
         for _ in range(frame.height):
             for _ in range(frame.width):
-                t0 = time.perf_counter()
                 if continuous:  # regressed, not sampled: the same embedding is fed back
                     embedding = yield _Request("regress", h)
                     cells.append(embedding.float().cpu())
@@ -378,11 +421,11 @@ class Generator:
                 else:
                     logits = (yield _Request("image", h)).float()
                     if record_logits:
-                        answer.step_logits.append((len(answer.ids), logits))
+                        answer.step_logits.append((len(answer.ids), logits.clone()))
                     token = int(candidates[sample(logits, cfg.image_temperature, cfg.image_top_p, gen)])
                     cells.append(token)
                     h = yield from feed(token)
-                answer.image_token_seconds.append(time.perf_counter() - t0)
+                answer.image_token_seconds.append(self.token_seconds)
             for t in frame.row_end:
                 h = yield from feed(t)
         for t in frame.close:

@@ -22,7 +22,8 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized or self.keys is None or self.keys.numel() == 0:
             return super().update(key_states, value_states, *args, **kwargs)
         n, t = self.keys.shape[-2], key_states.shape[-2]
-        if self._kbuf is None or self._kbuf.shape[-2] < n + t or self._kbuf.shape[0] != self.keys.shape[0]:
+        if (self._kbuf is None or self._kbuf.shape[-2] < n + t or self.keys.data_ptr() != self._kbuf.data_ptr()
+                or self.values.data_ptr() != self._vbuf.data_ptr()):  # no room, or keys replaced (crop, select...)
             self._kbuf, self._vbuf = _room(self.keys, 2 * (n + t)), _room(self.values, 2 * (n + t))
         self._kbuf[..., n : n + t, :] = key_states
         self._vbuf[..., n : n + t, :] = value_states
@@ -49,10 +50,17 @@ def layers(cache) -> list:
     return found
 
 
+def batchable(cache) -> bool:
+    """Whether rows of ``cache`` can be merged and dropped: a stack of full-attention dynamic layers (not, e.g.,
+    sliding-window layers, or the tuples of remote code written for transformers 4)."""
+    found = getattr(cache, "layers", None)
+    return bool(found) and all(type(layer) in (DynamicLayer, GrowingLayer) for layer in found)
+
+
 def adopt(cache):
-    """Make ``cache``'s dynamic layers GrowingLayers (same data); other caches are returned as they are."""
-    for layer in getattr(cache, "layers", ()):
-        if type(layer) is DynamicLayer:
+    """Make ``cache``'s dynamic layers GrowingLayers (same data) when it is ``batchable``; else leave it."""
+    if batchable(cache):
+        for layer in cache.layers:
             layer.__class__ = GrowingLayer
     return cache
 

@@ -42,9 +42,10 @@ class MossContext:
         self.groups = StepGroups()
 
     def new_session(self) -> None:
-        """A new decoding session: empty conv cache, the adapter's current weights."""
+        """A new decoding session: empty conv cache, the adapter's current weights, no layout left pending."""
         self.conv_cache.clear()
         self.groups.clear_state()
+        self.pending_layout, self.step = None, None
 
 
 class MossLinear(nn.Module, LoraLayer):

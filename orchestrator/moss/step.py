@@ -37,7 +37,8 @@ class StepPlan:
 
 
 class Group:
-    """Layers that read one input tensor in a forward, in call order; ``state`` per adapter name."""
+    """Layers that read one input tensor in a forward and hold the same adapters, in call order; ``state`` per
+    adapter name."""
 
     def __init__(self, layer) -> None:
         self.layers = [layer]
@@ -57,7 +58,7 @@ class StepGroups:
     def record(self, layer, x: torch.Tensor) -> None:
         if id(layer) in self.of:
             return
-        if self._last is not None and self._last[1] is x:
+        if self._last is not None and self._last[1] is x and set(layer.lora_A) == set(self._last[0].layers[0].lora_A):
             group = self._last[0]
             group.layers.append(layer)
         else:

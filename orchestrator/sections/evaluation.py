@@ -56,6 +56,7 @@ class EvaluateSection(Section):
     split: Literal["train", "val"] = "val"  # the shard split held-out metrics are computed on
     editing: bool = True  # MagicBrush-style metrics (see the editing section)
     output: str = "eval"  # results.json, generated images and answers go to <output>/<run or adapter name>/
-    #: answers generated together (batched KV + conv caches; each answer is what batch 1 gives it). Each row keeps
-    #: a KV cache of its sequence: 2 x layers x KV width x positions x bytes (Emu3-8B, bf16: 128 KiB per position)
+    #: answers generated together (batched KV + conv caches; each answer is what batch 1 gives it, to float
+    #: tolerance). Each row keeps a KV cache as long as the batch's longest: 2 x layers x KV width x positions x
+    #: bytes (Emu3-8B, bf16: 128 KiB per position)
     batch_size: int = Field(8, ge=1)

@@ -145,3 +145,38 @@ def test_a_failing_prompt_is_returned_not_raised_and_the_batch_goes_on():
     assert results[0].ids == gen.generate(["hi"], ok).ids and results[2].ids == gen.generate(["hello"], ok).ids
     with pytest.raises(ValueError, match="batch_size"):
         list(gen.generate_many(prompts, batch_size=0))
+
+
+def test_a_failing_batched_step_sends_its_answers_back_one_at_a_time():
+    """A fault in a batched forward (here: raised by the first decoder layer whenever it sees more than one
+    sequence, as an out-of-memory error would be) costs no answer: each is decoded again alone, and a fault
+    at batch 1 is that answer's failure only."""
+    spec = spec_for("emu3")
+    model = model_for(spec, CASES["moss-full"])
+    gen = Generator(model, spec)
+    prompts = [(s, SamplingConfig(seed=10 + i, **kw)) for i, (s, kw) in enumerate(PROMPTS[:3])]
+    alone = [gen.generate(s, c, decode=False) for s, c in prompts]
+    layer = next(m for n, m in model.named_modules() if n.endswith("layers.0"))
+    seen = []
+
+    def fault(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        seen.append(x.shape[0])
+        if x.shape[0] > 1 and x.shape[1] == 1:  # a batched step
+            raise RuntimeError("CUDA out of memory (injected)")
+
+    hook = layer.register_forward_pre_hook(fault, with_kwargs=True)
+    try:
+        together = dict(gen.generate_many(prompts, batch_size=3, decode=False))
+    finally:
+        hook.remove()
+    assert max(seen) == 3  # the batch did run, and failed
+    assert [together[i].ids for i in range(3)] == [a.ids for a in alone]
+    hook = layer.register_forward_pre_hook(lambda m, a, k: (_ for _ in ()).throw(RuntimeError("broken")),
+                                           with_kwargs=True)
+    try:
+        failed = dict(gen.generate_many(prompts[:2], batch_size=2, decode=False))
+    finally:
+        hook.remove()
+    assert all(isinstance(failed[i], RuntimeError) for i in range(2))
+    assert gen.generate(*prompts[0], decode=False).ids == alone[0].ids  # nothing left behind in the caches
