@@ -194,6 +194,8 @@ def evaluate_editing(model, spec, cfg: RunConfig, out_dir: Path, cost=None) -> d
             for kind, emb in embedders.items():
                 row["clip_i" if kind == "clip" else "dino"] = emb.similarity(gen.image, target)
         rows[n] = row
+    if cost is not None:
+        cost.retried += generator.retried
     rows, failures = [rows[n] for n in sorted(rows)], [failures[n] for n in sorted(failures)]
     metrics = {}
     for key in METRICS:

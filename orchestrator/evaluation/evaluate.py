@@ -87,20 +87,28 @@ def run_interleavedbench(model, spec, cfg: RunConfig, out_dir: Path, judge: bool
     def prompts():  # lazily: an unreadable prompt image fails its record only
         for i, item in enumerate(items):
             try:
-                yield item.prompt(), sampling.with_(seed=g.seed + i)  # per-record seeds: any batch, same answers
-            except (ImageError, ValueError) as e:
+                prompt = item.prompt()
+            except (ImageError, ValueError, RuntimeError, OSError) as e:
                 yield e, None
+                continue
+            yield prompt, sampling.with_(seed=g.seed + i)  # per-record seeds: any batch, same answers
 
     failed = {}
     for i, answer in generator.generate_many(prompts(), cfg.evaluate.batch_size):
         item = items[i]
+        if not isinstance(answer, Exception):
+            try:
+                outputs[i] = answer_fields(answer, item, bench_dir)
+            except (ImageError, ValueError, RuntimeError, OSError) as e:  # e.g. an image that cannot be written
+                answer = e
         if isinstance(answer, Exception):  # an unreadable image, a prompt too long...
             failed[i] = {"id": item.id, "reason": f"{type(answer).__name__}: {answer}"[:300]}
             outputs[i] = {"output": "", "output_image": [], "error": failed[i]["reason"]}
             continue
-        outputs[i] = answer_fields(answer, item, bench_dir)
         if cost is not None:
             cost.add(answer)
+    if cost is not None:
+        cost.retried += generator.retried
     failures = [failed[i] for i in sorted(failed)]
     path = write_predictions(items, outputs, bench_dir)
     result = {"records": len(items), "rejected": rejects, "generation_failures": failures,
@@ -174,7 +182,7 @@ def evaluate(cfg: RunConfig, source: AdapterSource, out_dir: Path, judge: bool =
     if cfg.interleavedbench.path:
         results["interleavedbench"] = run_interleavedbench(model, spec, cfg, out_dir, judge, bench, client, cost)
     if cost.image_tokens or cost.text_tokens:
-        results["cost"] = cost.summary(device_name(model))
+        results["cost"] = {**cost.summary(device_name(model)), "batch_size": cfg.evaluate.batch_size}
     results["seconds"] = round(time.perf_counter() - t0, 2)
     results["metrics"] = flat_metrics(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))

@@ -11,6 +11,7 @@ embedding is ``project_down`` of the hidden state, fed back through ``project_up
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from torch import nn
 from ..config import GenerateSection
 from ..data.schema import PLACEHOLDER
 from .decoding import BatchDecoder
+
+log = logging.getLogger(__name__)
 
 
 class SamplingConfig(GenerateSection):
@@ -237,39 +240,46 @@ class Generator:
         """Answer ``prompts`` ((segments, SamplingConfig) pairs; an exception instead of the segments: a prompt
         that could not be read) up to ``batch_size`` at a time; yields (index, Answer), or (index, the exception)
         for a prompt that failed (too long, an unreadable image...), in the order they finish. ``prompts`` is read
-        lazily, as rows free up. A batched step that fails (e.g. out of memory) sends its answers back to be
-        decoded again one at a time; only what fails alone is a failure."""
+        lazily, as rows free up.
+
+        A batched forward, head or prefill that fails with rows active (e.g. out of memory) sends every active
+        answer back to be decoded again by itself, and halves the batch for the rest (``self.retried`` counts
+        them, with a warning): only what fails alone is a failure."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         spec, dec = self.spec, self.decoder
         if decode and spec.continuous_images and spec.has_pixel_decoder:
             self.negative_embeddings()  # before any answer's decoding starts: it runs a generation of its own
         dec.reset()
-        pending = iter(enumerate(prompts))
-        alone: list = []  # (index, prompt) to decode again at batch 1 after a batched failure
+        self.retried, self.batch_limit = 0, batch_size
+        pending, exhausted = iter(enumerate(prompts)), False
+        alone: list = []  # (index, prompt) to decode again by itself after a batched failure
         active: list[_Row] = []  # one per decoder row, in row order
         heads = {"text": spec.text_logits, "image": spec.image_logits, "regress": getattr(spec, "regress", None)}
         try:
             while True:
-                while len(active) < batch_size and dec.batchable and not any(r.alone for r in active):
-                    if alone:  # an answer sent back by a failed batched step decodes by itself
-                        if active:
-                            break
-                        row = _Row(*alone.pop(0), alone=True)
-                    else:
-                        nxt = next(pending, None)
-                        if nxt is None:
-                            break
-                        row = _Row(*nxt)
-                    failed = self._join(row, record_logits, decode)
-                    if failed is not None:
-                        yield row.index, failed
-                        continue
-                    active.append(row)
-                    self._advance(active, len(active) - 1, row.h)
-                if not active:
-                    return
+                finished: list[_Row] = []
+                joining = None
                 try:
+                    while len(active) < self.batch_limit and dec.batchable and not any(r.alone for r in active):
+                        if alone:  # an answer sent back by a failed batched step decodes by itself
+                            if active:
+                                break
+                            row = _Row(*alone.pop(0), alone=True)
+                        else:
+                            nxt = next(pending, None)
+                            if nxt is None:
+                                exhausted = True
+                                break
+                            row = _Row(*nxt)
+                        joining = row
+                        row.result = self._join(row, record_logits, decode, batched=bool(active))
+                        joining = None
+                        if row.result is not None:  # its own failure (too long, an unreadable image...)
+                            finished.append(row)
+                            continue
+                        active.append(row)
+                        self._advance(active, len(active) - 1, row.h)
                     t0 = time.perf_counter()
                     while True:  # heads, batched per kind, until every row asks to feed (or is done)
                         asking = [b for b, r in enumerate(active) if r.request is not None and r.request.kind in heads]
@@ -280,31 +290,52 @@ class Generator:
                         out = heads[kind](self.model, torch.stack([active[b].request.h for b in rows]))
                         for b, o in zip(rows, out):
                             self._advance(active, b, o)
-                    active = yield from self._finished(active)
-                    if not active:
-                        continue
-                    hs = dec.step([r.request.token for r in active], [r.request.visual for r in active])
-                    self.token_seconds = time.perf_counter() - t0  # the batch's heads, sampling and step
-                except (RuntimeError, ValueError) as e:  # the batched forward or a head failed (out of memory...)
-                    for r in active:
+                    active = self._retire(active, finished)
+                    if active:
+                        hs = dec.step([r.request.token for r in active], [r.request.visual for r in active])
+                        self.token_seconds = time.perf_counter() - t0  # the batch's heads, sampling and step
+                        for b in range(len(active)):
+                            self._advance(active, b, hs[b])
+                        active = self._retire(active, finished)
+                except (RuntimeError, ValueError) as e:  # a batched forward, head or prefill failed (out of memory...)
+                    rest = [r for r in active if r.request is not None and r not in finished]
+                    for r in rest:
                         r.co.close()
-                    if len(active) == 1:
-                        yield active[0].index, e
+                    if joining is not None:  # its prefill failed next to the others: it is sent back too
+                        rest.append(joining)
+                    if len(rest) == 1 and len(active) == 1:
+                        rest[0].result = e
+                        finished.append(rest[0])
                     else:
-                        alone.extend((r.index, r.prompt) for r in active)
+                        alone.extend((r.index, r.prompt) for r in rest)
+                        self.retried += len(rest)
+                        self.batch_limit = max(1, len(active) // 2)
+                        log.warning("a batched decoding step failed (%s: %s): %d answers are decoded again one at a "
+                                    "time; batch size now %d", type(e).__name__, str(e)[:200], len(rest),
+                                    self.batch_limit)
                     active = []
                     dec.reset()
-                    continue
-                for b in range(len(active)):
-                    self._advance(active, b, hs[b])
-                active = yield from self._finished(active)
+                for r in finished:  # after the clock: the caller's work on an answer is no row's token time
+                    yield r.index, r.result
+                if not active and not alone and exhausted:
+                    return
         finally:
             for r in active:
                 r.co.close()
             dec.reset()
 
-    def _join(self, row: _Row, record_logits: bool, decode: bool) -> Exception | None:
-        """Start ``row``'s answer and prefill its prompt as a new decoder row; -> the exception if it failed."""
+    def _retire(self, active: list, finished: list) -> list:
+        """Move the rows whose answer is done to ``finished`` and out of the decoder; -> the others."""
+        done = [b for b, r in enumerate(active) if r.request is None]
+        if not done:
+            return active
+        finished.extend(active[b] for b in done)
+        self.decoder.drop(done)
+        return [r for r in active if r.request is not None]
+
+    def _join(self, row: _Row, record_logits: bool, decode: bool, batched: bool = False) -> Exception | None:
+        """Start ``row``'s answer and prefill its prompt as a new decoder row; -> the exception if it failed.
+        ``batched`` (other rows are active): a RuntimeError (out of memory...) is raised, for the caller to retry."""
         segments, cfg = row.prompt
         if isinstance(segments, Exception):  # a prompt that could not be read: its result
             return segments
@@ -314,17 +345,10 @@ class Generator:
             row.h = self.decoder.join(req.ids, req.segment, visual=req.visual)[-1]
         except (ValueError, RuntimeError, OSError) as e:  # too long, an unreadable image...
             row.co.close()
+            if batched and isinstance(e, RuntimeError):
+                raise
             return e
         return None
-
-    def _finished(self, active: list):
-        """Yield the rows whose answer is done (index, answer or exception), drop them; -> the others."""
-        done = [b for b, r in enumerate(active) if r.request is None]
-        for b in done:
-            yield active[b].index, active[b].result
-        if done:
-            self.decoder.drop(done)
-        return [r for r in active if r.request is not None]
 
     def _advance(self, active: list, b: int, value) -> None:
         """Send ``value`` to row b's coroutine: its next request, or none and its answer (or the exception).

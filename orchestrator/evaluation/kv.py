@@ -23,7 +23,8 @@ class GrowingLayer(DynamicLayer):
             return super().update(key_states, value_states, *args, **kwargs)
         n, t = self.keys.shape[-2], key_states.shape[-2]
         if (self._kbuf is None or self._kbuf.shape[-2] < n + t or self.keys.data_ptr() != self._kbuf.data_ptr()
-                or self.values.data_ptr() != self._vbuf.data_ptr()):  # no room, or keys replaced (crop, select...)
+                or self.values.data_ptr() != self._vbuf.data_ptr() or self.keys.shape[:-2] != self._kbuf.shape[:-2]):
+            # no room, or keys replaced (crop, batch select...)
             self._kbuf, self._vbuf = _room(self.keys, 2 * (n + t)), _room(self.values, 2 * (n + t))
         self._kbuf[..., n : n + t, :] = key_states
         self._vbuf[..., n : n + t, :] = value_states

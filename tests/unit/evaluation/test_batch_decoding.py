@@ -148,35 +148,38 @@ def test_a_failing_prompt_is_returned_not_raised_and_the_batch_goes_on():
 
 
 def test_a_failing_batched_step_sends_its_answers_back_one_at_a_time():
-    """A fault in a batched forward (here: raised by the first decoder layer whenever it sees more than one
-    sequence, as an out-of-memory error would be) costs no answer: each is decoded again alone, and a fault
-    at batch 1 is that answer's failure only."""
+    """A fault in a batched forward (here: raised by the first decoder layer whenever a step has more than one
+    sequence, as an out-of-memory error would be) costs no answer: each is decoded again alone, the batch is
+    halved for the rest, and a fault at batch 1 is that answer's failure only."""
     spec = spec_for("emu3")
     model = model_for(spec, CASES["moss-full"])
     gen = Generator(model, spec)
-    prompts = [(s, SamplingConfig(seed=10 + i, **kw)) for i, (s, kw) in enumerate(PROMPTS[:3])]
+    prompts = [(s, SamplingConfig(seed=10 + i, **kw)) for i, (s, kw) in enumerate(PROMPTS)]
     alone = [gen.generate(s, c, decode=False) for s, c in prompts]
     layer = next(m for n, m in model.named_modules() if n.endswith("layers.0"))
     seen = []
 
-    def fault(module, args, kwargs):
-        x = args[0] if args else kwargs["hidden_states"]
-        seen.append(x.shape[0])
-        if x.shape[0] > 1 and x.shape[1] == 1:  # a batched step
-            raise RuntimeError("CUDA out of memory (injected)")
+    def fault_in(batched_only):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            seen.append(x.shape[0])
+            if x.shape[1] == 1 and (x.shape[0] > 1 or not batched_only):  # a step (not a prefill)
+                raise RuntimeError("CUDA out of memory (injected)")
+        return layer.register_forward_pre_hook(hook, with_kwargs=True)
 
-    hook = layer.register_forward_pre_hook(fault, with_kwargs=True)
+    hook = fault_in(batched_only=True)
     try:
-        together = dict(gen.generate_many(prompts, batch_size=3, decode=False))
+        together = list(gen.generate_many(prompts, batch_size=4, decode=False))
     finally:
         hook.remove()
-    assert max(seen) == 3  # the batch did run, and failed
-    assert [together[i].ids for i in range(3)] == [a.ids for a in alone]
-    hook = layer.register_forward_pre_hook(lambda m, a, k: (_ for _ in ()).throw(RuntimeError("broken")),
-                                           with_kwargs=True)
+    assert max(seen) == 4 and gen.retried >= 4 and gen.batch_limit < 4  # the batch ran, failed, was halved
+    assert sorted(i for i, _ in together) == list(range(len(prompts)))  # each answer once
+    assert [a.ids for _, a in sorted(together, key=lambda x: x[0])] == [a.ids for a in alone]
+    hook = fault_in(batched_only=False)
     try:
-        failed = dict(gen.generate_many(prompts[:2], batch_size=2, decode=False))
+        failed = list(gen.generate_many(prompts[:3], batch_size=2, decode=False))
     finally:
         hook.remove()
-    assert all(isinstance(failed[i], RuntimeError) for i in range(2))
+    assert sorted(i for i, _ in failed) == [0, 1, 2] and all(isinstance(r, RuntimeError) for _, r in failed)
+    assert gen.retried == 2  # the first batch of two went back; alone, each failed
     assert gen.generate(*prompts[0], decode=False).ids == alone[0].ids  # nothing left behind in the caches

@@ -54,3 +54,18 @@ def test_only_full_attention_dynamic_caches_are_batched():
     assert kv.batchable(filled([2])[0]) and not kv.batchable(sliding) and not kv.batchable(((1, 2),))
     with pytest.raises(RuntimeError, match="full-attention"):
         kv.merge(sliding, sliding, 2)
+
+
+def test_keys_replaced_from_outside_are_appended_to_not_lost():
+    """transformers' own cache edits (batch_select_indices, crop) replace the keys: the next append sees it."""
+    mine = filled([4], seed=2)[0]
+    kv.merge(kv.adopt(mine), kv.adopt(filled([4], seed=3)[0]), 4)  # two rows
+    ref = DynamicCache()
+    ref.update(mine.layers[0].keys.clone(), mine.layers[0].values.clone(), 0)
+    for c in (ref, mine):
+        c.update(torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4), 0)  # mine: now inside spare capacity
+        c.batch_select_indices(torch.tensor([1, 0]))  # same batch size, rows swapped
+        c.crop(-1)
+        c.update(torch.full((2, 2, 1, 4), 2.0), torch.full((2, 2, 1, 4), 2.0), 0)
+    assert torch.equal(mine.layers[0].keys, ref.layers[0].keys)
+    assert torch.equal(mine.layers[0].values, ref.layers[0].values)
