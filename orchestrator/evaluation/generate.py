@@ -298,18 +298,20 @@ class Generator:
                             self._advance(active, b, hs[b])
                         active = self._retire(active, finished)
                 except (RuntimeError, ValueError) as e:  # a batched forward, head or prefill failed (out of memory...)
-                    rest = [r for r in active if r.request is not None and r not in finished]
+                    failed_size = len(active) + (joining is not None)
+                    finished.extend(r for r in active if r.request is None and r not in finished)  # done already
+                    rest = [r for r in active if r not in finished]
                     for r in rest:
                         r.co.close()
                     if joining is not None:  # its prefill failed next to the others: it is sent back too
                         rest.append(joining)
-                    if len(rest) == 1 and len(active) == 1:
+                    if failed_size == 1 and rest:  # it failed by itself: its own failure
                         rest[0].result = e
                         finished.append(rest[0])
-                    else:
+                    elif rest:
                         alone.extend((r.index, r.prompt) for r in rest)
                         self.retried += len(rest)
-                        self.batch_limit = max(1, len(active) // 2)
+                        self.batch_limit = max(1, failed_size // 2)
                         log.warning("a batched decoding step failed (%s: %s): %d answers are decoded again one at a "
                                     "time; batch size now %d", type(e).__name__, str(e)[:200], len(rest),
                                     self.batch_limit)
