@@ -13,6 +13,7 @@ import torch
 
 from orchestrator.evaluation.decoding import BatchDecoder, IncrementalDecoder
 from orchestrator.evaluation.generate import Generator, SamplingConfig
+from orchestrator.moss import unwrap
 from tests.helpers import BACKBONE_NAMES, draw, image_embeds, spec_for
 from tests.unit.evaluation.test_decoding import CASES, TOL, image_out, model_for, off
 
@@ -183,3 +184,30 @@ def test_a_failing_batched_step_sends_its_answers_back_one_at_a_time():
     assert sorted(i for i, _ in failed) == [0, 1, 2] and all(isinstance(r, RuntimeError) for _, r in failed)
     assert gen.retried == 2  # the first batch of two went back; alone, each failed
     assert gen.generate(*prompts[0], decode=False).ids == alone[0].ids  # nothing left behind in the caches
+
+
+def test_an_answer_done_in_the_head_phase_of_a_failing_step_is_kept():
+    """Janus: row 0's text head ends its answer (max_new_tokens), then row 1's image head fails once (as an
+    out-of-memory error would): row 0's answer is yielded, row 1 is decoded again alone."""
+    spec = spec_for("janus")
+    model = model_for(spec, CASES["moss-full"])
+    gen = Generator(model, spec)
+    prompts = [(["Say:"], SamplingConfig(seed=1, max_new_tokens=3, max_images=0, temperature=0.5)),
+               (["Draw:"], SamplingConfig(seed=2, max_new_tokens=0, open_image=True, max_images=1))]
+    alone = [gen.generate(s, c, decode=False) for s, c in prompts]
+    assert alone[0].stop == "max_new_tokens" and alone[1].images
+    calls = []
+
+    def fault(module, args):
+        calls.append(args[0].shape[0])
+        if len(calls) == 3:  # the image head of the step whose text head ends row 0 (row 1's third cell)
+            raise RuntimeError("CUDA out of memory (injected)")
+
+    hook = unwrap(model).model.generation_head.register_forward_pre_hook(fault)
+    try:
+        together = list(gen.generate_many(prompts, batch_size=2, decode=False))
+    finally:
+        hook.remove()
+    assert len(calls) > 3 and gen.retried == 1  # only row 1 went back
+    assert sorted(i for i, _ in together) == [0, 1]
+    assert [a.ids for _, a in sorted(together, key=lambda x: x[0])] == [a.ids for a in alone]
