@@ -109,6 +109,25 @@ def send_trial_journals(storage: str, sweep: str, trial_ids, tracking_uri: str) 
     return left
 
 
+def settle_statuses(tracking_uri: str, parent_run_id: str) -> int:
+    """Give each child run the MLflow status its ``moss.status`` tag (this callback's word) maps to; -> how many
+    changed. A trial's own driver also ends its run (FAILED, only if still running, when Tune stops it right after
+    its last report), and that check-then-set on the server can interleave with this callback's end, leaving a
+    finished trial FAILED. Called once every writer is done (all trials ended, their journals sent)."""
+    from ..tracking.compare import search_all
+    from ..tracking.mlflow import client
+
+    mlc = client(tracking_uri)
+    parent = mlc.get_run(parent_run_id)
+    changed = 0
+    for run in search_all(mlc, [parent.info.experiment_id], f"tags.`{TAG.PARENT}` = '{parent_run_id}'"):
+        want = MLFLOW_STATUS.get(run.data.tags.get(TAG.STATUS, ""))
+        if want and run.info.status != want:
+            mlc.set_terminated(run.info.run_id, status=want, end_time=run.info.end_time)
+            changed += 1
+    return changed
+
+
 def _error_text(trial) -> str:
     path = getattr(trial, "error_file", None)
     try:

@@ -239,7 +239,7 @@ def run_sweep(plan: SweepPlan, report_dir: str | None = None) -> dict:
     from ..tracking.compare import build_report
     from ..tracking.outage import say, unreachable
     from ..tracking.resilient import Tracker
-    from .status import SWEEPS, SweepTracking, send_trial_journals
+    from .status import SWEEPS, SweepTracking, send_trial_journals, settle_statuses
 
     parent = open_parent(plan)
     plan.parent_run_id = plan.parent_run_id or parent
@@ -260,6 +260,7 @@ def run_sweep(plan: SweepPlan, report_dir: str | None = None) -> dict:
         report = None
         if not pending:
             try:
+                settle_statuses(plan.tracking_uri, parent)  # every writer of the children's ends is done
                 report = build_report(plan.tracking_uri, parent_run_id=parent, out_dir=out_dir)
             except Exception as err:
                 if not unreachable(err):
