@@ -138,12 +138,7 @@ class MossLinear(nn.Module, LoraLayer):
             autocast = torch.is_autocast_enabled(x.device.type)
             xa = x if autocast else self._cast_input_dtype(x, self.lora_A[name].weight.dtype)
             z, w = self._rank_space(name, xa, plan)
-            flat = result.reshape(-1, result.shape[-1])
-            if z.dtype == flat.dtype:  # result + scaling * z @ W.T in one fused op
-                flat = torch.addmm(flat, z, w.t(), alpha=self.scaling[name])
-            else:
-                flat = flat + (z @ w.t() * self.scaling[name]).to(flat.dtype)
-            result = flat.view(result.shape)
+            result = _add(result.reshape(-1, result.shape[-1]), z, w, self.scaling[name]).view(result.shape)
         return result
 
     def _step_forward(self, x: torch.Tensor, result: torch.Tensor, ctx: MossContext) -> torch.Tensor:
