@@ -23,6 +23,7 @@ TRIAL_ID = "moss.trial_id"
 SAMPLED = "moss.sampled"  # the trial's sampled keys and values (JSON)
 STATUS = "moss.status"  # finished | early_stopped | failed | running | retrying | interrupted
 RETRIES = "moss.retries"
+STOPPED_AT = "moss.stopped_at_step"  # the last step Tune saw from a trial its scheduler stopped
 
 # evaluations
 SOURCE_RUN = "moss.source_run_id"  # the training run an evaluation scored

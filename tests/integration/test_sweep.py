@@ -102,7 +102,9 @@ def test_asha_sweep_one_parent_four_children_and_report(root):
         if tags["moss.status"] == "finished":
             assert child.info.status == "FINISHED" and done[-1] == 8
         else:  # ASHA stopped it at a rung
-            assert tags["moss.status"] == "early_stopped" and child.info.status == "KILLED" and done[-1] < 8
+            assert tags["moss.status"] == "early_stopped" and child.info.status == "KILLED"
+            # Tune saw a rung step; the Train workers, reporting asynchronously, may have run on before the stop
+            assert int(tags["moss.stopped_at_step"]) < 8 and done[-1] >= int(tags["moss.stopped_at_step"])
 
     # the report's numbers are MLflow's numbers
     results = json.loads((root / "report-asha" / "results.json").read_text())
