@@ -53,11 +53,11 @@ class ChildRunStatus(Callback):
     def child(self, trial_id: str) -> dict:
         return child_run(self.sweep, self.parent_run_id, self.experiment, trial_id)
 
-    def _end(self, trial, status: str, error: str | None = None, step: int | None = None) -> None:
+    def _end(self, trial, status: str, error: str | None = None, tags: dict[str, str] | None = None) -> None:
         sweep = self._tracking(trial)
         sweep.running.discard(trial.trial_id)
         run = self.child(trial.trial_id)
-        sweep.tracker.set_tags(run, {TAG.STATUS: status, **({TAG.STOPPED_AT: str(step)} if step is not None else {})})
+        sweep.tracker.set_tags(run, {TAG.STATUS: status, **(tags or {})})
         if error:
             sweep.tracker.log_text(run, redact_text(error), "error.txt")
         sweep.tracker.terminate(run, MLFLOW_STATUS[status])
@@ -77,7 +77,7 @@ class ChildRunStatus(Callback):
         elif total and step >= total:
             self._end(trial, "finished")
         else:  # the Train workers report asynchronously: the run may hold steps past this one, run before the stop
-            self._end(trial, "early_stopped", step=int(step))
+            self._end(trial, "early_stopped", tags={TAG.STOPPED_AT: str(int(step))})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "failed", _error_text(trial))
